@@ -1,0 +1,98 @@
+//! The agent's local API: HTTP/JSON over a unix socket (mode 0600), versioned under `/v1`.
+//! The CNI plugin and the CLI are its clients.
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use axum::{extract::State, routing::get, Json, Router};
+use tokio_util::sync::CancellationToken;
+
+use crate::runtime::health::Health;
+
+/// `GET /v1/status`: what `beeline status` prints.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct StatusResponse {
+    pub version: String,
+    pub node_name: String,
+    pub ready: bool,
+    pub checks: Vec<CheckStatus>,
+    pub routing_mode: String,
+    pub tunnel_protocol: String,
+    pub ipam: String,
+    pub kube_proxy_replacement: bool,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct CheckStatus {
+    pub name: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+pub struct ApiState {
+    pub node_name: String,
+    pub config: crate::config::Config,
+    pub health: Health,
+}
+
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new().route("/v1/status", get(status)).with_state(state)
+}
+
+async fn status(State(s): State<Arc<ApiState>>) -> Json<StatusResponse> {
+    Json(StatusResponse {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        node_name: s.node_name.clone(),
+        ready: s.health.is_ready(),
+        checks: s.health.report().into_iter().map(|(name, ok, message)| CheckStatus { name, ok, message }).collect(),
+        routing_mode: kebab(&s.config.routing_mode),
+        tunnel_protocol: kebab(&s.config.tunnel_protocol),
+        ipam: kebab(&s.config.ipam),
+        kube_proxy_replacement: s.config.kube_proxy_replacement,
+    })
+}
+
+/// The kebab-case name serde gives a config enum (`cluster-pool`, `vxlan`, ...).
+fn kebab<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on the agent socket {path}: {source}")]
+pub struct BindError {
+    path: PathBuf,
+    source: std::io::Error,
+}
+
+/// Binds the socket now (replacing a stale one from a previous run) and serves until `shutdown`;
+/// the socket file is removed on the way out.
+pub fn serve(
+    path: &Path,
+    state: Arc<ApiState>,
+    shutdown: CancellationToken,
+) -> Result<impl std::future::Future<Output = std::io::Result<()>>, BindError> {
+    let err = |source| BindError { path: path.to_path_buf(), source };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => tracing::debug!(path = %path.display(), "removed a stale agent socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    tracing::info!(path = %path.display(), "agent API listening");
+    let path = path.to_path_buf();
+    Ok(async move {
+        let result = axum::serve(listener, router(state))
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        let _ = std::fs::remove_file(&path);
+        result
+    })
+}

@@ -1,0 +1,52 @@
+//! `beeline agent`: the per-node process. Loads the datapath, owns the pinned maps, serves the
+//! local API to the CNI plugin and the CLI, and runs the node's controllers.
+
+pub mod api;
+
+use std::sync::Arc;
+
+use crate::runtime::{args::ConfigArgs, connectivity, health, kubeclient, runner::Runner, shutdown};
+
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// The Node this agent runs on (the DaemonSet sets it from `spec.nodeName`).
+    #[arg(long, env = "K8S_NODE_NAME")]
+    pub node_name: Option<String>,
+}
+
+pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let (config, ignored) = args.config.load()?;
+    if !ignored.is_empty() {
+        tracing::info!(keys = ?ignored, "accepted Cilium configuration keys that beeline does not act on");
+    }
+    let node_name = match args.node_name {
+        Some(n) => n,
+        None => hostname()?,
+    };
+    let client = kubeclient::client(args.config.kubeconfig.as_deref(), "agent").await?;
+    let telemetry = health::Telemetry::new("beeline_agent");
+    telemetry.health.register(connectivity::CHECK);
+
+    let mut runner = Runner::new(shutdown::on_signal());
+    let token = runner.shutdown_token();
+    let server = health::serve(config.agent_health_addr, telemetry.clone(), token.clone()).await?;
+    runner.spawn("health-server", async move { Ok(server.await?) });
+    let api_state = Arc::new(api::ApiState {
+        node_name: node_name.clone(),
+        config: config.clone(),
+        health: telemetry.health.clone(),
+    });
+    let api = api::serve(&config.agent_socket_path, api_state, token.clone())?;
+    runner.spawn("agent-api", async move { Ok(api.await?) });
+    runner.spawn("apiserver-connectivity", connectivity::watch_apiserver(client, telemetry.health.clone(), token));
+    tracing::info!(node = %node_name, routing_mode = ?config.routing_mode, "agent started");
+    runner.run().await?;
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+fn hostname() -> std::io::Result<String> {
+    Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")?.trim().to_string())
+}

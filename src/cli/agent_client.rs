@@ -1,0 +1,45 @@
+//! A minimal HTTP/1 client for the agent's unix socket.
+
+use std::path::{Path, PathBuf};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentClientError {
+    #[error("cannot reach the agent at {path}: {source} (is `beeline agent` running on this node?)")]
+    Connect { path: PathBuf, source: std::io::Error },
+    #[error("agent request {uri} failed: {0}", uri = .1)]
+    Http(hyper::Error, String),
+    #[error("agent answered {status} for {uri}: {body}")]
+    Status { status: u16, uri: String, body: String },
+    #[error("cannot decode the agent's answer to {uri}: {source}")]
+    Decode { uri: String, source: serde_json::Error },
+}
+
+/// `GET uri` on the agent socket, decoded from JSON.
+pub async fn get_json<T: serde::de::DeserializeOwned>(socket: &Path, uri: &str) -> Result<T, AgentClientError> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|source| AgentClientError::Connect { path: socket.to_path_buf(), source })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| AgentClientError::Http(e, uri.to_string()))?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get(uri)
+        .header(hyper::header::HOST, "beeline-agent")
+        .body(Full::new(Bytes::new()))
+        .expect("static request is valid");
+    let resp = sender.send_request(req).await.map_err(|e| AgentClientError::Http(e, uri.to_string()))?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await.map_err(|e| AgentClientError::Http(e, uri.to_string()))?.to_bytes();
+    if !status.is_success() {
+        return Err(AgentClientError::Status {
+            status: status.as_u16(),
+            uri: uri.to_string(),
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
+    }
+    serde_json::from_slice(&body).map_err(|source| AgentClientError::Decode { uri: uri.to_string(), source })
+}

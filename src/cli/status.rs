@@ -1,0 +1,38 @@
+//! `beeline status`: the agent's view of its node.
+
+use std::path::PathBuf;
+
+use super::{agent_client, print_structured, Output};
+use crate::agent::api::StatusResponse;
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The agent's API socket.
+    #[arg(long, env = "BEELINE_AGENT_SOCKET", default_value = "/run/beeline/beeline.sock")]
+    pub socket: PathBuf,
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+pub async fn run(args: StatusArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let status: StatusResponse = agent_client::get_json(&args.socket, "/v1/status").await?;
+    if !print_structured(args.output, &status)? {
+        print!("{}", render(&status));
+    }
+    Ok(())
+}
+
+pub fn render(s: &StatusResponse) -> String {
+    let mut out = String::new();
+    out.push_str(&format!("Node:                   {}\n", s.node_name));
+    out.push_str(&format!("Version:                {}\n", s.version));
+    out.push_str(&format!("Ready:                  {}\n", if s.ready { "Ok" } else { "Not ready" }));
+    for c in &s.checks {
+        let state = if c.ok { "Ok".to_string() } else { format!("Failure: {}", c.message) };
+        out.push_str(&format!("  {:<22}{state}\n", format!("{}:", c.name)));
+    }
+    out.push_str(&format!("Routing:                {} ({})\n", s.routing_mode, s.tunnel_protocol));
+    out.push_str(&format!("IPAM:                   {}\n", s.ipam));
+    out.push_str(&format!("KubeProxyReplacement:   {}\n", if s.kube_proxy_replacement { "True" } else { "False" }));
+    out
+}

@@ -1,0 +1,12 @@
+//! beeline: Cilium's networking model in Rust.
+//!
+//! Dependencies point down: `agent`/`operator` (process assembly) → `controllers` → `datapath` |
+//! `policy` | `ipam` → `crds` | `beeline_common`. Pure cores know no I/O.
+
+pub mod agent;
+pub mod cli;
+pub mod cni;
+pub mod config;
+pub mod datapath;
+pub mod operator;
+pub mod runtime;
