@@ -52,7 +52,7 @@ fn main() {
         }
     });
     if let Err(e) = result {
-        tracing::error!("{e}");
+        // One line on stderr whatever the log format: this is what `kubectl logs` shows last.
         eprintln!("error: {e}");
         std::process::exit(1);
     }
