@@ -207,3 +207,34 @@ async fn the_async_writer_syncs_to_the_kernel_and_stops() {
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(5), task).await.expect("writer stops").unwrap();
 }
+
+#[test]
+fn the_cli_lists_pinned_maps_directly() {
+    let pins = PinDir::new("cli");
+    let mut agent = start_agent(&pins.0);
+    let mut ids = IdAllocator::new(1, 65535);
+    publish_service(&agent.tables, &mut ids, &[backend(1), backend(2)]);
+    agent.tables.services_owner.initial_pass_done();
+    agent.endpoints_owner.initial_pass_done();
+    agent.writer.sync_once(Instant::now());
+
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_beeline"))
+            .args(args)
+            .arg("--pin-dir")
+            .arg(&pins.0)
+            .output()
+            .expect("run beeline");
+        assert!(out.status.success(), "beeline {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let json: serde_json::Value = serde_json::from_str(&run(&["bpf", "backend", "list", "-o", "json"])).unwrap();
+    let addresses: Vec<&str> = json.as_array().unwrap().iter().map(|r| r["address"].as_str().unwrap()).collect();
+    assert_eq!(addresses, vec!["10.0.1.1:8080", "10.0.1.2:8080"]);
+
+    let text = run(&["bpf", "lb", "list"]);
+    assert_eq!(text.lines().count(), 1 + 3, "header, master and two slots:\n{text}");
+    assert!(text.contains("10.96.0.10:80"), "{text}");
+    let revnat = run(&["bpf", "revnat", "list", "-o", "json"]);
+    assert!(revnat.contains("\"rev_nat_index\": 1"), "{revnat}");
+}
