@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use beeline::datapath::manager::ids::IdAllocator;
 use beeline::datapath::manager::kernel::{self, KernelMap};
 use beeline::datapath::manager::maps::{Lb4Backends, Lb4RevNat, Lb4Services, LB_GROUP};
-use beeline::datapath::manager::{gate::GateState, MapDef, MapManager, ManagerOptions, MapSpec, Owner, TableHandle};
 use beeline::datapath::manager::writer::GroupWriter;
+use beeline::datapath::manager::{gate::GateState, ManagerOptions, MapDef, MapManager, MapSpec, Owner, TableHandle};
 use beeline_common::lb::{Lb4Backend, Lb4BackendKey, Lb4Key, Lb4RevNatKey, Lb4ReverseNat, Lb4Service};
 
 struct PinDir(PathBuf);
@@ -55,15 +55,31 @@ fn start_agent(pins: &Path) -> Agent {
     let backends = group.add::<Lb4Backends>(KernelMap::open_or_create::<Lb4Backends>(pins).unwrap()).unwrap();
     let revnat = group.add::<Lb4RevNat>(KernelMap::open_or_create::<Lb4RevNat>(pins).unwrap()).unwrap();
     let services = group.add::<Lb4Services>(KernelMap::open_or_create::<Lb4Services>(pins).unwrap()).unwrap();
-    Agent { manager, endpoints_owner, tables: Tables { services_owner, backends, revnat, services }, writer: group.build() }
+    Agent {
+        manager,
+        endpoints_owner,
+        tables: Tables { services_owner, backends, revnat, services },
+        writer: group.build(),
+    }
 }
 
 fn backend(last_octet: u8) -> Lb4Backend {
-    Lb4Backend { address: u32::from_be_bytes([10, 0, 1, last_octet]).to_be(), port: 8080u16.to_be(), proto: 6, ..Default::default() }
+    Lb4Backend {
+        address: u32::from_be_bytes([10, 0, 1, last_octet]).to_be(),
+        port: 8080u16.to_be(),
+        proto: 6,
+        ..Default::default()
+    }
 }
 
 fn frontend(slot: u16) -> Lb4Key {
-    Lb4Key { address: u32::from_be_bytes([10, 96, 0, 10]).to_be(), dport: 80u16.to_be(), backend_slot: slot, proto: 6, ..Default::default() }
+    Lb4Key {
+        address: u32::from_be_bytes([10, 96, 0, 10]).to_be(),
+        dport: 80u16.to_be(),
+        backend_slot: slot,
+        proto: 6,
+        ..Default::default()
+    }
 }
 
 /// What a service controller does: allocate backend IDs (restored ones first) and emit rows.
@@ -75,9 +91,13 @@ fn publish_service(t: &Tables, ids: &mut IdAllocator<Lb4Backend>, backends: &[Lb
     );
     t.revnat.replace_owner(
         &t.services_owner,
-        [(Lb4RevNatKey { rev_nat_index: 1 }, Lb4ReverseNat { address: frontend(0).address, port: frontend(0).dport, pad: 0 })],
+        [(
+            Lb4RevNatKey { rev_nat_index: 1 },
+            Lb4ReverseNat { address: frontend(0).address, port: frontend(0).dport, pad: 0 },
+        )],
     );
-    let mut rows = vec![(frontend(0), Lb4Service { count: backends.len() as u16, rev_nat_index: 1, ..Default::default() })];
+    let mut rows =
+        vec![(frontend(0), Lb4Service { count: backends.len() as u16, rev_nat_index: 1, ..Default::default() })];
     rows.extend(assigned.iter().enumerate().map(|(i, id)| {
         (frontend(i as u16 + 1), Lb4Service { backend_id: *id, rev_nat_index: 1, ..Default::default() })
     }));

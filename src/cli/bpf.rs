@@ -48,7 +48,7 @@ pub enum Verb {
 pub fn rows<M: MapDef>(pin_dir: &Path) -> Result<Vec<serde_json::Value>, Box<dyn std::error::Error + Send + Sync>> {
     let mut map = KernelMap::<M::Key, M::Value>::open_pinned::<M>(pin_dir)?;
     let mut entries = map.dump()?;
-    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    entries.sort_by_key(|row| row.0);
     Ok(entries.iter().map(|(k, v)| M::row_json(k, v)).collect())
 }
 
@@ -62,10 +62,8 @@ pub fn render(rows: &[serde_json::Value]) -> String {
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    let widths: Vec<usize> = columns
-        .iter()
-        .map(|c| rows.iter().map(|r| cell(r, c).len()).chain([c.len()]).max().unwrap_or(0))
-        .collect();
+    let widths: Vec<usize> =
+        columns.iter().map(|c| rows.iter().map(|r| cell(r, c).len()).chain([c.len()]).max().unwrap_or(0)).collect();
     let mut out = String::new();
     let line = |cells: Vec<String>| {
         cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string()
@@ -99,7 +97,10 @@ mod tests {
     #[test]
     fn render_aligns_columns_and_handles_empty_maps() {
         assert_eq!(render(&[]), "(no entries)\n");
-        let rows = vec![json!({"backend_id": 1, "address": "10.0.0.1:80"}), json!({"backend_id": 12, "address": "10.0.0.2:8080"})];
+        let rows = vec![
+            json!({"backend_id": 1, "address": "10.0.0.1:80"}),
+            json!({"backend_id": 12, "address": "10.0.0.2:8080"}),
+        ];
         let text = render(&rows);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3);

@@ -94,7 +94,11 @@ mod tests {
 
     #[test]
     fn rows_render_addresses_in_host_order() {
-        let k = Lb4Key { address: u32::from(std::net::Ipv4Addr::new(10, 96, 0, 1)).to_be(), dport: 80u16.to_be(), ..Default::default() };
+        let k = Lb4Key {
+            address: u32::from(std::net::Ipv4Addr::new(10, 96, 0, 1)).to_be(),
+            dport: 80u16.to_be(),
+            ..Default::default()
+        };
         let v = Lb4Service { count: 2, ..Default::default() };
         let row = Lb4Services::row_json(&k, &v);
         assert_eq!(row["frontend"], "10.96.0.1:80");

@@ -46,7 +46,7 @@ impl MapKind {
     /// The `bpf_map_type` number.
     pub fn bpf_type(self) -> u32 {
         match self {
-            MapKind::Hash => 1,     // BPF_MAP_TYPE_HASH
+            MapKind::Hash => 1,    // BPF_MAP_TYPE_HASH
             MapKind::LruHash => 9, // BPF_MAP_TYPE_LRU_HASH
         }
     }

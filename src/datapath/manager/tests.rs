@@ -108,7 +108,10 @@ fn random_owner_updates_converge_under_ten_percent_faults() {
         let all_keys: std::collections::BTreeSet<u32> = expected.iter().flat_map(|m| m.keys().copied()).collect();
         assert_eq!(want.keys().map(|k| k.backend_id).collect::<std::collections::BTreeSet<_>>(), all_keys);
         for (key, value) in &want {
-            assert!(expected.iter().any(|m| m.get(&key.backend_id) == Some(&value.0)), "value of {key:?} from some owner");
+            assert!(
+                expected.iter().any(|m| m.get(&key.backend_id) == Some(&value.0)),
+                "value of {key:?} from some owner"
+            );
         }
         assert!(kernel.log().iter().any(|c| !c.ok), "seed {seed}: faults must actually have been injected");
         let status = table.status();
@@ -142,20 +145,38 @@ fn lb_group(kernel: FakeKernel, owners: &[&str]) -> (Lb, Vec<Owner>) {
 
 const VIP: u32 = 0x0a60_0001;
 
+type ServiceRows = (Vec<(Lb4BackendKey, Lb4Backend)>, Vec<(Lb4RevNatKey, Lb4ReverseNat)>, Vec<(Lb4Key, Lb4Service)>);
+
 /// The rows of "service VIP:80 with backends `ids`" — what a service controller would produce.
-fn service_rows(
-    ids: &[u32],
-) -> (Vec<(Lb4BackendKey, Lb4Backend)>, Vec<(Lb4RevNatKey, Lb4ReverseNat)>, Vec<(Lb4Key, Lb4Service)>) {
-    let frontend = |slot: u16| Lb4Key { address: VIP.to_be(), dport: 80u16.to_be(), backend_slot: slot, proto: 6, ..Default::default() };
+fn service_rows(ids: &[u32]) -> ServiceRows {
+    let frontend = |slot: u16| Lb4Key {
+        address: VIP.to_be(),
+        dport: 80u16.to_be(),
+        backend_slot: slot,
+        proto: 6,
+        ..Default::default()
+    };
     let backends = ids
         .iter()
-        .map(|id| (k(*id), Lb4Backend { address: (0x0a00_0000 + id).to_be(), port: 8080u16.to_be(), proto: 6, ..Default::default() }))
+        .map(|id| {
+            (
+                k(*id),
+                Lb4Backend {
+                    address: (0x0a00_0000 + id).to_be(),
+                    port: 8080u16.to_be(),
+                    proto: 6,
+                    ..Default::default()
+                },
+            )
+        })
         .collect();
-    let revnat = vec![(Lb4RevNatKey { rev_nat_index: 1 }, Lb4ReverseNat { address: VIP.to_be(), port: 80u16.to_be(), pad: 0 })];
+    let revnat =
+        vec![(Lb4RevNatKey { rev_nat_index: 1 }, Lb4ReverseNat { address: VIP.to_be(), port: 80u16.to_be(), pad: 0 })];
     let mut services: Vec<(Lb4Key, Lb4Service)> =
         vec![(frontend(0), Lb4Service { count: ids.len() as u16, rev_nat_index: 1, ..Default::default() })];
     for (slot, id) in ids.iter().enumerate() {
-        services.push((frontend(slot as u16 + 1), Lb4Service { backend_id: *id, rev_nat_index: 1, ..Default::default() }));
+        services
+            .push((frontend(slot as u16 + 1), Lb4Service { backend_id: *id, rev_nat_index: 1, ..Default::default() }));
     }
     (backends, revnat, services)
 }
@@ -236,7 +257,10 @@ fn a_failed_backend_write_holds_back_slots_and_master_until_it_succeeds() {
     let report = lb.writer.sync_once(t0);
     assert_eq!(report.failed_ops, 1);
     assert!(report.blocked_steps > 0);
-    assert!(lb.kernel.contents::<Lb4Key, Lb4Service>(Lb4Services::NAME).is_empty(), "no slot may point at a missing backend");
+    assert!(
+        lb.kernel.contents::<Lb4Key, Lb4Service>(Lb4Services::NAME).is_empty(),
+        "no slot may point at a missing backend"
+    );
     let retry_at = lb.writer.next_retry().expect("the failed backend is scheduled for retry");
     assert_eq!(retry_at, t0 + Duration::from_millis(50));
 
@@ -335,7 +359,11 @@ fn refresh_repairs_drift() {
     lb.kernel.poke::<_, Lb4Backend>(Lb4Backends::NAME, k(2), None);
     lb.kernel.poke(Lb4Backends::NAME, k(9), Some(Lb4Backend::default()));
     lb.writer.sync_once(t0);
-    assert_ne!(lb.kernel.contents::<Lb4BackendKey, Lb4Backend>(Lb4Backends::NAME), want, "a pass alone cannot see drift");
+    assert_ne!(
+        lb.kernel.contents::<Lb4BackendKey, Lb4Backend>(Lb4Backends::NAME),
+        want,
+        "a pass alone cannot see drift"
+    );
 
     assert_eq!(lb.writer.refresh(), 3);
     lb.writer.sync_once(t0);

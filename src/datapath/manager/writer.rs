@@ -166,7 +166,13 @@ impl<K: Ord + Clone, V: Clone + PartialEq> SyncState<K, V> {
     }
 
     /// Records the outcome of `op`.
-    pub fn record(&mut self, table: &Table<K, V>, op: &Op<K, V>, result: Result<(), &BackendError>, now: Instant) -> Recorded {
+    pub fn record(
+        &mut self,
+        table: &Table<K, V>,
+        op: &Op<K, V>,
+        result: Result<(), &BackendError>,
+        now: Instant,
+    ) -> Recorded {
         let key = op.key();
         let still_wanted = match op {
             Op::Upsert(_, v) => table.get(key) == Some(v),
@@ -264,11 +270,14 @@ pub(crate) trait Member: Send {
     fn counts(&self) -> Counts;
 }
 
+/// A pass's planned ops of one map, by (kind, phase).
+type Plan<K, V> = BTreeMap<(OpKind, u8), Vec<Op<K, V>>>;
+
 pub(crate) struct TypedMember<M: MapDef> {
     pub state: Arc<Mutex<MapState<M::Key, M::Value>>>,
     pub backend: Box<dyn MapBackend<M::Key, M::Value>>,
     pub metrics: Arc<Metrics>,
-    planned: BTreeMap<(OpKind, u8), Vec<Op<M::Key, M::Value>>>,
+    planned: Plan<M::Key, M::Value>,
 }
 
 impl<M: MapDef> TypedMember<M> {
