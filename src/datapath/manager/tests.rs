@@ -69,12 +69,9 @@ fn random_owner_updates_converge_under_ten_percent_faults() {
         let owners: Vec<Owner> = ["endpoints", "nodes", "services"].iter().map(|n| manager.register_owner(n)).collect();
         let mut group = manager.group("plain", WriteOrder::DeletesFirst);
         // The start-up dump may hit an injected fault too; a real agent retries start-up.
-        let table = loop {
-            match group.add::<Plain>(kernel.map("plain")) {
-                Ok(t) => break t,
-                Err(_) => continue,
-            }
-        };
+        let table = (0..100)
+            .find_map(|_| group.add::<Plain>(kernel.map("plain")).ok())
+            .expect("a start-up dump succeeds within 100 tries at 10% faults");
         let mut writer = group.build();
         for o in &owners {
             o.initial_pass_done();
