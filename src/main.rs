@@ -28,6 +28,8 @@ enum Command {
     Cni,
     /// Show the local agent's status.
     Status(cli::status::StatusArgs),
+    /// Read the pinned BPF maps directly (`beeline bpf lb list`).
+    Bpf(cli::bpf::BpfArgs),
 }
 
 fn main() {
@@ -48,6 +50,7 @@ fn main() {
             Command::Agent(args) => agent::run(args).await,
             Command::Operator(args) => operator::run(args).await,
             Command::Status(args) => cli::status::run(args).await,
+            Command::Bpf(args) => cli::bpf::run(args).await,
             Command::Cni => unreachable!("handled above"),
         }
     });
