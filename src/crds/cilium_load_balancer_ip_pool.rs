@@ -37,7 +37,7 @@ pub struct LbIpPoolSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blocks: Vec<LbIpBlock>,
     /// `Yes` (default) or `No`: whether the first and last IP of each CIDR may be allocated.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "allowFirstLastIPs", default, skip_serializing_if = "Option::is_none")]
     pub allow_first_last_ips: Option<AllowFirstLastIps>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_selector: Option<LabelSelector>,
