@@ -97,7 +97,9 @@ mod tests {
 
     #[test]
     fn round_trips_both_families() {
-        for text in ["0.0.0.0", "10.0.2.1", "255.255.255.255", "::", "fd00::1", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"] {
+        for text in
+            ["0.0.0.0", "10.0.2.1", "255.255.255.255", "::", "fd00::1", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"]
+        {
             let addr: IpAddr = text.parse().unwrap();
             assert_eq!(u128_to_addr(Family::of_addr(addr), addr_to_u128(addr)), addr, "{text}");
         }

@@ -17,7 +17,7 @@ use std::fmt;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::addr::{host_bits, last_index, network_value, nets_overlap, u128_to_addr, Family};
+use super::addr::{host_bits, last_index, nets_overlap, network_value, u128_to_addr, Family};
 use super::index_set::IndexSet;
 
 /// Cilium's message for an exhausted pool; users grep their CiliumNode status for it.
@@ -232,9 +232,7 @@ impl ClusterCidrPool {
     }
 
     fn holder_overlapping(&self, cidr: &IpNet) -> Option<(String, IpNet)> {
-        self.by_node
-            .iter()
-            .find_map(|(n, held)| held.iter().find(|h| nets_overlap(h, cidr)).map(|h| (n.clone(), *h)))
+        self.by_node.iter().find_map(|(n, held)| held.iter().find(|h| nets_overlap(h, cidr)).map(|h| (n.clone(), *h)))
     }
 
     /// Releases one CIDR of `node`; false if the node did not hold it.

@@ -82,7 +82,12 @@ fn restore_occupies_and_reports_conflicts() {
         ("exact", "n1", "10.0.1.0/24", Ok(Restored::Exact)),
         ("idempotent", "n1", "10.0.1.0/24", Ok(Restored::Exact)),
         ("host bits dropped", "n1", "10.0.1.9/24", Ok(Restored::Exact)),
-        ("taken by another node", "n2", "10.0.1.0/24", Err(|e| matches!(e, PoolError::Conflict { holder, .. } if holder == "n1"))),
+        (
+            "taken by another node",
+            "n2",
+            "10.0.1.0/24",
+            Err(|e| matches!(e, PoolError::Conflict { holder, .. } if holder == "n1")),
+        ),
         ("inside another node's CIDR", "n2", "10.0.1.128/25", Err(|e| matches!(e, PoolError::Conflict { .. }))),
         ("covering another node's CIDR", "n2", "10.0.0.0/23", Err(|e| matches!(e, PoolError::Conflict { .. }))),
         ("outside the cluster CIDRs", "n3", "192.168.0.0/24", Err(|e| matches!(e, PoolError::OutOfRange { .. }))),

@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::addr::{addr_to_u128, host_bits, last_index, network_value, nets_overlap, u128_to_addr, Family};
+use super::addr::{addr_to_u128, host_bits, last_index, nets_overlap, network_value, u128_to_addr, Family};
 use super::index_set::IndexSet;
 
 /// Who holds an address. The agent's restore and the CNI plugin's DEL/GC key on this.
@@ -86,9 +86,9 @@ pub enum IpamError {
     #[error("{addr} is the network or last address of {cidr}, which are never allocated")]
     ReservedAddress { addr: IpAddr, cidr: IpNet },
     #[error("{addr} is already allocated to {owner}")]
-    AlreadyAllocated { addr: IpAddr, owner: Owner },
+    AlreadyAllocated { addr: IpAddr, owner: Box<Owner> },
     #[error("{owner} already holds {existing}; it cannot also take {requested}")]
-    OwnerHasOtherAddress { owner: Owner, existing: IpAddr, requested: IpAddr },
+    OwnerHasOtherAddress { owner: Box<Owner>, existing: IpAddr, requested: IpAddr },
 }
 
 fn join(cidrs: &[IpNet]) -> String {
@@ -150,7 +150,8 @@ impl CidrRange {
             return None;
         }
         let start = self.next.clamp(1, self.capacity);
-        let offset = self.used.first_free_in(start, self.capacity).or_else(|| self.used.first_free_in(1, self.capacity))?;
+        let offset =
+            self.used.first_free_in(start, self.capacity).or_else(|| self.used.first_free_in(1, self.capacity))?;
         self.used.insert(offset);
         self.next = offset.saturating_add(1);
         Some(self.addr_at(offset))
@@ -258,11 +259,11 @@ impl AddressAllocator {
             return if *existing == addr {
                 Ok(())
             } else {
-                Err(IpamError::OwnerHasOtherAddress { owner, existing: *existing, requested: addr })
+                Err(IpamError::OwnerHasOtherAddress { owner: Box::new(owner), existing: *existing, requested: addr })
             };
         }
         if let Some(holder) = self.by_addr.get(&addr) {
-            return Err(IpamError::AlreadyAllocated { addr, owner: holder.clone() });
+            return Err(IpamError::AlreadyAllocated { addr, owner: Box::new(holder.clone()) });
         }
         let Some((range, offset)) = self.ranges.iter_mut().find_map(|r| r.offset_of(addr).map(|o| (r, o))) else {
             return Err(IpamError::NotInRange { addr, family: self.family, cidrs: self.cidrs() });

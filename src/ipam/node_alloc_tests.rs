@@ -112,13 +112,28 @@ fn restore_accepts_valid_and_reports_conflicts() {
         ("router restored", Owner::Router, "10.0.2.1", Want::Ok),
         ("same pair again is a no-op", Owner::Router, "10.0.2.1", Want::Ok),
         ("pod restored", pod(1), "10.0.2.77", Want::Ok),
-        ("address held by someone else", pod(2), "10.0.2.77", Want::Err(|e| matches!(e, IpamError::AlreadyAllocated { owner, .. } if *owner == pod(1)))),
-        ("owner holds another address", pod(1), "10.0.2.78", Want::Err(|e| matches!(e, IpamError::OwnerHasOtherAddress { .. }))),
+        (
+            "address held by someone else",
+            pod(2),
+            "10.0.2.77",
+            Want::Err(|e| matches!(e, IpamError::AlreadyAllocated { owner, .. } if **owner == pod(1))),
+        ),
+        (
+            "owner holds another address",
+            pod(1),
+            "10.0.2.78",
+            Want::Err(|e| matches!(e, IpamError::OwnerHasOtherAddress { .. })),
+        ),
         ("outside the node CIDRs", pod(3), "10.0.9.9", Want::Err(|e| matches!(e, IpamError::NotInRange { .. }))),
         ("network address", pod(3), "10.0.2.0", Want::Err(|e| matches!(e, IpamError::ReservedAddress { .. }))),
         ("last address", pod(3), "10.0.2.255", Want::Err(|e| matches!(e, IpamError::ReservedAddress { .. }))),
         ("other family", pod(3), "fd00::1", Want::Err(|e| matches!(e, IpamError::NotInRange { .. }))),
-        ("first usable", pod(4), "10.0.2.1", Want::Err(|e| matches!(e, IpamError::AlreadyAllocated { owner: Owner::Router, .. }))),
+        (
+            "first usable",
+            pod(4),
+            "10.0.2.1",
+            Want::Err(|e| matches!(e, IpamError::AlreadyAllocated { owner, .. } if **owner == Owner::Router)),
+        ),
         ("last usable", pod(4), "10.0.2.254", Want::Ok),
     ];
     let mut alloc = v4(&["10.0.2.0/24"]);
