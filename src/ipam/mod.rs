@@ -10,6 +10,7 @@ pub mod addr;
 pub mod cluster_pool;
 pub mod index_set;
 pub mod node_alloc;
+pub mod podcidr;
 
 pub use addr::Family;
 pub use cluster_pool::{ClusterCidrPool, PoolError, Restored};
