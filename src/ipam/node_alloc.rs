@@ -224,7 +224,7 @@ impl AddressAllocator {
     }
 
     pub fn free(&self) -> u128 {
-        self.capacity() - self.used()
+        self.capacity().saturating_sub(self.used())
     }
 
     /// Used addresses inside one CIDR (multi-pool decides which CIDR it can release).
