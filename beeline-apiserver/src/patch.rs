@@ -27,15 +27,116 @@ impl PatchKind {
     }
 }
 
+/// RFC 7386: objects merge recursively, `null` deletes, everything else replaces.
 pub fn json_merge(target: &mut Value, patch: &Value) {
-    json_patch::merge(target, patch);
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    let t = target.as_object_mut().expect("made an object above");
+    for (k, v) in p {
+        if v.is_null() {
+            t.remove(k);
+        } else {
+            json_merge(t.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
 }
 
+/// RFC 6902 JSON patch, with the Go library's leniency the real server has: `test` of a missing
+/// path against `null` succeeds (kube-runtime's finalizer helper relies on it).
 pub fn json_patch(target: &mut Value, patch: &Value) -> ApiResult<()> {
-    let ops: json_patch::Patch =
-        serde_json::from_value(patch.clone()).map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
-    json_patch::patch(target, &ops)
-        .map_err(|e| ApiError::new(422, "Invalid", format!("the server rejected our request due to an error in our request: {e}")))
+    let ops = patch.as_array().ok_or_else(|| ApiError::bad_request("a JSON patch must be an array"))?;
+    let invalid = |msg: String| {
+        ApiError::new(422, "Invalid", format!("the server rejected our request due to an error in our request: {msg}"))
+    };
+    for (i, op) in ops.iter().enumerate() {
+        let kind = op.get("op").and_then(Value::as_str).unwrap_or("");
+        let path = op.get("path").and_then(Value::as_str).ok_or_else(|| invalid(format!("operation {i} has no path")))?;
+        let value = op.get("value").cloned();
+        match kind {
+            "test" => {
+                let have = target.pointer(path).cloned().unwrap_or(Value::Null);
+                if have != value.unwrap_or(Value::Null) {
+                    return Err(invalid(format!("testing value {path} failed")));
+                }
+            }
+            "remove" => {
+                remove_pointer(target, path).ok_or_else(|| invalid(format!("unable to remove nonexistent key: {path}")))?;
+            }
+            "add" => add_pointer(target, path, value.unwrap_or(Value::Null), false)
+                .ok_or_else(|| invalid(format!("add operation does not apply: doc is missing path: {path}")))?,
+            "replace" => {
+                if target.pointer(path).is_none() {
+                    return Err(invalid(format!("replace operation does not apply: doc is missing key: {path}")));
+                }
+                add_pointer(target, path, value.unwrap_or(Value::Null), true)
+                    .ok_or_else(|| invalid(format!("replace failed at {path}")))?;
+            }
+            "move" | "copy" => {
+                let from = op.get("from").and_then(Value::as_str).ok_or_else(|| invalid(format!("operation {i} has no from")))?;
+                let v = if kind == "move" {
+                    remove_pointer(target, from)
+                } else {
+                    target.pointer(from).cloned()
+                }
+                .ok_or_else(|| invalid(format!("{kind} from a missing path: {from}")))?;
+                add_pointer(target, path, v, false).ok_or_else(|| invalid(format!("{kind} to a missing path: {path}")))?;
+            }
+            other => return Err(invalid(format!("unexpected operation {other:?}"))),
+        }
+    }
+    Ok(())
+}
+
+fn split_pointer(path: &str) -> Option<(&str, String)> {
+    let idx = path.rfind('/')?;
+    let last = path[idx + 1..].replace("~1", "/").replace("~0", "~");
+    Some((&path[..idx], last))
+}
+
+fn remove_pointer(target: &mut Value, path: &str) -> Option<Value> {
+    let (parent, last) = split_pointer(path)?;
+    match target.pointer_mut(parent)? {
+        Value::Object(m) => m.remove(&last),
+        Value::Array(a) => {
+            let i: usize = last.parse().ok()?;
+            (i < a.len()).then(|| a.remove(i))
+        }
+        _ => None,
+    }
+}
+
+fn add_pointer(target: &mut Value, path: &str, value: Value, replace: bool) -> Option<()> {
+    if path.is_empty() {
+        *target = value;
+        return Some(());
+    }
+    let (parent, last) = split_pointer(path)?;
+    match target.pointer_mut(parent)? {
+        Value::Object(m) => {
+            m.insert(last, value);
+        }
+        Value::Array(a) => {
+            if last == "-" {
+                a.push(value);
+            } else {
+                let i: usize = last.parse().ok()?;
+                if replace && i < a.len() {
+                    a[i] = value;
+                } else if !replace && i <= a.len() {
+                    a.insert(i, value);
+                } else {
+                    return None;
+                }
+            }
+        }
+        _ => return None,
+    }
+    Some(())
 }
 
 /// The patch-merge key of a list field of a built-in kind, or `None` when the list is replaced whole.
@@ -206,6 +307,26 @@ fn merge_list(kind: &str, field: &str, current: Value, items: &[Value]) -> ApiRe
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn json_patch_table() {
+        let cases = [
+            (json!({"a": 1}), json!([{"op": "test", "path": "/f", "value": null}, {"op": "add", "path": "/f", "value": ["x"]}]), Some(json!({"a": 1, "f": ["x"]}))),
+            (json!({"f": ["x"]}), json!([{"op": "test", "path": "/f/0", "value": "x"}, {"op": "remove", "path": "/f/0"}]), Some(json!({"f": []}))),
+            (json!({"f": ["x"]}), json!([{"op": "test", "path": "/f/0", "value": "y"}]), None),
+            (json!({"f": ["x"]}), json!([{"op": "add", "path": "/f/-", "value": "y"}, {"op": "replace", "path": "/f/0", "value": "z"}]), Some(json!({"f": ["z", "y"]}))),
+            (json!({"a": {"b": 1}}), json!([{"op": "move", "from": "/a/b", "path": "/c"}, {"op": "copy", "from": "/c", "path": "/d"}]), Some(json!({"a": {}, "c": 1, "d": 1}))),
+            (json!({}), json!([{"op": "remove", "path": "/missing"}]), None),
+            (json!({}), json!([{"op": "replace", "path": "/missing", "value": 1}]), None),
+        ];
+        for (mut doc, patch, want) in cases {
+            let result = json_patch(&mut doc, &patch);
+            match want {
+                Some(w) => assert_eq!(doc, w, "{patch}"),
+                None => assert_eq!(result.unwrap_err().code, 422, "{patch}"),
+            }
+        }
+    }
 
     #[test]
     fn strategic_merge_table() {
