@@ -7,6 +7,8 @@ pub mod agent;
 pub mod cli;
 pub mod cni;
 pub mod config;
+pub mod crds;
 pub mod datapath;
+pub mod ipam;
 pub mod operator;
 pub mod runtime;

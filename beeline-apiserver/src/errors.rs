@@ -18,30 +18,19 @@ pub struct ApiError {
     pub code: u16,
     pub reason: &'static str,
     pub message: String,
-    pub group: String,
-    pub kind: String,
-    pub name: String,
+    /// `details`: (group, kind, name); boxed to keep results small.
+    pub details: Box<(String, String, String)>,
     pub causes: Vec<Cause>,
 }
 
 impl ApiError {
     pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            code,
-            reason,
-            message: message.into(),
-            group: String::new(),
-            kind: String::new(),
-            name: String::new(),
-            causes: Vec::new(),
-        }
+        ApiError { code, reason, message: message.into(), details: Box::default(), causes: Vec::new() }
     }
 
     /// Fills `details` (group, kind, name) as the real server does for object errors.
     pub fn with_details(mut self, group: &str, kind: &str, name: &str) -> Self {
-        self.group = group.to_string();
-        self.kind = kind.to_string();
-        self.name = name.to_string();
+        self.details = Box::new((group.to_string(), kind.to_string(), name.to_string()));
         self
     }
 
@@ -116,10 +105,11 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code,
         });
-        if !self.kind.is_empty() || !self.name.is_empty() || !self.causes.is_empty() {
-            let mut details = json!({"name": self.name, "kind": self.kind});
-            if !self.group.is_empty() {
-                details["group"] = json!(self.group);
+        let (group, kind, name) = &*self.details;
+        if !kind.is_empty() || !name.is_empty() || !self.causes.is_empty() {
+            let mut details = json!({"name": name, "kind": kind});
+            if !group.is_empty() {
+                details["group"] = json!(group);
             }
             if !self.causes.is_empty() {
                 details["causes"] = Value::Array(

@@ -54,7 +54,9 @@ impl Query {
 async fn handle(State(server): State<ApiServer>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let query = Query(
-        form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect(),
+        form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect(),
     );
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
@@ -68,9 +70,17 @@ async fn handle(State(server): State<ApiServer>, req: Request) -> Response {
     }
 }
 
-fn route(server: &ApiServer, method: &Method, path: &str, query: &Query, headers: &HeaderMap, body: Bytes) -> ApiResult<Response> {
+fn route(
+    server: &ApiServer,
+    method: &Method,
+    path: &str,
+    query: &Query,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let get_only = || if method == Method::GET { Ok(()) } else { Err(ApiError::method_not_allowed("only GET is served here")) };
+    let get_only =
+        || if method == Method::GET { Ok(()) } else { Err(ApiError::method_not_allowed("only GET is served here")) };
     let registry = || server.state().registry.clone();
     match segs.as_slice() {
         ["version"] => get_only().map(|_| json_response(StatusCode::OK, &discovery::version())),
@@ -284,7 +294,8 @@ fn resource(
                     meta["namespace"].as_str().unwrap_or("").to_string(),
                     meta["name"].as_str().unwrap_or("").to_string(),
                 );
-                if let Ok(obj) = state.delete(&t.rt, &ins, &iname, (None, None), Propagation::Background, opts.dry_run) {
+                if let Ok(obj) = state.delete(&t.rt, &ins, &iname, (None, None), Propagation::Background, opts.dry_run)
+                {
                     deleted.push(output(&t, obj));
                 }
             }
@@ -315,8 +326,7 @@ fn list(server: &ApiServer, t: &Target, query: &Query, table: bool) -> ApiResult
     let labels = LabelSelector::parse(query.get("labelSelector").unwrap_or(""))?;
     let fields = FieldSelector::parse(query.get("fieldSelector").unwrap_or(""))?;
     let limit = query.get("limit").and_then(|l| l.parse().ok());
-    let result =
-        server.state().list(&t.rt, t.namespace.as_deref(), &labels, &fields, limit, query.get("continue"))?;
+    let result = server.state().list(&t.rt, t.namespace.as_deref(), &labels, &fields, limit, query.get("continue"))?;
     let items: Vec<Value> = result.items.into_iter().map(|o| output(t, o)).collect();
     let body = if table {
         table_of(&t.rt, items, Some(result.resource_version))
@@ -352,7 +362,8 @@ fn watch_response(server: &ApiServer, t: Target, query: &Query, table: bool) -> 
     };
     let (tx, mut lines) = tokio::sync::mpsc::channel::<Bytes>(256);
     tokio::spawn(watch::run(req, start, rx, tx));
-    let stream = futures::stream::poll_fn(move |cx| lines.poll_recv(cx).map(|l| l.map(Ok::<_, std::convert::Infallible>)));
+    let stream =
+        futures::stream::poll_fn(move |cx| lines.poll_recv(cx).map(|l| l.map(Ok::<_, std::convert::Infallible>)));
     Ok(Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")
@@ -426,7 +437,8 @@ fn age(created: &str) -> String {
 
 fn table_of(rt: &ResourceType, objects: Vec<Value>, rv: Option<u64>) -> Value {
     let status_col = matches!(rt.plural.as_str(), "pods" | "namespaces");
-    let mut columns = vec![json!({"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0})];
+    let mut columns =
+        vec![json!({"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0})];
     if status_col {
         columns.push(json!({"name": "Status", "type": "string", "format": "", "description": "Phase", "priority": 0}));
     }

@@ -76,7 +76,9 @@ fn key_element(keys: &[String], item: &Value) -> String {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scope {
     /// Everything but `status` (for types with a status subresource).
-    Main { status_separate: bool },
+    Main {
+        status_separate: bool,
+    },
     Status,
 }
 
@@ -487,7 +489,12 @@ pub fn apply(
         let err = ApiError::new(
             409,
             "Conflict",
-            format!("Apply failed with {} conflict{}: {}", causes.len(), if causes.len() == 1 { "" } else { "s" }, list.join(", ")),
+            format!(
+                "Apply failed with {} conflict{}: {}",
+                causes.len(),
+                if causes.len() == 1 { "" } else { "s" },
+                list.join(", ")
+            ),
         )
         .with_details(group, plural, name)
         .with_causes(causes);

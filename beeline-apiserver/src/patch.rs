@@ -55,7 +55,8 @@ pub fn json_patch(target: &mut Value, patch: &Value) -> ApiResult<()> {
     };
     for (i, op) in ops.iter().enumerate() {
         let kind = op.get("op").and_then(Value::as_str).unwrap_or("");
-        let path = op.get("path").and_then(Value::as_str).ok_or_else(|| invalid(format!("operation {i} has no path")))?;
+        let path =
+            op.get("path").and_then(Value::as_str).ok_or_else(|| invalid(format!("operation {i} has no path")))?;
         let value = op.get("value").cloned();
         match kind {
             "test" => {
@@ -65,7 +66,8 @@ pub fn json_patch(target: &mut Value, patch: &Value) -> ApiResult<()> {
                 }
             }
             "remove" => {
-                remove_pointer(target, path).ok_or_else(|| invalid(format!("unable to remove nonexistent key: {path}")))?;
+                remove_pointer(target, path)
+                    .ok_or_else(|| invalid(format!("unable to remove nonexistent key: {path}")))?;
             }
             "add" => add_pointer(target, path, value.unwrap_or(Value::Null), false)
                 .ok_or_else(|| invalid(format!("add operation does not apply: doc is missing path: {path}")))?,
@@ -77,14 +79,14 @@ pub fn json_patch(target: &mut Value, patch: &Value) -> ApiResult<()> {
                     .ok_or_else(|| invalid(format!("replace failed at {path}")))?;
             }
             "move" | "copy" => {
-                let from = op.get("from").and_then(Value::as_str).ok_or_else(|| invalid(format!("operation {i} has no from")))?;
-                let v = if kind == "move" {
-                    remove_pointer(target, from)
-                } else {
-                    target.pointer(from).cloned()
-                }
-                .ok_or_else(|| invalid(format!("{kind} from a missing path: {from}")))?;
-                add_pointer(target, path, v, false).ok_or_else(|| invalid(format!("{kind} to a missing path: {path}")))?;
+                let from = op
+                    .get("from")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| invalid(format!("operation {i} has no from")))?;
+                let v = if kind == "move" { remove_pointer(target, from) } else { target.pointer(from).cloned() }
+                    .ok_or_else(|| invalid(format!("{kind} from a missing path: {from}")))?;
+                add_pointer(target, path, v, false)
+                    .ok_or_else(|| invalid(format!("{kind} to a missing path: {path}")))?;
             }
             other => return Err(invalid(format!("unexpected operation {other:?}"))),
         }
@@ -311,11 +313,27 @@ mod tests {
     #[test]
     fn json_patch_table() {
         let cases = [
-            (json!({"a": 1}), json!([{"op": "test", "path": "/f", "value": null}, {"op": "add", "path": "/f", "value": ["x"]}]), Some(json!({"a": 1, "f": ["x"]}))),
-            (json!({"f": ["x"]}), json!([{"op": "test", "path": "/f/0", "value": "x"}, {"op": "remove", "path": "/f/0"}]), Some(json!({"f": []}))),
+            (
+                json!({"a": 1}),
+                json!([{"op": "test", "path": "/f", "value": null}, {"op": "add", "path": "/f", "value": ["x"]}]),
+                Some(json!({"a": 1, "f": ["x"]})),
+            ),
+            (
+                json!({"f": ["x"]}),
+                json!([{"op": "test", "path": "/f/0", "value": "x"}, {"op": "remove", "path": "/f/0"}]),
+                Some(json!({"f": []})),
+            ),
             (json!({"f": ["x"]}), json!([{"op": "test", "path": "/f/0", "value": "y"}]), None),
-            (json!({"f": ["x"]}), json!([{"op": "add", "path": "/f/-", "value": "y"}, {"op": "replace", "path": "/f/0", "value": "z"}]), Some(json!({"f": ["z", "y"]}))),
-            (json!({"a": {"b": 1}}), json!([{"op": "move", "from": "/a/b", "path": "/c"}, {"op": "copy", "from": "/c", "path": "/d"}]), Some(json!({"a": {}, "c": 1, "d": 1}))),
+            (
+                json!({"f": ["x"]}),
+                json!([{"op": "add", "path": "/f/-", "value": "y"}, {"op": "replace", "path": "/f/0", "value": "z"}]),
+                Some(json!({"f": ["z", "y"]})),
+            ),
+            (
+                json!({"a": {"b": 1}}),
+                json!([{"op": "move", "from": "/a/b", "path": "/c"}, {"op": "copy", "from": "/c", "path": "/d"}]),
+                Some(json!({"a": {}, "c": 1, "d": 1})),
+            ),
             (json!({}), json!([{"op": "remove", "path": "/missing"}]), None),
             (json!({}), json!([{"op": "replace", "path": "/missing", "value": 1}]), None),
         ];

@@ -34,9 +34,6 @@ impl Recorder {
 
     /// The distinct (client, verb, group, resource, subresource) tuples, as RBAC rules see them.
     pub fn rules(&self) -> BTreeSet<(String, String, String, String, String)> {
-        self.all()
-            .into_iter()
-            .map(|a| (a.client, a.verb, a.group, a.resource, a.subresource))
-            .collect()
+        self.all().into_iter().map(|a| (a.client, a.verb, a.group, a.resource, a.subresource)).collect()
     }
 }

@@ -92,7 +92,15 @@ const BUILTINS: &[Builtin] = &[
     b("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", true, &["netpol"], false),
     b("coordination.k8s.io", "v1", "Lease", "leases", true, &[], false),
     b("events.k8s.io", "v1", "Event", "events", true, &["ev"], false),
-    b("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", false, &["crd", "crds"], true),
+    b(
+        "apiextensions.k8s.io",
+        "v1",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        false,
+        &["crd", "crds"],
+        true,
+    ),
 ];
 
 /// All known types, keyed by (group, plural).

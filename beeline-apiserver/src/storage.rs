@@ -225,7 +225,8 @@ impl State {
         };
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let rt = s.registry.get(&(String::new(), "namespaces".into())).cloned().expect("namespaces type");
-            let opts = WriteOpts { manager: "beeline-apiserver".into(), sub: Sub::Main, version: "v1".into(), dry_run: false };
+            let opts =
+                WriteOpts { manager: "beeline-apiserver".into(), sub: Sub::Main, version: "v1".into(), dry_run: false };
             s.create(&rt, "", json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}), &opts)
                 .expect("bootstrap namespace");
         }
@@ -259,8 +260,9 @@ impl State {
     ) -> ApiResult<ListResult> {
         let start: Option<ObjKey> = match continue_from {
             Some(tok) if !tok.is_empty() => {
-                let (n, name) =
-                    tok.split_once('/').ok_or_else(|| ApiError::bad_request(format!("invalid continue token {tok:?}")))?;
+                let (n, name) = tok
+                    .split_once('/')
+                    .ok_or_else(|| ApiError::bad_request(format!("invalid continue token {tok:?}")))?;
                 Some((n.to_string(), name.to_string()))
             }
             _ => None,
@@ -338,7 +340,13 @@ impl State {
     }
 
     fn writer<'a>(rt: &ResourceType, opts: &'a WriteOpts, api_version: &'a str, now: &'a str) -> Writer<'a> {
-        Writer { manager: &opts.manager, subresource: opts.sub.name(), api_version, now, scope: Self::scope(rt, opts.sub) }
+        Writer {
+            manager: &opts.manager,
+            subresource: opts.sub.name(),
+            api_version,
+            now,
+            scope: Self::scope(rt, opts.sub),
+        }
     }
 
     fn check_namespace(&self, rt: &ResourceType, ns: &str) -> ApiResult<()> {
@@ -366,7 +374,11 @@ impl State {
                 &rt.group,
                 &rt.kind,
                 name,
-                vec![Cause { kind: "FieldValueRequired".into(), field: "metadata.name".into(), message: "Required value: name or generateName is required".into() }],
+                vec![Cause {
+                    kind: "FieldValueRequired".into(),
+                    field: "metadata.name".into(),
+                    message: "Required value: name or generateName is required".into(),
+                }],
             ));
         }
         if let Some(crd) = &rt.crd {
@@ -513,7 +525,14 @@ impl State {
         let api_version = rt.api_version(&opts.version);
         let ti = Self::type_info(rt, &opts.version);
         let applied = restrict_to_scope(&applied, Self::scope(rt, opts.sub));
-        let mut obj = managed::apply(None, &applied, ti, &Self::writer(rt, opts, &api_version, &now), false, (&rt.group, &rt.plural, name))?;
+        let mut obj = managed::apply(
+            None,
+            &applied,
+            ti,
+            &Self::writer(rt, opts, &api_version, &now),
+            false,
+            (&rt.group, &rt.plural, name),
+        )?;
         let mf = obj.pointer("/metadata/managedFields").cloned();
         let m = meta_mut(&mut obj);
         m.insert("name".into(), json!(name));
@@ -557,14 +576,28 @@ impl State {
                 &rt.group,
                 &rt.kind,
                 name,
-                vec![Cause { kind: "FieldValueInvalid".into(), field: "metadata.resourceVersion".into(), message: "Invalid value: 0x0: must be specified for an update".into() }],
+                vec![Cause {
+                    kind: "FieldValueInvalid".into(),
+                    field: "metadata.resourceVersion".into(),
+                    message: "Invalid value: 0x0: must be specified for an update".into(),
+                }],
             ));
         }
         // System-owned metadata comes from the stored object.
         {
             let om = meta(&old).clone();
             let m = meta_mut(&mut new);
-            for f in ["name", "namespace", "uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "managedFields", "resourceVersion"] {
+            for f in [
+                "name",
+                "namespace",
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+                "managedFields",
+                "resourceVersion",
+            ] {
                 match om.get(f) {
                     Some(v) => m.insert(f.into(), v.clone()),
                     None => m.remove(f),
@@ -594,7 +627,12 @@ impl State {
         }
         let now = now();
         let api_version = rt.api_version(&opts.version);
-        managed::record_update(Some(&old), &mut new, Self::type_info(rt, &opts.version), &Self::writer(rt, opts, &api_version, &now));
+        managed::record_update(
+            Some(&old),
+            &mut new,
+            Self::type_info(rt, &opts.version),
+            &Self::writer(rt, opts, &api_version, &now),
+        );
         self.commit_update(rt, ns, old, new, opts.dry_run)
     }
 
@@ -630,7 +668,14 @@ impl State {
 
     /// The common end of every update: generation, validation, no-op detection, finalizer-driven
     /// removal, resourceVersion and the MODIFIED event.
-    fn commit_update(&mut self, rt: &ResourceType, ns: &str, old: Value, mut new: Value, dry_run: bool) -> ApiResult<Value> {
+    fn commit_update(
+        &mut self,
+        rt: &ResourceType,
+        ns: &str,
+        old: Value,
+        mut new: Value,
+        dry_run: bool,
+    ) -> ApiResult<Value> {
         let name = meta_str(&old, "name").to_string();
         if spec_part(&old, rt.status_subresource) != spec_part(&new, rt.status_subresource) {
             let g = meta(&old).get("generation").and_then(Value::as_i64).unwrap_or(0);
@@ -673,7 +718,8 @@ impl State {
         let ns = if rt.namespaced { ns } else { "" };
         let old = self.get(rt, ns, name)?;
         let (uid, rv) = preconditions;
-        if uid.is_some_and(|u| u != meta_str(&old, "uid")) || rv.is_some_and(|r| r != meta_str(&old, "resourceVersion")) {
+        if uid.is_some_and(|u| u != meta_str(&old, "uid")) || rv.is_some_and(|r| r != meta_str(&old, "resourceVersion"))
+        {
             return Err(ApiError::conflict(&rt.group, &rt.plural, name));
         }
         if dry_run {
@@ -741,18 +787,15 @@ impl State {
     /// Deletes objects whose every owner is gone, like the garbage collector (background policy).
     fn collect_garbage(&mut self) {
         for _round in 0..64 {
-            let live: std::collections::HashSet<String> = self
-                .objects
-                .values()
-                .flat_map(|b| b.values())
-                .map(|o| meta_str(o, "uid").to_string())
-                .collect();
+            let live: std::collections::HashSet<String> =
+                self.objects.values().flat_map(|b| b.values()).map(|o| meta_str(o, "uid").to_string()).collect();
             let mut orphans = Vec::new();
             for (key, bucket) in &self.objects {
                 for ((ns, name), obj) in bucket {
                     let refs = meta(obj).get("ownerReferences").and_then(Value::as_array);
                     let Some(refs) = refs.filter(|r| !r.is_empty()) else { continue };
-                    let all_gone = refs.iter().all(|r| !live.contains(r.get("uid").and_then(Value::as_str).unwrap_or("")));
+                    let all_gone =
+                        refs.iter().all(|r| !live.contains(r.get("uid").and_then(Value::as_str).unwrap_or("")));
                     if all_gone && meta(obj).get("deletionTimestamp").is_none() {
                         orphans.push((key.clone(), ns.clone(), name.clone()));
                     }
@@ -828,15 +871,15 @@ fn crd_status(crd: &mut Value) {
     let stored: Vec<Value> = crd
         .pointer("/spec/versions")
         .and_then(Value::as_array)
-        .map(|vs| vs.iter().filter(|v| v.get("storage").and_then(Value::as_bool) == Some(true)).filter_map(|v| v.get("name").cloned()).collect())
+        .map(|vs| {
+            vs.iter()
+                .filter(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
+                .filter_map(|v| v.get("name").cloned())
+                .collect()
+        })
         .unwrap_or_default();
-    let time = crd
-        .pointer("/metadata/creationTimestamp")
-        .cloned()
-        .unwrap_or_else(|| json!(now()));
-    let cond = |t: &str, reason: &str, msg: &str| {
-        json!({"type": t, "status": "True", "lastTransitionTime": time, "reason": reason, "message": msg})
-    };
+    let time = crd.pointer("/metadata/creationTimestamp").cloned().unwrap_or_else(|| json!(now()));
+    let cond = |t: &str, reason: &str, msg: &str| json!({"type": t, "status": "True", "lastTransitionTime": time, "reason": reason, "message": msg});
     crd["status"] = json!({
         "acceptedNames": names,
         "conditions": [

@@ -31,9 +31,10 @@ pub struct WatchRequest {
 
 impl WatchRequest {
     fn matches(&self, obj: &Value) -> bool {
-        let ns_ok = self.namespace.as_deref().is_none_or(|ns| {
-            obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("") == ns
-        });
+        let ns_ok = self
+            .namespace
+            .as_deref()
+            .is_none_or(|ns| obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("") == ns);
         ns_ok && self.labels.matches(obj) && self.fields.matches(obj)
     }
 

@@ -92,9 +92,7 @@ async fn start() -> (beeline_apiserver::ApiServer, Kubectl, tokio::task::JoinHan
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_core_type_verbs() {
     let (server, k, handle) = start().await;
-    let cm = |v: &str| {
-        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c1", "namespace": "default"}, "data": {"k": v}})
-    };
+    let cm = |v: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c1", "namespace": "default"}, "data": {"k": v}});
     let f1 = k.file("cm1.json", &cm("v1"));
     assert!(k.ok(&["apply", "-f", path_str(&f1)]).await.contains("configmap/c1 created"));
     assert!(k.ok(&["apply", "-f", path_str(&f1)]).await.contains("configmap/c1 unchanged"));
@@ -111,17 +109,26 @@ async fn kubectl_core_type_verbs() {
     assert_eq!(k.ok(&["get", "cm", "-l", "env!=test", "-o", "name"]).await.trim(), "");
 
     // Server-side apply on a core type, then a second manager's conflicting apply.
-    let ss = k.file("ss.json", &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ss"}, "data": {"a": "1"}}));
+    let ss = k.file(
+        "ss.json",
+        &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ss"}, "data": {"a": "1"}}),
+    );
     assert!(k.ok(&["apply", "--server-side", "-f", path_str(&ss)]).await.contains("serverside-applied"));
-    let clash = k.file("clash.json", &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ss"}, "data": {"a": "2"}}));
+    let clash = k.file(
+        "clash.json",
+        &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ss"}, "data": {"a": "2"}}),
+    );
     let o = k.run(&["apply", "--server-side", "--field-manager=other", "-f", path_str(&clash)]).await;
     assert!(!o.ok && o.stderr.contains("conflict"), "{}", o.stderr);
     k.ok(&["apply", "--server-side", "--field-manager=other", "--force-conflicts", "-f", path_str(&clash)]).await;
     assert_eq!(k.ok(&["get", "cm", "ss", "-o", "jsonpath={.data.a}"]).await, "2");
 
     // wait: a condition set later by another client is seen through the watch.
-    let pod = k.file("pod.json", &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
-        "spec": {"containers": [{"name": "c", "image": "busybox"}]}}));
+    let pod = k.file(
+        "pod.json",
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}}),
+    );
     k.ok(&["apply", "-f", path_str(&pod)]).await;
     let pods: Api<Pod> = Api::default_namespaced(server.client());
     let setter = tokio::spawn(async move {
@@ -148,11 +155,12 @@ async fn kubectl_custom_resource_verbs() {
     let waited = k.ok(&["wait", "--for=condition=Established", "crd/widgets.test.beeline.io", "--timeout=30s"]).await;
     assert!(waited.contains("condition met"), "{waited}");
 
-    let w = |name: &str, replicas: i32| {
-        json!({"apiVersion": "test.beeline.io/v1", "kind": "Widget", "metadata": {"name": name}, "spec": {"replicas": replicas}})
-    };
+    let w = |name: &str, replicas: i32| json!({"apiVersion": "test.beeline.io/v1", "kind": "Widget", "metadata": {"name": name}, "spec": {"replicas": replicas}});
     let a = k.file("a.json", &w("a", 1));
-    assert!(k.ok(&["apply", "--server-side", "-f", path_str(&a)]).await.contains("widget.test.beeline.io/a serverside-applied"));
+    assert!(k
+        .ok(&["apply", "--server-side", "-f", path_str(&a)])
+        .await
+        .contains("widget.test.beeline.io/a serverside-applied"));
     let b = k.file("b.json", &w("b", 2));
     assert!(k.ok(&["apply", "-f", path_str(&b)]).await.contains("widget.test.beeline.io/b created"));
     let b3 = k.file("b3.json", &w("b", 3));
@@ -165,6 +173,11 @@ async fn kubectl_custom_resource_verbs() {
     let yaml = k.ok(&["get", "widget", "b", "-o", "yaml"]).await;
     assert!(yaml.contains("replicas: 3") && yaml.contains("apiVersion: test.beeline.io/v1"), "{yaml}");
 
+    // An invalid object is refused by the server with the field named.
+    let bad = k.file("bad.json", &json!({"apiVersion": "test.beeline.io/v1", "kind": "Widget", "metadata": {"name": "bad"}, "spec": {"replicas": "x"}}));
+    let o = k.run(&["apply", "-f", path_str(&bad)]).await;
+    assert!(!o.ok && o.stderr.contains("Invalid") && o.stderr.contains("spec.replicas"), "{}", o.stderr);
+
     k.ok(&["label", "widget", "a", "tier=gold"]).await;
     assert_eq!(k.ok(&["get", "widgets", "-l", "tier=gold", "-o", "name"]).await.trim(), "widget.test.beeline.io/a");
 
@@ -175,6 +188,9 @@ async fn kubectl_custom_resource_verbs() {
     assert!(k.ok(&["delete", "widget", "a", "b"]).await.contains("deleted"));
     assert_eq!(k.ok(&["get", "widgets", "-o", "name"]).await.trim(), "");
     // kubectl's requests are in the access record under its User-Agent.
-    assert!(server.accesses().iter().any(|a| a.client.starts_with("kubectl") && a.verb == "patch" && a.resource == "widgets"));
+    assert!(server
+        .accesses()
+        .iter()
+        .any(|a| a.client.starts_with("kubectl") && a.verb == "patch" && a.resource == "widgets"));
     handle.abort();
 }

@@ -1,5 +1,7 @@
 //! The datapath: the compiled eBPF object, loading/attaching, and (later) the map manager.
 
+pub mod manager;
+
 /// The eBPF object built from `beeline-ebpf` by `build.rs`, aligned for the ELF parser.
 pub fn bpf_object() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/beeline.bpf.o"))

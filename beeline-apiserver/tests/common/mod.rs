@@ -14,7 +14,14 @@ use serde::{Deserialize, Serialize};
 
 /// A namespaced test CR with a status subresource.
 #[derive(CustomResource, Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
-#[kube(group = "test.beeline.io", version = "v1", kind = "Widget", namespaced, status = "WidgetStatus", shortname = "wdg")]
+#[kube(
+    group = "test.beeline.io",
+    version = "v1",
+    kind = "Widget",
+    namespaced,
+    status = "WidgetStatus",
+    shortname = "wdg"
+)]
 pub struct WidgetSpec {
     pub replicas: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]

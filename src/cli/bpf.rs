@@ -1,0 +1,110 @@
+//! `beeline bpf <map> list`: dumps a pinned map directly (no agent needed), like `cilium bpf lb list`.
+
+use std::path::{Path, PathBuf};
+
+use super::{print_structured, Output};
+use crate::datapath::manager::backend::MapBackend;
+use crate::datapath::manager::kernel::KernelMap;
+use crate::datapath::manager::maps::{Lb4Backends, Lb4RevNat, Lb4Services};
+use crate::datapath::manager::MapDef;
+
+#[derive(Debug, clap::Args)]
+pub struct BpfArgs {
+    /// The bpffs directory the agent pins its maps in (`<bpf-root>/beeline`).
+    #[arg(long, global = true, env = "BEELINE_PIN_DIR", default_value = "/sys/fs/bpf/beeline")]
+    pub pin_dir: PathBuf,
+    #[arg(short, long, global = true, value_enum, default_value_t)]
+    pub output: Output,
+    #[command(subcommand)]
+    pub map: BpfMap,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum BpfMap {
+    /// Services: frontends (slot 0) and their backend slots.
+    Lb {
+        #[command(subcommand)]
+        verb: Verb,
+    },
+    /// Backends by backend ID.
+    Backend {
+        #[command(subcommand)]
+        verb: Verb,
+    },
+    /// Reverse-NAT entries by rev-NAT index.
+    Revnat {
+        #[command(subcommand)]
+        verb: Verb,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::Subcommand)]
+pub enum Verb {
+    /// Print every entry.
+    List,
+}
+
+/// Every row of the pinned map `M`, rendered by the map's definition.
+pub fn rows<M: MapDef>(pin_dir: &Path) -> Result<Vec<serde_json::Value>, Box<dyn std::error::Error + Send + Sync>> {
+    let mut map = KernelMap::<M::Key, M::Value>::open_pinned::<M>(pin_dir)?;
+    let mut entries = map.dump()?;
+    entries.sort_by_key(|row| row.0);
+    Ok(entries.iter().map(|(k, v)| M::row_json(k, v)).collect())
+}
+
+/// A plain text table: the columns are the keys of the first row.
+pub fn render(rows: &[serde_json::Value]) -> String {
+    let Some(first) = rows.first().and_then(|r| r.as_object()) else {
+        return "(no entries)\n".to_string();
+    };
+    let columns: Vec<&String> = first.keys().collect();
+    let cell = |row: &serde_json::Value, c: &str| match &row[c] {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let widths: Vec<usize> =
+        columns.iter().map(|c| rows.iter().map(|r| cell(r, c).len()).chain([c.len()]).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    let line = |cells: Vec<String>| {
+        cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string()
+    };
+    out.push_str(&line(columns.iter().map(|c| c.to_uppercase()).collect()));
+    out.push('\n');
+    for row in rows {
+        out.push_str(&line(columns.iter().map(|c| cell(row, c)).collect()));
+        out.push('\n');
+    }
+    out
+}
+
+pub async fn run(args: BpfArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let rows = match args.map {
+        BpfMap::Lb { verb: Verb::List } => rows::<Lb4Services>(&args.pin_dir)?,
+        BpfMap::Backend { verb: Verb::List } => rows::<Lb4Backends>(&args.pin_dir)?,
+        BpfMap::Revnat { verb: Verb::List } => rows::<Lb4RevNat>(&args.pin_dir)?,
+    };
+    if !print_structured(args.output, &rows)? {
+        print!("{}", render(&rows));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn render_aligns_columns_and_handles_empty_maps() {
+        assert_eq!(render(&[]), "(no entries)\n");
+        let rows = vec![
+            json!({"backend_id": 1, "address": "10.0.0.1:80"}),
+            json!({"backend_id": 12, "address": "10.0.0.2:8080"}),
+        ];
+        let text = render(&rows);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("ADDRESS"), "serde_json orders keys: {text}");
+        assert!(lines[2].contains("10.0.0.2:8080") && lines[2].ends_with("12"), "{text}");
+    }
+}
