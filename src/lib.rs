@@ -10,4 +10,5 @@ pub mod config;
 pub mod crds;
 pub mod datapath;
 pub mod operator;
+pub mod policy;
 pub mod runtime;
