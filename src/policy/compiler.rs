@@ -166,10 +166,9 @@ pub fn compile_endpoint(
 
     let mut allows = Vec::new();
     let mut denies = Vec::new();
-    for (direction, rules, own_ports) in [
-        (Direction::Ingress, &ingress, &endpoint.named_ports),
-        (Direction::Egress, &egress, cluster_named_ports),
-    ] {
+    for (direction, rules, own_ports) in
+        [(Direction::Ingress, &ingress, &endpoint.named_ports), (Direction::Egress, &egress, cluster_named_ports)]
+    {
         let enforced_by_rules = rules.iter().any(|r| r.enforces);
         let (enforcing, default_deny) = match config.mode {
             EnforcementMode::Never => (false, false),
@@ -192,7 +191,8 @@ pub fn compile_endpoint(
         }
         let allow_requires: Vec<Requirement> = rules.iter().flat_map(|r| r.allow_requires.iter().cloned()).collect();
         let deny_requires: Vec<Requirement> = rules.iter().flat_map(|r| r.deny_requires.iter().cloned()).collect();
-        let mut lower = LowerCtx { cache: &mut *cache, selectors: &mut out.selectors, direction, named_ports: own_ports };
+        let mut lower =
+            LowerCtx { cache: &mut *cache, selectors: &mut out.selectors, direction, named_ports: own_ports };
         for rule in rules {
             for peer_rule in &rule.allow {
                 allows.extend(lower.keys(peer_rule, &allow_requires));
@@ -222,8 +222,7 @@ impl LowerCtx<'_> {
     /// Map keys for one rule: its peers × its L4 blocks.
     fn keys(&mut self, rule: &PeerRule, requires: &[Requirement]) -> Vec<PolicyKey> {
         let mut peers = BTreeSet::new();
-        let with_requires =
-            |m: LabelMatcher| requires.iter().cloned().fold(m, |m, r| m.with(r));
+        let with_requires = |m: LabelMatcher| requires.iter().cloned().fold(m, |m, r| m.with(r));
         if rule.any_peer {
             if requires.is_empty() {
                 peers.insert(NumericIdentity::ANY);

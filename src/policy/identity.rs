@@ -221,10 +221,8 @@ mod tests {
 
     #[test]
     fn reserved_identity_numbers_match_cilium() {
-        let by_name: Vec<(u32, String)> = reserved_identities()
-            .into_iter()
-            .map(|i| (i.id.0, i.labels.iter().next().unwrap().to_string()))
-            .collect();
+        let by_name: Vec<(u32, String)> =
+            reserved_identities().into_iter().map(|i| (i.id.0, i.labels.iter().next().unwrap().to_string())).collect();
         let want = [
             (1, "reserved:host"),
             (2, "reserved:world"),

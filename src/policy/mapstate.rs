@@ -65,7 +65,8 @@ impl PolicyKey {
 
     /// Whether this key's L4 part matches a packet's protocol and port.
     pub fn matches_l4(&self, protocol: u8, port: u16) -> bool {
-        self.protocol == proto::ANY || (self.protocol == protocol && prefix_contains(self.port, self.port_prefix_len, port))
+        self.protocol == proto::ANY
+            || (self.protocol == protocol && prefix_contains(self.port, self.port_prefix_len, port))
     }
 
     /// Whether every packet this key's L4 part matches is also matched by `other`'s (same direction).
@@ -117,7 +118,8 @@ pub struct MapState {
 impl MapState {
     /// Builds the entries from raw allow and deny keys.
     pub fn build(allows: impl IntoIterator<Item = PolicyKey>, denies: impl IntoIterator<Item = PolicyKey>) -> Self {
-        let mut entries: BTreeMap<PolicyKey, PolicyValue> = denies.into_iter().map(|k| (k, PolicyValue::DENY)).collect();
+        let mut entries: BTreeMap<PolicyKey, PolicyValue> =
+            denies.into_iter().map(|k| (k, PolicyValue::DENY)).collect();
         let deny_keys: Vec<PolicyKey> = entries.keys().copied().collect();
         for key in allows {
             let shadowed = deny_keys.iter().any(|d| {
@@ -168,12 +170,8 @@ impl MapState {
 
     /// What to write to bring a map holding `self` to `target`: upserts (new or changed) then deletes.
     pub fn diff(&self, target: &MapState) -> MapDelta {
-        let upserts = target
-            .entries
-            .iter()
-            .filter(|(k, v)| self.entries.get(k) != Some(v))
-            .map(|(k, v)| (*k, *v))
-            .collect();
+        let upserts =
+            target.entries.iter().filter(|(k, v)| self.entries.get(k) != Some(v)).map(|(k, v)| (*k, *v)).collect();
         let deletes = self.entries.keys().filter(|k| !target.entries.contains_key(k)).copied().collect();
         MapDelta { upserts, deletes }
     }
@@ -193,6 +191,7 @@ impl MapDelta {
 }
 
 #[cfg(test)]
+#[allow(clippy::type_complexity)] // case tables
 mod tests {
     use super::*;
 

@@ -21,7 +21,7 @@ pub mod selector_cache;
 #[cfg(test)]
 mod tests;
 
-pub use compiler::{compile_endpoint, CompilerConfig, EnforcementMode, Endpoint, EndpointPolicy, PolicyRepository};
+pub use compiler::{compile_endpoint, CompilerConfig, Endpoint, EndpointPolicy, EnforcementMode, PolicyRepository};
 pub use identity::{Identity, NumericIdentity};
 pub use mapstate::{Direction, MapState, PolicyKey, PolicyValue, Verdict};
 pub use rules::{ParseContext, Policy, PolicyError, PolicySource};

@@ -14,9 +14,7 @@ use thiserror::Error;
 use super::identity::{keys, source};
 use super::ports::{icmp_type_by_name, proto};
 use super::selector::{entity_selectors, LabelMatcher, Operator, PeerSelector, Requirement};
-use crate::crds::policy_rule::{
-    CidrRule, EgressPeers, IcmpRule, IngressPeers, L4Proto, PortProtocol, PortRule, Rule,
-};
+use crate::crds::policy_rule::{CidrRule, EgressPeers, IcmpRule, IngressPeers, L4Proto, PortProtocol, PortRule, Rule};
 use crate::crds::{CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy};
 
 /// Where a policy came from; also its name in status, logs and `beeline policy get`.
@@ -147,7 +145,8 @@ pub enum PortMatch {
 impl Policy {
     pub fn from_cnp(cnp: &CiliumNetworkPolicy, ctx: &ParseContext) -> Result<Self, PolicyError> {
         let namespace = cnp.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-        let source = PolicySource::Cnp { namespace: namespace.clone(), name: cnp.metadata.name.clone().unwrap_or_default() };
+        let source =
+            PolicySource::Cnp { namespace: namespace.clone(), name: cnp.metadata.name.clone().unwrap_or_default() };
         Self::from_cilium_rules(source, cnp.spec.is_some(), cnp.rules(), Some(&namespace), ctx)
     }
 
@@ -182,7 +181,8 @@ impl Policy {
 
     pub fn from_knp(knp: &NetworkPolicy) -> Result<Self, PolicyError> {
         let namespace = knp.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-        let source = PolicySource::Knp { namespace: namespace.clone(), name: knp.metadata.name.clone().unwrap_or_default() };
+        let source =
+            PolicySource::Knp { namespace: namespace.clone(), name: knp.metadata.name.clone().unwrap_or_default() };
         let spec = knp.spec.clone().unwrap_or_default();
         let subject = k8s_matcher(spec.pod_selector.as_ref()).in_namespace(&namespace);
         let ingress_rules = spec.ingress.unwrap_or_default();
@@ -192,9 +192,7 @@ impl Policy {
             // Kubernetes default: always Ingress, Egress when the policy has egress rules.
             None => (true, !egress_rules.is_empty()),
         };
-        let direction = |enabled: bool, rules: Vec<(Option<Vec<NetworkPolicyPeer>>, Option<Vec<NetworkPolicyPort>>)>,
-                         dir: &str|
-         -> Result<DirectionRules, PolicyError> {
+        let direction = |enabled: bool, rules: Vec<KnpRule>, dir: &str| -> Result<DirectionRules, PolicyError> {
             if !enabled {
                 return Ok(DirectionRules::default());
             }
@@ -205,15 +203,19 @@ impl Policy {
             }
             Ok(out)
         };
-        let ingress = direction(
-            ingress_type,
-            ingress_rules.into_iter().map(|r| (r.from, r.ports)).collect(),
-            "ingress",
-        )?;
+        let ingress =
+            direction(ingress_type, ingress_rules.into_iter().map(|r| (r.from, r.ports)).collect(), "ingress")?;
         let egress = direction(egress_type, egress_rules.into_iter().map(|r| (r.to, r.ports)).collect(), "egress")?;
-        Ok(Policy { source, rules: vec![NormalizedRule { subject: Subject::Endpoints(subject), ingress, egress }], warnings: vec![] })
+        Ok(Policy {
+            source,
+            rules: vec![NormalizedRule { subject: Subject::Endpoints(subject), ingress, egress }],
+            warnings: vec![],
+        })
     }
 }
+
+/// A Kubernetes NetworkPolicy rule of either direction: peers and ports.
+type KnpRule = (Option<Vec<NetworkPolicyPeer>>, Option<Vec<NetworkPolicyPort>>);
 
 struct CiliumParser<'a> {
     ctx: &'a ParseContext,
@@ -548,8 +550,10 @@ fn icmp_matches(icmps: &[IcmpRule], path: &str) -> Result<Vec<PortMatch>, Policy
     for (i, rule) in icmps.iter().enumerate() {
         for (j, field) in rule.fields.iter().enumerate() {
             let ipv6 = matches!(field.family, Some(crate::crds::policy_rule::IcmpFamily::IPv6));
-            let invalid =
-                || PolicyError::InvalidIcmpType { path: format!("{path}[{i}].fields[{j}].type"), value: field.icmp_type.to_string() };
+            let invalid = || PolicyError::InvalidIcmpType {
+                path: format!("{path}[{i}].fields[{j}].type"),
+                value: field.icmp_type.to_string(),
+            };
             let icmp_type = match &field.icmp_type {
                 serde_json::Value::Number(n) => n.as_u64().and_then(|n| u8::try_from(n).ok()).ok_or_else(invalid)?,
                 serde_json::Value::String(s) => {
@@ -572,7 +576,11 @@ fn k8s_matcher(sel: Option<&metav1::LabelSelector>) -> LabelMatcher {
         m = m.with(Requirement::equals(&format!("{}:{k}", source::K8S), v));
     }
     for e in sel.match_expressions.iter().flatten() {
-        m = m.with(Requirement::new(&format!("{}:{}", source::K8S, e.key), k8s_operator(&e.operator), e.values.iter().flatten().cloned()));
+        m = m.with(Requirement::new(
+            &format!("{}:{}", source::K8S, e.key),
+            k8s_operator(&e.operator),
+            e.values.iter().flatten().cloned(),
+        ));
     }
     m
 }
@@ -642,7 +650,9 @@ fn knp_rule(
                 "TCP" => vec![(proto::TCP, "TCP")],
                 "UDP" => vec![(proto::UDP, "UDP")],
                 "SCTP" => vec![(proto::SCTP, "SCTP")],
-                other => return Err(PolicyError::InvalidProtocol { path: format!("{p}.protocol"), value: other.into() }),
+                other => {
+                    return Err(PolicyError::InvalidProtocol { path: format!("{p}.protocol"), value: other.into() })
+                }
             };
             let port_str = match &port.port {
                 None => "0".to_string(),

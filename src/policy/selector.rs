@@ -128,10 +128,9 @@ impl PeerSelector {
     pub fn selects(&self, identity: &Identity) -> bool {
         match self {
             Self::Labels(m) => m.matches(&identity.labels),
-            Self::Cidr { cidr, except } => identity
-                .cidrs
-                .iter()
-                .any(|p| cidr.contains(p) && !except.iter().any(|e| overlaps(e, p))),
+            Self::Cidr { cidr, except } => {
+                identity.cidrs.iter().any(|p| cidr.contains(p) && !except.iter().any(|e| overlaps(e, p)))
+            }
         }
     }
 
