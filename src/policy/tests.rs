@@ -825,3 +825,106 @@ fn identity_churn_recompiles_only_affected_endpoints() {
     assert!(after.affected_by(&changes));
     assert_eq!(after.map.diff(&c.compile(DEATHSTAR).map).deletes.len(), 1);
 }
+
+/// Property: for random allow/deny rule sets, the LPM entries (range → prefix expansion, deny precedence,
+/// wildcard peers and the datapath's two lookups) decide exactly what evaluating the rules directly does.
+#[test]
+fn compiled_entries_agree_with_direct_rule_evaluation() {
+    use super::rules::{DirectionRules, NormalizedRule, PeerRule, PolicySource, PortMatch, Subject, L4};
+    use super::selector::{LabelMatcher, Requirement};
+
+    fn next(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+    let classes = [("tiefighter", TIEFIGHTER), ("xwing", XWING), ("deathstar", DEATHSTAR)];
+    let probes_peers = [TIEFIGHTER, XWING, DEATHSTAR, WORLD, HOST];
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for round in 0..150 {
+        let mut c = cluster();
+        // (deny, peers (None = any), ranges (None = any L4))
+        let mut model: Vec<(bool, Option<Vec<u32>>, Option<Vec<(u8, u16, u16)>>)> = Vec::new();
+        let mut dir = DirectionRules { enforces: true, default_deny: next(&mut seed) % 4 != 0, ..Default::default() };
+        for _ in 0..(1 + next(&mut seed) % 4) {
+            let deny = next(&mut seed) % 3 == 0;
+            let l4 = match next(&mut seed) % 3 {
+                0 => None,
+                _ => Some(
+                    (0..1 + next(&mut seed) % 2)
+                        .map(|_| {
+                            let proto = if next(&mut seed) % 2 == 0 { TCP } else { UDP };
+                            let start = (next(&mut seed) % 64) as u16;
+                            (proto, start, start + (next(&mut seed) % 40) as u16)
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+            };
+            let peers = match next(&mut seed) % 3 {
+                0 if l4.is_some() => None,
+                _ => Some(vec![classes[(next(&mut seed) % 3) as usize]]),
+            };
+            let rule = PeerRule {
+                endpoints: peers
+                    .iter()
+                    .flatten()
+                    .map(|(class, _)| {
+                        LabelMatcher::default().with(Requirement::equals("class", class)).in_namespace("default")
+                    })
+                    .collect(),
+                others: vec![],
+                any_peer: peers.is_none(),
+                l4: match &l4 {
+                    None => L4::Any,
+                    Some(ranges) => L4::Ports(
+                        ranges.iter().map(|&(proto, start, end)| PortMatch::Range { proto, start, end }).collect(),
+                    ),
+                },
+            };
+            if deny {
+                dir.deny.push(rule);
+            } else {
+                dir.allow.push(rule);
+            }
+            model.push((deny, peers.map(|p| p.iter().map(|(_, id)| *id).collect()), l4));
+        }
+        let default_deny = dir.default_deny;
+        c.repo.upsert(Policy {
+            source: PolicySource::Ccnp { name: "random".into() },
+            rules: vec![NormalizedRule {
+                subject: Subject::Endpoints(LabelMatcher::default().with(Requirement::equals("class", "deathstar"))),
+                ingress: dir,
+                egress: Default::default(),
+            }],
+            warnings: vec![],
+        });
+        let compiled = c.compile(DEATHSTAR);
+        for _ in 0..60 {
+            let peer = probes_peers[(next(&mut seed) % probes_peers.len() as u64) as usize];
+            let protocol = [TCP, UDP, ICMP][(next(&mut seed) % 3) as usize];
+            let port = (next(&mut seed) % 110) as u16;
+            let matches = |deny: bool| {
+                model.iter().filter(|m| m.0 == deny).any(|(_, peers, l4)| {
+                    peers.as_ref().is_none_or(|p| p.contains(&peer))
+                        && l4
+                            .as_ref()
+                            .is_none_or(|r| r.iter().any(|&(pr, s, e)| pr == protocol && (s..=e).contains(&port)))
+                })
+            };
+            let want = if matches(true) {
+                Deny
+            } else if matches(false) || peer == HOST || !default_deny {
+                Allow
+            } else {
+                DefaultDeny
+            };
+            let got = compiled.verdict(IN, NumericIdentity(peer), protocol, port);
+            assert_eq!(
+                got, want,
+                "round {round}: peer {peer} {protocol}/{port} model {model:?} map {:#?}",
+                compiled.map
+            );
+        }
+    }
+}
