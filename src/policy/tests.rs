@@ -846,15 +846,16 @@ fn compiled_entries_agree_with_direct_rule_evaluation() {
         let mut c = cluster();
         // (deny, peers (None = any), ranges (None = any L4))
         let mut model: Vec<(bool, Option<Vec<u32>>, Option<Vec<(u8, u16, u16)>>)> = Vec::new();
-        let mut dir = DirectionRules { enforces: true, default_deny: next(&mut seed) % 4 != 0, ..Default::default() };
+        let mut dir =
+            DirectionRules { enforces: true, default_deny: !next(&mut seed).is_multiple_of(4), ..Default::default() };
         for _ in 0..(1 + next(&mut seed) % 4) {
-            let deny = next(&mut seed) % 3 == 0;
+            let deny = next(&mut seed).is_multiple_of(3);
             let l4 = match next(&mut seed) % 3 {
                 0 => None,
                 _ => Some(
                     (0..1 + next(&mut seed) % 2)
                         .map(|_| {
-                            let proto = if next(&mut seed) % 2 == 0 { TCP } else { UDP };
+                            let proto = if next(&mut seed).is_multiple_of(2) { TCP } else { UDP };
                             let start = (next(&mut seed) % 64) as u16;
                             (proto, start, start + (next(&mut seed) % 40) as u16)
                         })
