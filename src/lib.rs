@@ -11,4 +11,5 @@ pub mod crds;
 pub mod datapath;
 pub mod ipam;
 pub mod operator;
+pub mod policy;
 pub mod runtime;
