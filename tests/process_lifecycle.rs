@@ -2,8 +2,7 @@
 //! answer `/healthz` and `/readyz`, report an unreachable API server as not ready (without dying),
 //! refuse a bad configuration key by name, and stop cleanly on SIGTERM.
 //!
-//! The API server here is a minimal HTTP endpoint answering `/version`: enough for the
-//! connectivity check these processes do at this stage.
+//! The API server is beeline's in-memory Kubernetes API served over HTTP on loopback.
 
 use std::{
     io::{Read, Write},
@@ -15,44 +14,21 @@ use std::{
 
 const BIN: &str = env!("CARGO_BIN_EXE_beeline");
 
-/// A fake API server that answers `GET /version`; stops when dropped.
-struct VersionServer {
+/// The in-memory Kubernetes API on 127.0.0.1, on its own runtime; stops when dropped.
+struct TestApiServer {
     port: u16,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    _runtime: tokio::runtime::Runtime,
 }
 
-impl VersionServer {
+impl TestApiServer {
     fn start() -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let s = stop.clone();
-        std::thread::spawn(move || {
-            while !s.load(std::sync::atomic::Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut conn, _)) => {
-                        conn.set_nonblocking(false).unwrap();
-                        let mut buf = [0u8; 4096];
-                        let _ = conn.read(&mut buf);
-                        let body = r#"{"major":"1","minor":"34","gitVersion":"v1.34.0","gitCommit":"test","gitTreeState":"clean","buildDate":"2026-01-01T00:00:00Z","goVersion":"go1.24","compiler":"gc","platform":"linux/amd64"}"#;
-                        let _ = write!(
-                            conn,
-                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                            body.len()
-                        );
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
-        Self { port, stop }
-    }
-}
-
-impl Drop for VersionServer {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let server = beeline_apiserver::ApiServer::default();
+        runtime.spawn(async move { server.serve(listener).await });
+        Self { port, _runtime: runtime }
     }
 }
 
@@ -141,7 +117,7 @@ fn spawn(args: &[&str]) -> Proc {
 
 #[test]
 fn agent_serves_health_and_api_then_stops_on_sigterm() {
-    let api = VersionServer::start();
+    let api = TestApiServer::start();
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = write_kubeconfig(dir.path(), api.port);
     let health_port = free_port();
@@ -207,7 +183,7 @@ fn agent_reports_a_vanished_api_server_as_not_ready() {
 
 #[test]
 fn operator_serves_health_then_stops_on_sigterm() {
-    let api = VersionServer::start();
+    let api = TestApiServer::start();
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = write_kubeconfig(dir.path(), api.port);
     let health_port = free_port();
