@@ -341,7 +341,13 @@ mod tests {
             want_transitions: Option<i32>,
         }
         let cases = [
-            Case { name: "no lease", observed: None, unchanged_for: secs(0), want: "create", want_transitions: Some(0) },
+            Case {
+                name: "no lease",
+                observed: None,
+                unchanged_for: secs(0),
+                want: "create",
+                want_transitions: Some(0),
+            },
             Case {
                 name: "ours",
                 observed: Some(held_by(Some("me-1"), Some(15), 3)),

@@ -16,8 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::runtime::{
     args::ConfigArgs,
-    connectivity, health,
-    kubeclient,
+    connectivity, health, kubeclient,
     runner::{Runner, TaskResult},
     shutdown,
 };
