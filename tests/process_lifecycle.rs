@@ -193,11 +193,32 @@ fn operator_serves_health_then_stops_on_sigterm() {
         kubeconfig.to_str().unwrap(),
         "--set",
         &format!("operator-health-addr=127.0.0.1:{health_port}"),
+        // This API server only answers /version; CRD installation has its own tests.
+        "--set",
+        "skip-crd-creation=true",
     ]);
     assert_eq!(wait_for_status(health_port, "/healthz", 200), "ok\n");
     wait_for_status(health_port, "/readyz", 200);
     let status = operator.sigterm_and_wait();
     assert!(status.success(), "operator exited with {status}");
+}
+
+#[test]
+fn operator_refuses_to_start_when_it_cannot_install_the_crds() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on this port.
+    let kubeconfig = write_kubeconfig(dir.path(), free_port());
+    let out = Command::new(BIN)
+        .args(["operator", "--kubeconfig", kubeconfig.to_str().unwrap(), "--crd-install-timeout", "3"])
+        .args(["--set", &format!("operator-health-addr=127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the operator must not start: {err}");
+    assert!(
+        err.contains("cannot install CRD ciliumnodes.cilium.io: API server unreachable after"),
+        "stderr must name the CRD and the reason: {err}"
+    );
 }
 
 #[test]
