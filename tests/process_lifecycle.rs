@@ -193,12 +193,20 @@ fn operator_serves_health_then_stops_on_sigterm() {
         kubeconfig.to_str().unwrap(),
         "--set",
         &format!("operator-health-addr=127.0.0.1:{health_port}"),
-        // This API server only answers /version; CRD installation has its own tests.
-        "--set",
-        "skip-crd-creation=true",
     ]);
     assert_eq!(wait_for_status(health_port, "/healthz", 200), "ok\n");
-    wait_for_status(health_port, "/readyz", 200);
+    let ready = wait_for_status(health_port, "/readyz?verbose", 200);
+    assert!(ready.contains("[+]crds ok"), "CRDs installed into the in-memory API: {ready}");
+    // The only replica wins the Lease (the in-memory API has kube-system, as a real cluster does).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = http_get(health_port, "/metrics").map(|(_, b)| b).unwrap_or_default();
+        if metrics.contains("beeline_operator_is_leader 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the operator never became leader: {metrics}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let status = operator.sigterm_and_wait();
     assert!(status.success(), "operator exited with {status}");
 }
