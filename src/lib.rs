@@ -9,5 +9,6 @@ pub mod cni;
 pub mod config;
 pub mod crds;
 pub mod datapath;
+pub mod ipam;
 pub mod operator;
 pub mod runtime;
