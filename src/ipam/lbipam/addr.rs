@@ -82,18 +82,7 @@ impl Count {
     /// Addresses in the inclusive range `first..=last` (`last - first + 1`, which is 2^128 for `::/0`).
     pub fn of_span(first: u128, last: u128) -> Self {
         debug_assert!(first <= last);
-        Count::from_u128(last - first).add(Count::from_u128(1))
-    }
-
-    pub fn add(self, other: Count) -> Count {
-        let mut out = [0u64; 4];
-        let mut carry = 0u128;
-        for (i, limb) in out.iter_mut().enumerate() {
-            let sum = self.0[i] as u128 + other.0[i] as u128 + carry;
-            *limb = sum as u64;
-            carry = sum >> 64;
-        }
-        Count(out)
+        Count::from_u128(last - first) + Count::from_u128(1)
     }
 
     /// `self - other`, clamped at zero.
@@ -112,6 +101,21 @@ impl Count {
                 *limb = diff as u64;
                 borrow = 0;
             }
+        }
+        Count(out)
+    }
+}
+
+impl std::ops::Add for Count {
+    type Output = Count;
+
+    fn add(self, other: Count) -> Count {
+        let mut out = [0u64; 4];
+        let mut carry = 0u128;
+        for (i, limb) in out.iter_mut().enumerate() {
+            let sum = self.0[i] as u128 + other.0[i] as u128 + carry;
+            *limb = sum as u64;
+            carry = sum >> 64;
         }
         Count(out)
     }
@@ -159,7 +163,7 @@ mod tests {
     fn counts_add_compare_and_print_beyond_u128() {
         let v6_all = Count::of_span(0, u128::MAX);
         assert_eq!(v6_all.to_string(), "340282366920938463463374607431768211456");
-        assert_eq!(v6_all.add(v6_all).to_string(), "680564733841876926926749214863536422912");
+        assert_eq!((v6_all + v6_all).to_string(), "680564733841876926926749214863536422912");
         assert!(v6_all > Count::from_u128(u128::MAX));
         assert_eq!(Count::of_span(10, 19), 10u128);
         assert_eq!(Count::from_u128(256).saturating_sub(Count::from_u128(2)).to_string(), "254");

@@ -168,14 +168,21 @@ mod tests {
     #[test]
     fn blocks_parse_into_inclusive_ranges() {
         // (block, first, last, count, reserved first/last under allowFirstLastIPs: No)
-        let cases: &[(LbIpBlock, &str, &str, &str, Option<(&str, &str)>)] = &[
+        type Case = (LbIpBlock, &'static str, &'static str, &'static str, Option<(&'static str, &'static str)>);
+        let cases: &[Case] = &[
             (block(Some("10.0.0.0/24"), None, None), "10.0.0.0", "10.0.0.255", "256", Some(("10.0.0.0", "10.0.0.255"))),
             (block(Some("10.0.0.7/30"), None, None), "10.0.0.4", "10.0.0.7", "4", Some(("10.0.0.4", "10.0.0.7"))),
             (block(Some("10.0.0.0/31"), None, None), "10.0.0.0", "10.0.0.1", "2", None),
             (block(Some("10.0.0.9/32"), None, None), "10.0.0.9", "10.0.0.9", "1", None),
             (block(Some("fd00::/126"), None, None), "fd00::", "fd00::3", "4", Some(("fd00::", "fd00::3"))),
             (block(Some("fd00::/127"), None, None), "fd00::", "fd00::1", "2", None),
-            (block(Some("::/0"), None, None), "::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "340282366920938463463374607431768211456", Some(("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"))),
+            (
+                block(Some("::/0"), None, None),
+                "::",
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+                "340282366920938463463374607431768211456",
+                Some(("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")),
+            ),
             (block(None, Some("10.0.0.5"), None), "10.0.0.5", "10.0.0.5", "1", None),
             (block(None, Some("10.0.0.5"), Some("10.0.0.9")), "10.0.0.5", "10.0.0.9", "5", None),
             (block(None, Some("fd00::1"), Some("fd00::10")), "fd00::1", "fd00::10", "16", None),
@@ -194,10 +201,22 @@ mod tests {
     #[test]
     fn semantic_errors_name_the_field() {
         let cases: &[(LbIpBlock, &str)] = &[
-            (block(None, Some("10.0.0.9"), Some("10.0.0.1")), "spec.blocks[3].stop: stop '10.0.0.1' is before start '10.0.0.9'"),
-            (block(Some("10.0.0.0/24"), Some("10.0.0.1"), None), "spec.blocks[3]: cidr and start/stop are mutually exclusive; use one or the other"),
-            (block(Some("10.0.0.0/24"), None, Some("10.0.0.1")), "spec.blocks[3]: cidr and start/stop are mutually exclusive; use one or the other"),
-            (block(None, Some("10.0.0.1"), Some("fd00::1")), "spec.blocks[3].stop: start '10.0.0.1' and stop 'fd00::1' are of different address families"),
+            (
+                block(None, Some("10.0.0.9"), Some("10.0.0.1")),
+                "spec.blocks[3].stop: stop '10.0.0.1' is before start '10.0.0.9'",
+            ),
+            (
+                block(Some("10.0.0.0/24"), Some("10.0.0.1"), None),
+                "spec.blocks[3]: cidr and start/stop are mutually exclusive; use one or the other",
+            ),
+            (
+                block(Some("10.0.0.0/24"), None, Some("10.0.0.1")),
+                "spec.blocks[3]: cidr and start/stop are mutually exclusive; use one or the other",
+            ),
+            (
+                block(None, Some("10.0.0.1"), Some("fd00::1")),
+                "spec.blocks[3].stop: start '10.0.0.1' and stop 'fd00::1' are of different address families",
+            ),
             (block(None, None, None), "spec.blocks[3]: a block needs either cidr or start"),
             (block(None, None, Some("10.0.0.1")), "spec.blocks[3].stop: stop '10.0.0.1' is set without a start"),
             (block(Some("10.0.0.0/33"), None, None), "spec.blocks[3].cidr: '10.0.0.0/33' is not a valid CIDR"),

@@ -341,12 +341,17 @@ impl<'a> Allocator<'a> {
     }
 }
 
-fn pool_outcome(pool: usize, pools: &[PoolView], conflict: Option<&Conflict>, claims: &BTreeMap<IpAddr, Claim>) -> PoolOutcome {
+fn pool_outcome(
+    pool: usize,
+    pools: &[PoolView],
+    conflict: Option<&Conflict>,
+    claims: &BTreeMap<IpAddr, Claim>,
+) -> PoolOutcome {
     let p = &pools[pool];
     let held: Vec<IpAddr> = claims.iter().filter(|(_, c)| c.pool == pool).map(|(ip, _)| *ip).collect();
     let mut total = Count::ZERO;
     for range in &p.ranges {
-        total = total.add(range.len());
+        total = total + range.len();
         if let Some((first, last)) = range.reserved_when_first_last_disallowed().filter(|_| !p.allow_first_last) {
             // A reserved address only counts when a Service still holds it (allowFirstLastIPs was
             // flipped to No after it was assigned).
@@ -357,7 +362,8 @@ fn pool_outcome(pool: usize, pools: &[PoolView], conflict: Option<&Conflict>, cl
     let used = Count::from_u128(held.len() as u128);
     let available = total.saturating_sub(used);
     let g = p.generation;
-    let count = |t: &str, n: Count| DesiredCondition::new(t, "Unknown", reason::NO_REASON, n.to_string()).with_generation(g);
+    let count =
+        |t: &str, n: Count| DesiredCondition::new(t, "Unknown", reason::NO_REASON, n.to_string()).with_generation(g);
     let conflict_condition = match conflict {
         Some(c) => DesiredCondition::new(CONDITION_POOL_CONFLICT, "True", reason::CIDR_OVERLAP, c.message()),
         None => DesiredCondition::new(CONDITION_POOL_CONFLICT, "False", reason::RESOLVED, ""),
@@ -397,9 +403,11 @@ pub fn desired_state(pools: &[CiliumLoadBalancerIPPool], services: &[Service], c
         match classify(svc, config) {
             Responsibility::Ours(req) => {
                 let dormant_and_new = views.is_empty()
-                    && !svc.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
-                        c.iter().any(|c| c.type_ == CONDITION_REQUEST_SATISFIED)
-                    });
+                    && !svc
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| c.iter().any(|c| c.type_ == CONDITION_REQUEST_SATISFIED));
                 if !dormant_and_new {
                     requests.push(*req);
                 }

@@ -8,9 +8,9 @@ use k8s_openapi::api::core::v1::{LoadBalancerIngress, Service, ServicePort, Serv
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 
+use super::addr::{Count, Family};
 use super::status::{service_status_released, service_status_with};
 use super::*;
-use super::addr::{Count, Family};
 use crate::crds::cilium_load_balancer_ip_pool::{AllowFirstLastIps, CiliumLoadBalancerIPPool, LbIpBlock, LbIpPoolSpec};
 use crate::crds::selector::{LabelSelector, LabelSelectorRequirement, SelectorOperator};
 
@@ -79,8 +79,9 @@ fn label(mut s: Service, key: &str, value: &str) -> Service {
 }
 
 pub(super) fn ports(mut s: Service, ports: &[i32]) -> Service {
-    s.spec.as_mut().unwrap().ports =
-        Some(ports.iter().map(|p| ServicePort { port: *p, protocol: Some("TCP".into()), ..Default::default() }).collect());
+    s.spec.as_mut().unwrap().ports = Some(
+        ports.iter().map(|p| ServicePort { port: *p, protocol: Some("TCP".into()), ..Default::default() }).collect(),
+    );
     s
 }
 
@@ -169,95 +170,243 @@ fn single_pass_semantics() {
     type Case = (&'static str, Vec<CiliumLoadBalancerIPPool>, Vec<Service>, Vec<Vec<&'static str>>, Vec<&'static str>);
     let p = |name, created, c| pool(name, created, vec![cidr(c)]);
     let cases: Vec<Case> = vec![
-        ("first free address, oldest service first", vec![p("a", 1, "10.0.0.0/30")],
-         vec![svc("ns", "y", 2), svc("ns", "x", 1)], vec![vec!["10.0.0.1"], vec!["10.0.0.0"]], vec!["satisfied", "satisfied"]),
-        ("pool order is creation order, then blocks in order", vec![
-            pool("young", 5, vec![cidr("10.9.0.0/32")]),
-            pool("old", 1, vec![range("10.1.0.5", Some("10.1.0.5")), range("10.0.0.1", None)])],
-         vec![svc("ns", "a", 1), svc("ns", "b", 2), svc("ns", "c", 3), svc("ns", "d", 4)],
-         vec![vec!["10.1.0.5"], vec!["10.0.0.1"], vec!["10.9.0.0"], vec![]],
-         vec!["satisfied", "satisfied", "satisfied", "out_of_ips"]),
-        ("allowFirstLastIPs No skips network and broadcast", vec![first_last(p("a", 1, "10.0.0.0/30"), AllowFirstLastIps::No)],
-         vec![svc("ns", "a", 1), svc("ns", "b", 2), svc("ns", "c", 3)],
-         vec![vec!["10.0.0.1"], vec!["10.0.0.2"], vec![]], vec!["satisfied", "satisfied", "out_of_ips"]),
-        ("allowFirstLastIPs No reserves nothing in a /31 or a start/stop range",
-         vec![first_last(pool("a", 1, vec![cidr("10.0.0.0/31"), range("10.0.1.0", Some("10.0.1.2"))]), AllowFirstLastIps::No)],
-         vec![svc("ns", "a", 1), svc("ns", "b", 2), svc("ns", "c", 3)],
-         vec![vec!["10.0.0.0"], vec!["10.0.0.1"], vec!["10.0.1.0"]], vec!["satisfied"; 3]),
-        ("no pool for the family", vec![p("a", 1, "fd00::/120")], vec![svc("ns", "a", 1)], vec![vec![]], vec!["no_pool"]),
-        ("serviceSelector matchLabels", vec![with_selector(p("a", 1, "10.0.0.0/24"), &[("env", "prod")])],
-         vec![label(svc("ns", "a", 1), "env", "prod"), label(svc("ns", "b", 1), "env", "dev")],
-         vec![vec!["10.0.0.0"], vec![]], vec!["satisfied", "no_pool"]),
-        ("namespace label is set by LB-IPAM and cannot be spoofed",
-         vec![with_selector(p("a", 1, "10.0.0.0/24"), &[("io.kubernetes.service.namespace", "payments")])],
-         vec![label(svc("evil", "a", 1), "io.kubernetes.service.namespace", "payments"), svc("payments", "b", 2)],
-         vec![vec![], vec!["10.0.0.0"]], vec!["no_pool", "satisfied"]),
-        ("name label selects one service", vec![with_selector(p("a", 1, "10.0.0.0/24"), &[("io.kubernetes.service.name", "b")])],
-         vec![svc("ns", "a", 1), svc("ns", "b", 2)], vec![vec![], vec!["10.0.0.0"]], vec!["no_pool", "satisfied"]),
-        ("matchExpressions", vec![{
-            let mut pl = p("a", 1, "10.0.0.0/24");
-            pl.spec.service_selector = Some(LabelSelector {
-                match_expressions: vec![LabelSelectorRequirement { key: "tier".into(), operator: SelectorOperator::NotIn, values: vec!["internal".into()] }],
-                ..Default::default()
-            });
-            pl
-        }], vec![label(svc("ns", "a", 1), "tier", "internal"), svc("ns", "b", 2)], vec![vec![], vec!["10.0.0.0"]], vec!["no_pool", "satisfied"]),
-        ("disabled pool makes no new assignments", vec![disabled(p("a", 1, "10.0.0.0/24"))], vec![svc("ns", "a", 1)], vec![vec![]], vec!["no_pool"]),
-        ("requested by spec.loadBalancerIP and annotation (alias), all must be assigned",
-         vec![p("a", 1, "10.0.0.0/24")],
-         vec![spec(annotate(svc("ns", "a", 1), "io.cilium/lb-ipam-ips", "10.0.0.7, 10.0.0.9"), |s| s.load_balancer_ip = Some("10.0.0.5".into())),
-              annotate(svc("ns", "b", 2), "lbipam.cilium.io/ips", "10.0.0.8,10.1.0.1")],
-         vec![vec!["10.0.0.5", "10.0.0.7", "10.0.0.9"], vec!["10.0.0.8"]], vec!["satisfied", "no_pool"]),
-        ("requested address taken by another service", vec![p("a", 1, "10.0.0.0/24")],
-         vec![annotate(svc("ns", "a", 1), ANNOTATION_IPS, "10.0.0.3"), annotate(svc("ns", "b", 2), ANNOTATION_IPS, "10.0.0.3")],
-         vec![vec!["10.0.0.3"], vec![]], vec!["satisfied", "already_allocated"]),
-        ("requested address in a pool that doesn't select the service",
-         vec![with_selector(p("a", 1, "10.0.0.0/24"), &[("env", "prod")])],
-         vec![annotate(svc("ns", "a", 1), ANNOTATION_IPS, "10.0.0.3")], vec![vec![]], vec!["pool_selector_mismatch"]),
-        ("requested addresses are served before generic ones in the same pass", vec![p("a", 1, "10.0.0.0/31")],
-         vec![svc("ns", "generic", 1), annotate(svc("ns", "wants", 2), ANNOTATION_IPS, "10.0.0.0")],
-         vec![vec!["10.0.0.1"], vec!["10.0.0.0"]], vec!["satisfied", "satisfied"]),
-        ("sharing key: different ports share, same port does not", vec![p("a", 1, "10.0.0.0/24")],
-         vec![annotate(svc("ns", "a", 1), ANNOTATION_SHARING_KEY, "k"),
-              annotate(ports(svc("ns", "b", 2), &[443]), ANNOTATION_SHARING_KEY, "k"),
-              annotate(ports(svc("ns", "c", 3), &[80, 8080]), ANNOTATION_SHARING_KEY, "k")],
-         vec![vec!["10.0.0.0"], vec!["10.0.0.0"], vec!["10.0.0.1"]], vec!["satisfied"; 3]),
-        ("same port with a different protocol still cannot share", vec![p("a", 1, "10.0.0.0/24")],
-         vec![annotate(svc("ns", "a", 1), ANNOTATION_SHARING_KEY, "k"),
-              annotate(spec(svc("ns", "b", 2), |s| s.ports.as_mut().unwrap()[0].protocol = Some("UDP".into())), ANNOTATION_SHARING_KEY, "k")],
-         vec![vec!["10.0.0.0"], vec!["10.0.0.1"]], vec!["satisfied"; 2]),
-        ("different keys never share", vec![p("a", 1, "10.0.0.0/24")],
-         vec![annotate(svc("ns", "a", 1), ANNOTATION_SHARING_KEY, "k1"), annotate(ports(svc("ns", "b", 2), &[443]), ANNOTATION_SHARING_KEY, "k2")],
-         vec![vec!["10.0.0.0"], vec!["10.0.0.1"]], vec!["satisfied"; 2]),
-        ("cross-namespace sharing needs both sides", vec![p("a", 1, "10.0.0.0/24")],
-         vec![annotate(annotate(svc("a", "s", 1), ANNOTATION_SHARING_KEY, "k"), ANNOTATION_SHARING_CROSS_NAMESPACE, "b"),
-              annotate(ports(svc("b", "s", 2), &[443]), ANNOTATION_SHARING_KEY, "k"),
-              annotate(annotate(ports(svc("c", "s", 3), &[444]), ANNOTATION_SHARING_KEY, "k"), ANNOTATION_SHARING_CROSS_NAMESPACE, "*")],
-         // b did not allow a; c allows everyone but a only allows b: neither joins a.
-         vec![vec!["10.0.0.0"], vec!["10.0.0.1"], vec!["10.0.0.2"]], vec!["satisfied"; 3]),
-        ("cross-namespace sharing allowed on both sides", vec![p("a", 1, "10.0.0.0/24")],
-         vec![annotate(annotate(svc("a", "s", 1), ANNOTATION_SHARING_KEY, "k"), ANNOTATION_SHARING_CROSS_NAMESPACE, "b,c"),
-              annotate(annotate(ports(svc("b", "s", 2), &[443]), ANNOTATION_SHARING_KEY, "k"), ANNOTATION_SHARING_CROSS_NAMESPACE, "*")],
-         vec![vec!["10.0.0.0"], vec!["10.0.0.0"]], vec!["satisfied"; 2]),
-        ("Local traffic policy shares only with identical non-empty selectors", vec![p("a", 1, "10.0.0.0/24")],
-         {
-             let local = |s: Service, sel: &[(&str, &str)]| spec(annotate(s, ANNOTATION_SHARING_KEY, "k"), |sp| {
-                 sp.external_traffic_policy = Some("Local".into());
-                 sp.selector = Some(sel.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
-             });
-             vec![local(svc("ns", "a", 1), &[("app", "x")]), local(ports(svc("ns", "b", 2), &[443]), &[("app", "x")]),
-                  local(ports(svc("ns", "c", 3), &[444]), &[("app", "y")]), local(ports(svc("ns", "d", 4), &[445]), &[]),
-                  annotate(ports(svc("ns", "e", 5), &[446]), ANNOTATION_SHARING_KEY, "k")]
-         },
-         vec![vec!["10.0.0.0"], vec!["10.0.0.0"], vec!["10.0.0.1"], vec!["10.0.0.2"], vec!["10.0.0.3"]], vec!["satisfied"; 5]),
-        ("requested shared address with an incompatible holder", vec![p("a", 1, "10.0.0.0/24")],
-         vec![annotate(annotate(svc("ns", "a", 1), ANNOTATION_SHARING_KEY, "k"), ANNOTATION_IPS, "10.0.0.9"),
-              annotate(annotate(svc("ns", "b", 2), ANNOTATION_SHARING_KEY, "k"), ANNOTATION_IPS, "10.0.0.9")],
-         vec![vec!["10.0.0.9"], vec![]], vec!["satisfied", "already_allocated_incompatible_service"]),
-        ("other load balancer classes are ignored; Cilium's classes are handled", vec![p("a", 1, "10.0.0.0/24")],
-         vec![spec(svc("ns", "bgp", 1), |s| s.load_balancer_class = Some("io.cilium/bgp-control-plane".into())),
-              spec(svc("ns", "l2", 2), |s| s.load_balancer_class = Some("io.cilium/l2-announcer".into()))],
-         vec![vec!["10.0.0.0"], vec!["10.0.0.1"]], vec!["satisfied"; 2]),
+        (
+            "first free address, oldest service first",
+            vec![p("a", 1, "10.0.0.0/30")],
+            vec![svc("ns", "y", 2), svc("ns", "x", 1)],
+            vec![vec!["10.0.0.1"], vec!["10.0.0.0"]],
+            vec!["satisfied", "satisfied"],
+        ),
+        (
+            "pool order is creation order, then blocks in order",
+            vec![
+                pool("young", 5, vec![cidr("10.9.0.0/32")]),
+                pool("old", 1, vec![range("10.1.0.5", Some("10.1.0.5")), range("10.0.0.1", None)]),
+            ],
+            vec![svc("ns", "a", 1), svc("ns", "b", 2), svc("ns", "c", 3), svc("ns", "d", 4)],
+            vec![vec!["10.1.0.5"], vec!["10.0.0.1"], vec!["10.9.0.0"], vec![]],
+            vec!["satisfied", "satisfied", "satisfied", "out_of_ips"],
+        ),
+        (
+            "allowFirstLastIPs No skips network and broadcast",
+            vec![first_last(p("a", 1, "10.0.0.0/30"), AllowFirstLastIps::No)],
+            vec![svc("ns", "a", 1), svc("ns", "b", 2), svc("ns", "c", 3)],
+            vec![vec!["10.0.0.1"], vec!["10.0.0.2"], vec![]],
+            vec!["satisfied", "satisfied", "out_of_ips"],
+        ),
+        (
+            "allowFirstLastIPs No reserves nothing in a /31 or a start/stop range",
+            vec![first_last(
+                pool("a", 1, vec![cidr("10.0.0.0/31"), range("10.0.1.0", Some("10.0.1.2"))]),
+                AllowFirstLastIps::No,
+            )],
+            vec![svc("ns", "a", 1), svc("ns", "b", 2), svc("ns", "c", 3)],
+            vec![vec!["10.0.0.0"], vec!["10.0.0.1"], vec!["10.0.1.0"]],
+            vec!["satisfied"; 3],
+        ),
+        (
+            "no pool for the family",
+            vec![p("a", 1, "fd00::/120")],
+            vec![svc("ns", "a", 1)],
+            vec![vec![]],
+            vec!["no_pool"],
+        ),
+        (
+            "serviceSelector matchLabels",
+            vec![with_selector(p("a", 1, "10.0.0.0/24"), &[("env", "prod")])],
+            vec![label(svc("ns", "a", 1), "env", "prod"), label(svc("ns", "b", 1), "env", "dev")],
+            vec![vec!["10.0.0.0"], vec![]],
+            vec!["satisfied", "no_pool"],
+        ),
+        (
+            "namespace label is set by LB-IPAM and cannot be spoofed",
+            vec![with_selector(p("a", 1, "10.0.0.0/24"), &[("io.kubernetes.service.namespace", "payments")])],
+            vec![label(svc("evil", "a", 1), "io.kubernetes.service.namespace", "payments"), svc("payments", "b", 2)],
+            vec![vec![], vec!["10.0.0.0"]],
+            vec!["no_pool", "satisfied"],
+        ),
+        (
+            "name label selects one service",
+            vec![with_selector(p("a", 1, "10.0.0.0/24"), &[("io.kubernetes.service.name", "b")])],
+            vec![svc("ns", "a", 1), svc("ns", "b", 2)],
+            vec![vec![], vec!["10.0.0.0"]],
+            vec!["no_pool", "satisfied"],
+        ),
+        (
+            "matchExpressions",
+            vec![{
+                let mut pl = p("a", 1, "10.0.0.0/24");
+                pl.spec.service_selector = Some(LabelSelector {
+                    match_expressions: vec![LabelSelectorRequirement {
+                        key: "tier".into(),
+                        operator: SelectorOperator::NotIn,
+                        values: vec!["internal".into()],
+                    }],
+                    ..Default::default()
+                });
+                pl
+            }],
+            vec![label(svc("ns", "a", 1), "tier", "internal"), svc("ns", "b", 2)],
+            vec![vec![], vec!["10.0.0.0"]],
+            vec!["no_pool", "satisfied"],
+        ),
+        (
+            "disabled pool makes no new assignments",
+            vec![disabled(p("a", 1, "10.0.0.0/24"))],
+            vec![svc("ns", "a", 1)],
+            vec![vec![]],
+            vec!["no_pool"],
+        ),
+        (
+            "requested by spec.loadBalancerIP and annotation (alias), all must be assigned",
+            vec![p("a", 1, "10.0.0.0/24")],
+            vec![
+                spec(annotate(svc("ns", "a", 1), "io.cilium/lb-ipam-ips", "10.0.0.7, 10.0.0.9"), |s| {
+                    s.load_balancer_ip = Some("10.0.0.5".into())
+                }),
+                annotate(svc("ns", "b", 2), "lbipam.cilium.io/ips", "10.0.0.8,10.1.0.1"),
+            ],
+            vec![vec!["10.0.0.5", "10.0.0.7", "10.0.0.9"], vec!["10.0.0.8"]],
+            vec!["satisfied", "no_pool"],
+        ),
+        (
+            "requested address taken by another service",
+            vec![p("a", 1, "10.0.0.0/24")],
+            vec![
+                annotate(svc("ns", "a", 1), ANNOTATION_IPS, "10.0.0.3"),
+                annotate(svc("ns", "b", 2), ANNOTATION_IPS, "10.0.0.3"),
+            ],
+            vec![vec!["10.0.0.3"], vec![]],
+            vec!["satisfied", "already_allocated"],
+        ),
+        (
+            "requested address in a pool that doesn't select the service",
+            vec![with_selector(p("a", 1, "10.0.0.0/24"), &[("env", "prod")])],
+            vec![annotate(svc("ns", "a", 1), ANNOTATION_IPS, "10.0.0.3")],
+            vec![vec![]],
+            vec!["pool_selector_mismatch"],
+        ),
+        (
+            "requested addresses are served before generic ones in the same pass",
+            vec![p("a", 1, "10.0.0.0/31")],
+            vec![svc("ns", "generic", 1), annotate(svc("ns", "wants", 2), ANNOTATION_IPS, "10.0.0.0")],
+            vec![vec!["10.0.0.1"], vec!["10.0.0.0"]],
+            vec!["satisfied", "satisfied"],
+        ),
+        (
+            "sharing key: different ports share, same port does not",
+            vec![p("a", 1, "10.0.0.0/24")],
+            vec![
+                annotate(svc("ns", "a", 1), ANNOTATION_SHARING_KEY, "k"),
+                annotate(ports(svc("ns", "b", 2), &[443]), ANNOTATION_SHARING_KEY, "k"),
+                annotate(ports(svc("ns", "c", 3), &[80, 8080]), ANNOTATION_SHARING_KEY, "k"),
+            ],
+            vec![vec!["10.0.0.0"], vec!["10.0.0.0"], vec!["10.0.0.1"]],
+            vec!["satisfied"; 3],
+        ),
+        (
+            "same port with a different protocol still cannot share",
+            vec![p("a", 1, "10.0.0.0/24")],
+            vec![
+                annotate(svc("ns", "a", 1), ANNOTATION_SHARING_KEY, "k"),
+                annotate(
+                    spec(svc("ns", "b", 2), |s| s.ports.as_mut().unwrap()[0].protocol = Some("UDP".into())),
+                    ANNOTATION_SHARING_KEY,
+                    "k",
+                ),
+            ],
+            vec![vec!["10.0.0.0"], vec!["10.0.0.1"]],
+            vec!["satisfied"; 2],
+        ),
+        (
+            "different keys never share",
+            vec![p("a", 1, "10.0.0.0/24")],
+            vec![
+                annotate(svc("ns", "a", 1), ANNOTATION_SHARING_KEY, "k1"),
+                annotate(ports(svc("ns", "b", 2), &[443]), ANNOTATION_SHARING_KEY, "k2"),
+            ],
+            vec![vec!["10.0.0.0"], vec!["10.0.0.1"]],
+            vec!["satisfied"; 2],
+        ),
+        (
+            "cross-namespace sharing needs both sides",
+            vec![p("a", 1, "10.0.0.0/24")],
+            vec![
+                annotate(
+                    annotate(svc("a", "s", 1), ANNOTATION_SHARING_KEY, "k"),
+                    ANNOTATION_SHARING_CROSS_NAMESPACE,
+                    "b",
+                ),
+                annotate(ports(svc("b", "s", 2), &[443]), ANNOTATION_SHARING_KEY, "k"),
+                annotate(
+                    annotate(ports(svc("c", "s", 3), &[444]), ANNOTATION_SHARING_KEY, "k"),
+                    ANNOTATION_SHARING_CROSS_NAMESPACE,
+                    "*",
+                ),
+            ],
+            // b did not allow a; c allows everyone but a only allows b: neither joins a.
+            vec![vec!["10.0.0.0"], vec!["10.0.0.1"], vec!["10.0.0.2"]],
+            vec!["satisfied"; 3],
+        ),
+        (
+            "cross-namespace sharing allowed on both sides",
+            vec![p("a", 1, "10.0.0.0/24")],
+            vec![
+                annotate(
+                    annotate(svc("a", "s", 1), ANNOTATION_SHARING_KEY, "k"),
+                    ANNOTATION_SHARING_CROSS_NAMESPACE,
+                    "b,c",
+                ),
+                annotate(
+                    annotate(ports(svc("b", "s", 2), &[443]), ANNOTATION_SHARING_KEY, "k"),
+                    ANNOTATION_SHARING_CROSS_NAMESPACE,
+                    "*",
+                ),
+            ],
+            vec![vec!["10.0.0.0"], vec!["10.0.0.0"]],
+            vec!["satisfied"; 2],
+        ),
+        (
+            "Local traffic policy shares only with identical non-empty selectors",
+            vec![p("a", 1, "10.0.0.0/24")],
+            {
+                let local = |s: Service, sel: &[(&str, &str)]| {
+                    spec(annotate(s, ANNOTATION_SHARING_KEY, "k"), |sp| {
+                        sp.external_traffic_policy = Some("Local".into());
+                        sp.selector = Some(sel.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+                    })
+                };
+                vec![
+                    local(svc("ns", "a", 1), &[("app", "x")]),
+                    local(ports(svc("ns", "b", 2), &[443]), &[("app", "x")]),
+                    local(ports(svc("ns", "c", 3), &[444]), &[("app", "y")]),
+                    local(ports(svc("ns", "d", 4), &[445]), &[]),
+                    annotate(ports(svc("ns", "e", 5), &[446]), ANNOTATION_SHARING_KEY, "k"),
+                ]
+            },
+            vec![vec!["10.0.0.0"], vec!["10.0.0.0"], vec!["10.0.0.1"], vec!["10.0.0.2"], vec!["10.0.0.3"]],
+            vec!["satisfied"; 5],
+        ),
+        (
+            "requested shared address with an incompatible holder",
+            vec![p("a", 1, "10.0.0.0/24")],
+            vec![
+                annotate(annotate(svc("ns", "a", 1), ANNOTATION_SHARING_KEY, "k"), ANNOTATION_IPS, "10.0.0.9"),
+                annotate(annotate(svc("ns", "b", 2), ANNOTATION_SHARING_KEY, "k"), ANNOTATION_IPS, "10.0.0.9"),
+            ],
+            vec![vec!["10.0.0.9"], vec![]],
+            vec!["satisfied", "already_allocated_incompatible_service"],
+        ),
+        (
+            "other load balancer classes are ignored; Cilium's classes are handled",
+            vec![p("a", 1, "10.0.0.0/24")],
+            vec![
+                spec(svc("ns", "bgp", 1), |s| s.load_balancer_class = Some("io.cilium/bgp-control-plane".into())),
+                spec(svc("ns", "l2", 2), |s| s.load_balancer_class = Some("io.cilium/l2-announcer".into())),
+            ],
+            vec![vec!["10.0.0.0"], vec!["10.0.0.1"]],
+            vec!["satisfied"; 2],
+        ),
     ];
     for (name, pools, mut services, want_ips, want_reasons) in cases {
         let state = step(&pools, &mut services);
@@ -424,13 +573,7 @@ fn restart_adopts_valid_ingress_and_replaces_the_rest() {
     let got: Vec<_> = services.iter().map(|s| ips(&state, s)).collect();
     assert_eq!(
         got,
-        [
-            vec!["10.0.0.77"],
-            vec!["10.0.0.0"],
-            vec!["10.0.0.1"],
-            vec!["10.0.0.9"],
-            vec!["fd00::42", "10.0.0.42"],
-        ]
+        [vec!["10.0.0.77"], vec!["10.0.0.0"], vec!["10.0.0.1"], vec!["10.0.0.9"], vec!["fd00::42", "10.0.0.42"],]
     );
 }
 
@@ -450,7 +593,12 @@ fn ip_family_policies() {
         (spec(svc("ns", "a", 1), fam(None, &["IPv6"])), true, true, vec![Family::V6]),
         (spec(svc("ns", "a", 1), fam(Some("SingleStack"), &["IPv6", "IPv4"])), true, true, vec![Family::V6]),
         (spec(svc("ns", "a", 1), fam(Some("SingleStack"), &[])), false, true, vec![Family::V6]),
-        (spec(svc("ns", "a", 1), fam(Some("PreferDualStack"), &["IPv6", "IPv4"])), true, true, vec![Family::V4, Family::V6]),
+        (
+            spec(svc("ns", "a", 1), fam(Some("PreferDualStack"), &["IPv6", "IPv4"])),
+            true,
+            true,
+            vec![Family::V4, Family::V6],
+        ),
         (spec(svc("ns", "a", 1), fam(Some("PreferDualStack"), &["IPv6", "IPv4"])), true, false, vec![Family::V4]),
         (spec(svc("ns", "a", 1), fam(Some("PreferDualStack"), &[])), true, true, vec![Family::V4, Family::V6]),
         (spec(svc("ns", "a", 1), fam(Some("RequireDualStack"), &["IPv4"])), true, true, vec![Family::V4, Family::V6]),
@@ -459,7 +607,8 @@ fn ip_family_policies() {
     for (i, (service, v4, v6, want)) in cases.into_iter().enumerate() {
         let cfg = LbIpamConfig { ipv4: v4, ipv6: v6, ..Default::default() };
         let state = desired_state(&pools, std::slice::from_ref(&service), &cfg);
-        let got: Vec<Family> = ips(&state, &service).iter().map(|ip| Family::of(ip.parse::<IpAddr>().unwrap())).collect();
+        let got: Vec<Family> =
+            ips(&state, &service).iter().map(|ip| Family::of(ip.parse::<IpAddr>().unwrap())).collect();
         assert_eq!(got, want, "case {i}");
         assert_eq!(cond(&state, &service).reason, reason::SATISFIED, "case {i}");
     }
@@ -473,7 +622,8 @@ fn dual_stack_is_unsatisfied_until_every_family_is_assigned() {
     let c = cond(&state, &services[0]);
     assert_eq!((c.status, c.reason.as_str()), ("False", reason::NO_POOL));
     assert!(c.message.contains("IPv6"), "{}", c.message);
-    let state = step(&[pool("v4", 1, vec![cidr("10.0.0.0/24")]), pool("v6", 2, vec![cidr("fd00::/64")])], &mut services);
+    let state =
+        step(&[pool("v4", 1, vec![cidr("10.0.0.0/24")]), pool("v6", 2, vec![cidr("fd00::/64")])], &mut services);
     assert_eq!(ips(&state, &services[0]), ["10.0.0.0", "fd00::"]);
 }
 
@@ -600,6 +750,7 @@ fn condition_transition_time_moves_only_when_status_changes() {
     let reworded = DesiredCondition { message: "y".into(), ..c.clone() }.merge_into(&first, &time(20));
     assert_eq!(reworded[0].last_transition_time, time(10));
     assert_eq!(reworded[0].message, "y");
-    let flipped = DesiredCondition::new(CONDITION_REQUEST_SATISFIED, "True", reason::SATISFIED, "").merge_into(&reworded, &time(30));
+    let flipped = DesiredCondition::new(CONDITION_REQUEST_SATISFIED, "True", reason::SATISFIED, "")
+        .merge_into(&reworded, &time(30));
     assert_eq!((flipped.len(), flipped[0].last_transition_time.clone()), (1, time(30)));
 }

@@ -180,9 +180,10 @@ pub fn classify(svc: &Service, config: &LbIpamConfig) -> Responsibility {
         }
     }
 
-    let sharing_cross_namespace = annotation(svc, ANNOTATION_SHARING_CROSS_NAMESPACE, ANNOTATION_SHARING_CROSS_NAMESPACE_ALIAS)
-        .map(|v| v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
-        .unwrap_or_default();
+    let sharing_cross_namespace =
+        annotation(svc, ANNOTATION_SHARING_CROSS_NAMESPACE, ANNOTATION_SHARING_CROSS_NAMESPACE_ALIAS)
+            .map(|v| v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default();
 
     let request = ServiceRequest {
         generation: svc.metadata.generation,
@@ -201,7 +202,12 @@ pub fn classify(svc: &Service, config: &LbIpamConfig) -> Responsibility {
             .collect(),
         external_traffic_policy: spec.external_traffic_policy.unwrap_or_else(|| "Cluster".into()),
         selector: spec.selector.unwrap_or_default(),
-        ingress: svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.clone()).unwrap_or_default(),
+        ingress: svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.clone())
+            .unwrap_or_default(),
         key,
     };
     Responsibility::Ours(Box::new(request))

@@ -74,9 +74,7 @@ pub fn service_status_with(
     let mut status = existing.cloned().unwrap_or_default();
     let conditions = condition.merge_into(status.conditions.as_deref().unwrap_or_default(), now);
     status.conditions = Some(conditions);
-    status.load_balancer = Some(LoadBalancerStatus {
-        ingress: (!ingress.is_empty()).then(|| ingress.to_vec()),
-    });
+    status.load_balancer = Some(LoadBalancerStatus { ingress: (!ingress.is_empty()).then(|| ingress.to_vec()) });
     status
 }
 
