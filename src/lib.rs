@@ -8,5 +8,6 @@ pub mod cli;
 pub mod cni;
 pub mod config;
 pub mod datapath;
+pub mod lab;
 pub mod operator;
 pub mod runtime;

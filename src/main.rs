@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
-use beeline::{agent, cli, cni, operator, runtime::logging};
+use beeline::{agent, cli, cni, lab, operator, runtime::logging};
 
 #[derive(Parser)]
 #[command(name = "beeline", version, about = "Cilium's networking model in Rust: eBPF datapath, agent and operator")]
@@ -28,6 +28,10 @@ enum Command {
     Cni,
     /// Show the local agent's status.
     Status(cli::status::StatusArgs),
+    /// Read and manage the pinned BPF maps and programs.
+    Bpf(cli::bpf::BpfArgs),
+    /// A cluster on this machine out of network namespaces (root).
+    Lab(lab::LabArgs),
 }
 
 fn main() {
@@ -48,6 +52,8 @@ fn main() {
             Command::Agent(args) => agent::run(args).await,
             Command::Operator(args) => operator::run(args).await,
             Command::Status(args) => cli::status::run(args).await,
+            Command::Bpf(args) => cli::bpf::run(args),
+            Command::Lab(args) => lab::run(args).await,
             Command::Cni => unreachable!("handled above"),
         }
     });

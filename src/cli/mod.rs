@@ -1,6 +1,7 @@
 //! The debug CLI: verbs that ask the local agent over its socket or read the pinned maps.
 
 pub mod agent_client;
+pub mod bpf;
 pub mod status;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]

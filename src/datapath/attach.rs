@@ -135,7 +135,7 @@ pub fn tcx_programs(ifname: &str, direction: Direction) -> Result<Vec<AttachedPr
         "query",
         ifname,
         direction,
-        format!("querying TCX programs: {e}"),
+        format!("querying TCX programs: {}", chain(&e)),
     ))?;
     Ok(infos
         .iter()
@@ -152,11 +152,25 @@ fn attach_err(program: &str, ifname: &str, direction: Direction, reason: impl In
     }
 }
 
+/// `e` followed by its sources: aya's errors print the failing call but keep the errno in
+/// `source()`, which is the part a user needs.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
 fn open_pinned_link(path: &Path) -> Result<Option<FdLink>, String> {
+    if !path.exists() {
+        return Ok(None);
+    }
     match PinnedLink::from_pin(path) {
         Ok(pinned) => Ok(Some(FdLink::from(pinned))),
-        Err(LinkError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("opening the pinned link {}: {e}", path.display())),
+        Err(e) => Err(format!("opening the pinned link {}: {}", path.display(), chain(&e))),
     }
 }
 
@@ -190,7 +204,7 @@ impl Datapath {
         let pin = self.pins().link(program, direction, ifname);
         let existing = open_pinned_link(&pin).map_err(err)?;
         let pinned_program_id = match &existing {
-            Some(link) => Some(link.info().map_err(|e| err(format!("reading the pinned link: {e}")))?.program_id()),
+            Some(link) => Some(link.info().map_err(|e| err(format!("reading the pinned link: {}", chain(&e))))?.program_id()),
             None => None,
         };
         let attached: Vec<u32> = tcx_programs(ifname, direction)?.iter().map(|p| p.id).collect();
@@ -199,12 +213,12 @@ impl Datapath {
         let classifier = self.program_mut(program)?;
 
         if let (PinnedState::Live { program_id: previous }, Some(link)) = (state, existing) {
-            let link = SchedClassifierLink::try_from(link).map_err(|e| err(format!("pinned link is not TCX: {e}")))?;
+            let link = SchedClassifierLink::try_from(link).map_err(|e| err(format!("pinned link is not TCX: {}", chain(&e))))?;
             // BPF_LINK_UPDATE: the kernel swaps the link's program in one step.
-            let id = classifier.attach_to_link(link).map_err(|e| err(format!("BPF_LINK_UPDATE: {e}")))?;
-            let link = classifier.take_link(id).map_err(|e| err(e.to_string()))?;
-            let fd: FdLink = link.try_into().map_err(|e: LinkError| err(e.to_string()))?;
-            let info = fd.info().map_err(|e| err(e.to_string()))?;
+            let id = classifier.attach_to_link(link).map_err(|e| err(format!("BPF_LINK_UPDATE: {}", chain(&e))))?;
+            let link = classifier.take_link(id).map_err(|e| err(chain(&e)))?;
+            let fd: FdLink = link.try_into().map_err(|e: LinkError| err(chain(&e)))?;
+            let info = fd.info().map_err(|e| err(chain(&e)))?;
             // Dropping `fd` closes our descriptor; the pin keeps the link.
             return Ok(Attachment {
                 program: program.to_string(),
@@ -228,11 +242,11 @@ impl Datapath {
         };
         let id = classifier
             .attach_with_options(ifname, tc_type(direction), TcAttachOptions::TcxOrder(LinkOrder::default()))
-            .map_err(|e| err(format!("TCX attach: {e}")))?;
-        let link = classifier.take_link(id).map_err(|e| err(e.to_string()))?;
-        let fd: FdLink = link.try_into().map_err(|e: LinkError| err(e.to_string()))?;
-        let link_id = fd.info().map_err(|e| err(e.to_string()))?.id();
-        fd.pin(&pin).map_err(|e| err(format!("pinning the link at {}: {e}", pin.display())))?;
+            .map_err(|e| err(format!("TCX attach: {}", chain(&e))))?;
+        let link = classifier.take_link(id).map_err(|e| err(chain(&e)))?;
+        let fd: FdLink = link.try_into().map_err(|e: LinkError| err(chain(&e)))?;
+        let link_id = fd.info().map_err(|e| err(chain(&e)))?.id();
+        fd.pin(&pin).map_err(|e| err(format!("pinning the link at {}: {}", pin.display(), chain(&e))))?;
         Ok(Attachment {
             program: program.to_string(),
             ifname: ifname.to_string(),
@@ -256,7 +270,7 @@ impl Datapath {
         match tc::qdisc_add_clsact(ifname) {
             Ok(()) => {}
             Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => return Err(err(format!("adding the clsact qdisc: {e}"))),
+            Err(e) => return Err(err(format!("adding the clsact qdisc: {}", chain(&e)))),
         }
         let program_id = self.program_id(program)?;
         let classifier = self.program_mut(program)?;
@@ -273,13 +287,13 @@ impl Datapath {
                         NETLINK_HANDLE,
                         None,
                     )
-                    .map_err(|e| err(e.to_string()))?;
-                    let id = classifier.attach_to_link(previous).map_err(|e| err(format!("replacing filter: {e}")))?;
+                    .map_err(|e| err(chain(&e)))?;
+                    let id = classifier.attach_to_link(previous).map_err(|e| err(format!("replacing filter: {}", chain(&e))))?;
                     (id, AttachAction::Replaced)
                 }
-                Err(e) => return Err(err(format!("clsact attach: {e}"))),
+                Err(e) => return Err(err(format!("clsact attach: {}", chain(&e)))),
             };
-        let link = classifier.take_link(id).map_err(|e| err(e.to_string()))?;
+        let link = classifier.take_link(id).map_err(|e| err(chain(&e)))?;
         // A netlink "link" is just (ifindex, priority, handle); dropping it would delete the
         // filter. Forgetting it leaks a few bytes and leaves the filter installed, which is the
         // point: it must outlive this process.

@@ -1,5 +1,6 @@
 //! The datapath: the compiled eBPF object, loading/attaching/pinning, and (later) the map manager.
 
+pub mod agent;
 pub mod attach;
 pub mod loader;
 pub mod netns;
