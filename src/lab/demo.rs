@@ -68,7 +68,9 @@ pub fn run(args: DemoArgs) -> DemoResult<()> {
     cleanup.agent = Some(agent);
     let first = show_attached(&pair.node, &pair.host_if)?;
     println!("  pinned link {}", layout.from_container_link(&pair.host_if).display());
-    bpftool_net(&pair.node, &pair.host_if);
+    let link_pin = layout.from_container_link(&pair.host_if);
+    bpftool(&pair.node, &["link", "show", "pinned", &link_pin.to_string_lossy()]);
+    bpftool(&pair.node, &["prog", "show", "id", &first.to_string()]);
 
     step("traffic: ping from the pod to the node");
     let host_ifindex = pair.node.run(|| ifindex(&pair.host_if))?.ok_or("host veth vanished")?;
@@ -76,7 +78,7 @@ pub fn run(args: DemoArgs) -> DemoResult<()> {
     let (tx, rx) = traffic::ping(&pair.pod, pair.node_addr, args.pings)?;
     println!("  ping: {tx} transmitted, {rx} received");
     let after = packets(&layout.pin_dir(), host_ifindex)?;
-    show_stats(&pair.node, &layout.pin_dir())?;
+    show_stats(&binary, &pair.node, &layout.pin_dir())?;
     check(rx == tx && tx > 0, format!("ping lost packets ({rx}/{tx})"))?;
     check(
         after >= before + u64::from(tx),
@@ -160,34 +162,31 @@ fn show_attached(node: &NetNs, ifname: &str) -> DemoResult<u32> {
         .ok_or_else(|| format!("from_container is not attached to {ifname}").into())
 }
 
-/// What `bpftool` shows, when it is installed (it is optional: our own query above is the check).
-fn bpftool_net(node: &NetNs, ifname: &str) {
+/// What `bpftool` shows, when it is installed (optional: our own TCX query above is the check).
+fn bpftool(node: &NetNs, args: &[&str]) {
     let Ok(mut cmd) = node.command("bpftool") else { return };
-    match cmd.args(["net", "show", "dev", ifname]).output() {
+    match cmd.args(args).output() {
         Ok(out) if out.status.success() => {
-            println!("  $ bpftool net show dev {ifname}   (inside the node namespace)");
+            println!("  $ bpftool {}", args.join(" "));
             for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()) {
                 println!("    {line}");
             }
         }
-        _ => println!("  (bpftool not available; skipping its view)"),
+        _ => println!("  (bpftool not available; skipping `bpftool {}`)", args.join(" ")),
     }
 }
 
-fn show_stats(node: &NetNs, pin_dir: &Path) -> DemoResult<()> {
-    println!("  $ beeline bpf ep-stats list --pin-dir {}", pin_dir.display());
-    let stats = read_pinned_endpoint_stats(pin_dir)?;
-    for (ifindex, s) in &stats {
-        let name = node
-            .run(|| crate::datapath::attach::interface_names().into_iter().find(|n| ifindex_matches(n, *ifindex)))?
-            .unwrap_or_else(|| "-".into());
-        println!("    ifindex {ifindex:<4} {name:<8} packets {:<6} bytes {}", s.packets, s.bytes);
+/// Runs the real `beeline bpf ep-stats list` inside the node namespace (so ifindexes resolve to
+/// the node's interface names) and prints its output.
+fn show_stats(binary: &Path, node: &NetNs, pin_dir: &Path) -> DemoResult<()> {
+    let pin_dir = pin_dir.to_string_lossy();
+    println!("  $ beeline bpf ep-stats list --pin-dir {pin_dir}   (inside the node namespace)");
+    let out = node.command(binary)?.args(["bpf", "ep-stats", "list", "--pin-dir", &pin_dir]).output()?;
+    check(out.status.success(), format!("ep-stats list failed: {}", String::from_utf8_lossy(&out.stderr)))?;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("    {line}");
     }
     Ok(())
-}
-
-fn ifindex_matches(name: &str, index: u32) -> bool {
-    ifindex(name) == Some(index)
 }
 
 fn tempdir(prefix: &str) -> std::io::Result<PathBuf> {
