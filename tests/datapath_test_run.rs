@@ -32,7 +32,10 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
         ("arp", FrameBuilder::arp_request(POD_MAC, pod4, "10.0.1.1".parse().unwrap()).build()),
         ("udp4", FrameBuilder::new(POD_MAC, GW_MAC).ipv4(pod4, svc4).udp(40000, 53).payload(b"dns query").build()),
         ("tcp6", FrameBuilder::new(POD_MAC, GW_MAC).ipv6(pod6, svc6).tcp(40001, 80, tcp_flags::SYN).build()),
-        ("icmp4", FrameBuilder::new(POD_MAC, GW_MAC).ipv4(pod4, svc4).icmp_echo_request(1, 1).payload(&[7; 56]).build()),
+        (
+            "icmp4",
+            FrameBuilder::new(POD_MAC, GW_MAC).ipv4(pod4, svc4).icmp_echo_request(1, 1).payload(&[7; 56]).build(),
+        ),
         ("icmp6", FrameBuilder::new(POD_MAC, GW_MAC).ipv6(pod6, svc6).icmp_echo_request(1, 1).build()),
     ]
 }

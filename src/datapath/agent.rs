@@ -11,7 +11,12 @@ pub struct DatapathArgs {
     /// Attach `from_container` (tc ingress) to this interface at start (repeatable). The link is
     /// pinned under `<bpf-root>/beeline` and stays attached after the agent exits; a restarted
     /// agent replaces the program atomically.
-    #[arg(long = "datapath-interface", value_name = "IFNAME", env = "BEELINE_DATAPATH_INTERFACES", value_delimiter = ',')]
+    #[arg(
+        long = "datapath-interface",
+        value_name = "IFNAME",
+        env = "BEELINE_DATAPATH_INTERFACES",
+        value_delimiter = ','
+    )]
     pub interfaces: Vec<String>,
     /// How to attach tc programs.
     #[arg(long = "datapath-attach-mode", value_enum, default_value_t)]

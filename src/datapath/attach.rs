@@ -99,7 +99,9 @@ pub fn choose_mechanism(mode: AttachMode, kernel: Option<KernelVersion>) -> Mech
 enum PinnedState {
     Absent,
     /// The pinned link's program is attached to the interface: update it in place.
-    Live { program_id: u32 },
+    Live {
+        program_id: u32,
+    },
     /// Pinned, but its program is not attached to the interface (the interface was deleted and
     /// maybe recreated under the same name): the link is defunct.
     Defunct,
@@ -131,12 +133,8 @@ pub struct AttachedProgram {
 
 /// The TCX programs attached to `ifname` in `direction`, in run order.
 pub fn tcx_programs(ifname: &str, direction: Direction) -> Result<Vec<AttachedProgram>, DatapathError> {
-    let (_revision, infos) = SchedClassifier::query_tcx(ifname, tc_type(direction)).map_err(|e| attach_err(
-        "query",
-        ifname,
-        direction,
-        format!("querying TCX programs: {}", chain(&e)),
-    ))?;
+    let (_revision, infos) = SchedClassifier::query_tcx(ifname, tc_type(direction))
+        .map_err(|e| attach_err("query", ifname, direction, format!("querying TCX programs: {}", chain(&e))))?;
     Ok(infos
         .iter()
         .map(|info| AttachedProgram { id: info.id(), name: info.name_as_str().unwrap_or_default().to_string() })
@@ -204,7 +202,9 @@ impl Datapath {
         let pin = self.pins().link(program, direction, ifname);
         let existing = open_pinned_link(&pin).map_err(err)?;
         let pinned_program_id = match &existing {
-            Some(link) => Some(link.info().map_err(|e| err(format!("reading the pinned link: {}", chain(&e))))?.program_id()),
+            Some(link) => {
+                Some(link.info().map_err(|e| err(format!("reading the pinned link: {}", chain(&e))))?.program_id())
+            }
             None => None,
         };
         let attached: Vec<u32> = tcx_programs(ifname, direction)?.iter().map(|p| p.id).collect();
@@ -213,7 +213,8 @@ impl Datapath {
         let classifier = self.program_mut(program)?;
 
         if let (PinnedState::Live { program_id: previous }, Some(link)) = (state, existing) {
-            let link = SchedClassifierLink::try_from(link).map_err(|e| err(format!("pinned link is not TCX: {}", chain(&e))))?;
+            let link = SchedClassifierLink::try_from(link)
+                .map_err(|e| err(format!("pinned link is not TCX: {}", chain(&e))))?;
             // BPF_LINK_UPDATE: the kernel swaps the link's program in one step.
             let id = classifier.attach_to_link(link).map_err(|e| err(format!("BPF_LINK_UPDATE: {}", chain(&e))))?;
             let link = classifier.take_link(id).map_err(|e| err(chain(&e)))?;
@@ -288,7 +289,9 @@ impl Datapath {
                         None,
                     )
                     .map_err(|e| err(chain(&e)))?;
-                    let id = classifier.attach_to_link(previous).map_err(|e| err(format!("replacing filter: {}", chain(&e))))?;
+                    let id = classifier
+                        .attach_to_link(previous)
+                        .map_err(|e| err(format!("replacing filter: {}", chain(&e))))?;
                     (id, AttachAction::Replaced)
                 }
                 Err(e) => return Err(err(format!("clsact attach: {}", chain(&e)))),

@@ -122,9 +122,10 @@ impl Datapath {
     /// Every row of `beeline_ep_stats`, by ifindex.
     pub fn endpoint_stats(&self) -> Result<BTreeMap<u32, EndpointStats>, DatapathError> {
         let name = map_names::ENDPOINT_STATS;
-        let map = self.ebpf.map(name).ok_or_else(|| DatapathError::map(name, aya::maps::MapError::InvalidName {
-            name: name.to_string(),
-        }))?;
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or_else(|| DatapathError::map(name, aya::maps::MapError::InvalidName { name: name.to_string() }))?;
         let table: BpfHashMap<_, EndpointStatsKey, EndpointStats> =
             BpfHashMap::try_from(map).map_err(|e| DatapathError::map(name, e))?;
         collect_stats(&table)

@@ -113,10 +113,7 @@ impl AgentProcess {
                 }
             }
             if Instant::now() >= deadline {
-                return Err(io::Error::other(format!(
-                    "agent not ready after {timeout:?}; log:\n{}",
-                    self.log_text()
-                )));
+                return Err(io::Error::other(format!("agent not ready after {timeout:?}; log:\n{}", self.log_text())));
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -64,7 +64,12 @@ pub fn run(args: DemoArgs) -> DemoResult<()> {
     step("agent start");
     let mut agent = AgentProcess::spawn(&binary, &pair.node, layout.clone(), &[&pair.host_if])?;
     agent.wait_ready(Duration::from_secs(20))?;
-    println!("  beeline agent pid {} in {}, log {}", agent.pid().unwrap_or(0), pair.node.name(), layout.log().display());
+    println!(
+        "  beeline agent pid {} in {}, log {}",
+        agent.pid().unwrap_or(0),
+        pair.node.name(),
+        layout.log().display()
+    );
     cleanup.agent = Some(agent);
     let first = show_attached(&pair.node, &pair.host_if)?;
     println!("  pinned link {}", layout.from_container_link(&pair.host_if).display());
@@ -210,7 +215,9 @@ impl Drop for Cleanup {
         // Unpin inside the node namespace, where the clsact fallback (if used) lives.
         let pin_dir = self.layout.pin_dir();
         let result = match &self.node {
-            Some(node) => node.run(|| uninstall(&pin_dir)).map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())),
+            Some(node) => {
+                node.run(|| uninstall(&pin_dir)).map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()))
+            }
             None => uninstall(&pin_dir).map_err(|e| e.to_string()),
         };
         if let Err(e) = result {

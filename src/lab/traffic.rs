@@ -146,10 +146,7 @@ impl UdpStream {
 }
 
 fn join<T>(handle: Option<JoinHandle<T>>) -> io::Result<T> {
-    handle
-        .expect("joined once")
-        .join()
-        .map_err(|_| io::Error::other("traffic thread panicked"))
+    handle.expect("joined once").join().map_err(|_| io::Error::other("traffic thread panicked"))
 }
 
 impl Drop for UdpStream {

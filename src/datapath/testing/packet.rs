@@ -140,10 +140,24 @@ pub struct Arp {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum L4 {
-    Udp { sport: u16, dport: u16 },
-    Tcp { sport: u16, dport: u16, seq: u32, ack: u32, flags: u8, window: u16 },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        seq: u32,
+        ack: u32,
+        flags: u8,
+        window: u16,
+    },
     /// ICMP for IPv4, ICMPv6 for IPv6: type, code and the 4 bytes after the checksum.
-    Icmp { ty: u8, code: u8, rest: [u8; 4] },
+    Icmp {
+        ty: u8,
+        code: u8,
+        rest: [u8; 4],
+    },
 }
 
 /// Builds an Ethernet frame; see the module documentation.
@@ -405,8 +419,19 @@ pub struct ParsedFrame {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ParsedL3 {
-    Ipv4 { src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, protocol: u8, checksum: u16 },
-    Ipv6 { src: Ipv6Addr, dst: Ipv6Addr, hop_limit: u8, next_header: u8 },
+    Ipv4 {
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        ttl: u8,
+        protocol: u8,
+        checksum: u16,
+    },
+    Ipv6 {
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        hop_limit: u8,
+        next_header: u8,
+    },
     Arp(Arp),
     /// An ethertype this parser does not know.
     Other,
@@ -414,10 +439,27 @@ pub enum ParsedL3 {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ParsedL4 {
-    Udp { sport: u16, dport: u16, checksum: u16 },
-    Tcp { sport: u16, dport: u16, seq: u32, ack: u32, flags: u8, window: u16, checksum: u16 },
+    Udp {
+        sport: u16,
+        dport: u16,
+        checksum: u16,
+    },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        seq: u32,
+        ack: u32,
+        flags: u8,
+        window: u16,
+        checksum: u16,
+    },
     /// ICMP (IPv4) or ICMPv6 (IPv6).
-    Icmp { ty: u8, code: u8, rest: [u8; 4], checksum: u16 },
+    Icmp {
+        ty: u8,
+        code: u8,
+        rest: [u8; 4],
+        checksum: u16,
+    },
 }
 
 impl ParsedFrame {
