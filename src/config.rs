@@ -100,6 +100,7 @@ pub struct Config {
     pub agent_socket_path: PathBuf,
     pub agent_health_addr: SocketAddr,
     pub operator_health_addr: SocketAddr,
+    pub skip_crd_creation: bool,
 }
 
 /// Every key beeline understands, with its default. Keys are Cilium's spelling; the few
@@ -137,6 +138,8 @@ const KNOWN_KEYS: &[(&str, &str)] = &[
     ("agent-health-port", "9879"),
     // beeline-only: the operator's /healthz, /readyz and /metrics.
     ("operator-health-addr", "127.0.0.1:9234"),
+    // The operator installs the cilium.io CRDs at start unless this is set (Cilium's key).
+    ("skip-crd-creation", "false"),
 ];
 
 /// Keys of Cilium's rendered ConfigMap that beeline accepts but does not act on (yet), so that a
@@ -355,6 +358,7 @@ impl Config {
             agent_socket_path: v.path("agent-socket-path"),
             agent_health_addr: SocketAddr::from(([127, 0, 0, 1], v.parse_num::<u16>("agent-health-port", 0, 65535)?)),
             operator_health_addr: v.socket_addr("operator-health-addr")?,
+            skip_crd_creation: v.bool("skip-crd-creation")?,
         };
         cfg.check_consistency()?;
         Ok(cfg)

@@ -28,10 +28,30 @@ enum Command {
     Cni,
     /// Show the local agent's status.
     Status(cli::status::StatusArgs),
-    /// Read and manage the pinned BPF maps and programs.
+    /// Read the pinned BPF maps directly (`beeline bpf lb list`) and remove the datapath.
     Bpf(cli::bpf::BpfArgs),
     /// A cluster on this machine out of network namespaces (root).
     Lab(lab::LabArgs),
+    /// Write the cilium.io CRDs generated from the Rust types (one YAML file per kind).
+    Crdgen(CrdgenArgs),
+}
+
+#[derive(clap::Args)]
+struct CrdgenArgs {
+    /// Directory to write `<plural>.yaml` files into.
+    #[arg(long, default_value = "manifests/crds")]
+    out_dir: std::path::PathBuf,
+}
+
+/// `beeline crdgen`: regenerate `manifests/crds/`.
+fn crdgen(args: &CrdgenArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    std::fs::create_dir_all(&args.out_dir)?;
+    for (name, yaml) in beeline::crds::render_all()? {
+        let path = args.out_dir.join(name);
+        std::fs::write(&path, yaml).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 fn main() {
@@ -45,6 +65,13 @@ fn main() {
     if let Command::Cni = cli.command {
         std::process::exit(cni::main());
     }
+    if let Command::Crdgen(args) = &cli.command {
+        if let Err(e) = crdgen(args) {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     logging::init(cli.log_format, &cli.log_level);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(async {
@@ -52,13 +79,13 @@ fn main() {
             Command::Agent(args) => agent::run(args).await,
             Command::Operator(args) => operator::run(args).await,
             Command::Status(args) => cli::status::run(args).await,
-            Command::Bpf(args) => cli::bpf::run(args),
+            Command::Bpf(args) => cli::bpf::run(args).await,
             Command::Lab(args) => lab::run(args).await,
-            Command::Cni => unreachable!("handled above"),
+            Command::Cni | Command::Crdgen(_) => unreachable!("handled above"),
         }
     });
     if let Err(e) = result {
-        tracing::error!("{e}");
+        // One line on stderr whatever the log format: this is what `kubectl logs` shows last.
         eprintln!("error: {e}");
         std::process::exit(1);
     }

@@ -124,8 +124,8 @@ fn ep_stats_list_reads_the_pinned_map_without_an_agent() {
         .node
         .command(BEELINE)
         .unwrap()
-        .args(["bpf", "ep-stats", "list", "-o", "json", "--set"])
-        .arg(format!("bpf-root={}", bpffs.path().display()))
+        .args(["bpf", "ep-stats", "list", "-o", "json", "--pin-dir"])
+        .arg(bpffs.pin_dir())
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -5,6 +5,8 @@
 //! verifier never sees uninitialised padding.
 #![no_std]
 
+pub mod lb;
+
 /// Names of the pinned maps. Every map is pinned under the agent's bpffs directory with this name.
 pub mod map_names {
     /// Per-endpoint packet and byte counters, keyed by the host-side veth's ifindex.

@@ -1,134 +1,170 @@
-//! `beeline bpf ...`: read the pinned maps and manage the pinned datapath directly (no agent
-//! needed, so it works while the agent is down).
+//! `beeline bpf <map> list`: dumps a pinned map directly (no agent needed), like `cilium bpf lb list`.
+//! `beeline bpf uninstall` removes the pinned datapath (links and maps).
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::path::{Path, PathBuf};
 
 use super::{print_structured, Output};
-use crate::{datapath, runtime::args::ConfigArgs};
+use crate::datapath::manager::backend::MapBackend;
+use crate::datapath::manager::kernel::KernelMap;
+use crate::datapath::manager::maps::{Lb4Backends, Lb4RevNat, Lb4Services};
+use crate::datapath::manager::MapDef;
 
 #[derive(Debug, clap::Args)]
 pub struct BpfArgs {
+    /// The bpffs directory the agent pins its maps in (`<bpf-root>/beeline`).
+    #[arg(long, global = true, env = "BEELINE_PIN_DIR", default_value = "/sys/fs/bpf/beeline")]
+    pub pin_dir: PathBuf,
+    #[arg(short, long, global = true, value_enum, default_value_t)]
+    pub output: Output,
     #[command(subcommand)]
-    pub command: BpfCommand,
+    pub map: BpfMap,
 }
 
 #[derive(Debug, clap::Subcommand)]
-pub enum BpfCommand {
-    /// Per-endpoint packet counters (`beeline_ep_stats`).
-    #[command(name = "ep-stats", subcommand)]
-    EpStats(EpStatsCommand),
-    /// Detach every beeline program and remove the pinned links and maps (stop the agent first).
-    Uninstall(PinDirArgs),
-}
-
-#[derive(Debug, clap::Subcommand)]
-pub enum EpStatsCommand {
-    List {
-        #[command(flatten)]
-        pins: PinDirArgs,
-        #[arg(short, long, value_enum, default_value_t)]
-        output: Output,
+pub enum BpfMap {
+    /// Services: frontends (slot 0) and their backend slots.
+    Lb {
+        #[command(subcommand)]
+        verb: Verb,
     },
+    /// Backends by backend ID.
+    Backend {
+        #[command(subcommand)]
+        verb: Verb,
+    },
+    /// Reverse-NAT entries by rev-NAT index.
+    Revnat {
+        #[command(subcommand)]
+        verb: Verb,
+    },
+    /// Per-endpoint packet counters of `from_container`, by host-side veth.
+    #[command(name = "ep-stats")]
+    EpStats {
+        #[command(subcommand)]
+        verb: Verb,
+    },
+    /// Not a map: detach every beeline program (unpin its links, remove clsact filters) and
+    /// remove the pin directory with its maps. Stop the agent first.
+    Uninstall,
 }
 
-#[derive(Debug, clap::Args)]
-pub struct PinDirArgs {
-    #[command(flatten)]
-    pub config: ConfigArgs,
-    /// The pin directory (default: `<bpf-root>/beeline` from the configuration).
-    #[arg(long)]
-    pub pin_dir: Option<PathBuf>,
+#[derive(Debug, Clone, Copy, clap::Subcommand)]
+pub enum Verb {
+    /// Print every entry.
+    List,
 }
 
-impl PinDirArgs {
-    fn resolve(&self) -> Result<PathBuf, Box<dyn std::error::Error + Send + Sync>> {
-        match &self.pin_dir {
-            Some(dir) => Ok(dir.clone()),
-            None => Ok(self.config.load()?.0.pin_dir()),
-        }
-    }
+/// Every row of the pinned map `M`, rendered by the map's definition.
+pub fn rows<M: MapDef>(pin_dir: &Path) -> Result<Vec<serde_json::Value>, Box<dyn std::error::Error + Send + Sync>> {
+    let mut map = KernelMap::<M::Key, M::Value>::open_pinned::<M>(pin_dir)?;
+    let mut entries = map.dump()?;
+    entries.sort_by_key(|row| row.0);
+    Ok(entries.iter().map(|(k, v)| M::row_json(k, v)).collect())
 }
 
-#[derive(Debug, serde::Serialize)]
-struct EpStatsRow {
-    ifindex: u32,
-    ifname: Option<String>,
-    packets: u64,
-    bytes: u64,
-}
-
-pub fn run(args: BpfArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    match args.command {
-        BpfCommand::EpStats(EpStatsCommand::List { pins, output }) => {
-            let stats = datapath::loader::read_pinned_endpoint_stats(&pins.resolve()?)?;
-            let rows = rows(&stats);
-            if !print_structured(output, &rows)? {
-                print!("{}", render(&rows));
-            }
-        }
-        BpfCommand::Uninstall(pins) => {
-            let report = datapath::uninstall(&pins.resolve()?)?;
-            for link in &report.links_unpinned {
-                println!("unpinned link {}", link.display());
-            }
-            for filter in &report.netlink_filters_removed {
-                println!("removed clsact filter {filter}");
-            }
-            if let Some(dir) = &report.pin_dir_removed {
-                println!("removed {}", dir.display());
-            }
-        }
-    }
-    Ok(())
-}
-
-fn rows(stats: &BTreeMap<u32, beeline_common::EndpointStats>) -> Vec<EpStatsRow> {
-    stats
-        .iter()
-        .map(|(ifindex, s)| EpStatsRow {
-            ifindex: *ifindex,
-            ifname: ifname(*ifindex),
-            packets: s.packets,
-            bytes: s.bytes,
-        })
-        .collect()
-}
-
-fn render(rows: &[EpStatsRow]) -> String {
-    let mut out = format!("{:<8} {:<16} {:>12} {:>14}\n", "IFINDEX", "INTERFACE", "PACKETS", "BYTES");
-    for r in rows {
-        let name = r.ifname.as_deref().unwrap_or("-");
-        out.push_str(&format!("{:<8} {:<16} {:>12} {:>14}\n", r.ifindex, name, r.packets, r.bytes));
+/// A plain text table: the columns are the keys of the first row.
+pub fn render(rows: &[serde_json::Value]) -> String {
+    let Some(first) = rows.first().and_then(|r| r.as_object()) else {
+        return "(no entries)\n".to_string();
+    };
+    let columns: Vec<&String> = first.keys().collect();
+    let cell = |row: &serde_json::Value, c: &str| match &row[c] {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let widths: Vec<usize> =
+        columns.iter().map(|c| rows.iter().map(|r| cell(r, c).len()).chain([c.len()]).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    let line = |cells: Vec<String>| {
+        cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string()
+    };
+    out.push_str(&line(columns.iter().map(|c| c.to_uppercase()).collect()));
+    out.push('\n');
+    for row in rows {
+        out.push_str(&line(columns.iter().map(|c| cell(row, c)).collect()));
+        out.push('\n');
     }
     out
 }
 
-/// The interface name for `ifindex` in this process's namespace, if it exists here.
-fn ifname(ifindex: u32) -> Option<String> {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: `buf` has IF_NAMESIZE bytes as if_indextoname requires.
-    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
-    if p.is_null() {
-        return None;
+pub async fn run(args: BpfArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let rows = match args.map {
+        BpfMap::Lb { verb: Verb::List } => rows::<Lb4Services>(&args.pin_dir)?,
+        BpfMap::Backend { verb: Verb::List } => rows::<Lb4Backends>(&args.pin_dir)?,
+        BpfMap::Revnat { verb: Verb::List } => rows::<Lb4RevNat>(&args.pin_dir)?,
+        BpfMap::EpStats { verb: Verb::List } => {
+            ep_stats_rows(&crate::datapath::loader::read_pinned_endpoint_stats(&args.pin_dir)?)
+        }
+        BpfMap::Uninstall => return uninstall(&args.pin_dir),
+    };
+    if !print_structured(args.output, &rows)? {
+        print!("{}", render(&rows));
     }
-    // SAFETY: on success the buffer holds a NUL-terminated name.
-    Some(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+    Ok(())
+}
+
+/// `beeline_ep_stats` rows; the ifindex is also shown as a name when the interface exists in
+/// this process's network namespace (run it inside the node's namespace).
+fn ep_stats_rows(stats: &std::collections::BTreeMap<u32, beeline_common::EndpointStats>) -> Vec<serde_json::Value> {
+    stats
+        .iter()
+        .map(|(ifindex, s)| {
+            serde_json::json!({
+                "ifindex": ifindex,
+                "ifname": crate::datapath::attach::ifname(*ifindex),
+                "packets": s.packets,
+                "bytes": s.bytes,
+            })
+        })
+        .collect()
+}
+
+fn uninstall(pin_dir: &Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let report = crate::datapath::uninstall(pin_dir)?;
+    for link in &report.links_unpinned {
+        println!("unpinned link {}", link.display());
+    }
+    for filter in &report.netlink_filters_removed {
+        println!("removed clsact filter {filter}");
+    }
+    match &report.pin_dir_removed {
+        Some(dir) => println!("removed {}", dir.display()),
+        None => println!("nothing pinned at {}", pin_dir.display()),
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
-    fn table_lists_every_row() {
+    fn render_aligns_columns_and_handles_empty_maps() {
+        assert_eq!(render(&[]), "(no entries)\n");
         let rows = vec![
-            EpStatsRow { ifindex: 7, ifname: Some("lxc0".into()), packets: 3, bytes: 294 },
-            EpStatsRow { ifindex: 9, ifname: None, packets: 1, bytes: 60 },
+            json!({"backend_id": 1, "address": "10.0.0.1:80"}),
+            json!({"backend_id": 12, "address": "10.0.0.2:8080"}),
         ];
         let text = render(&rows);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3);
-        assert!(lines[1].starts_with("7") && lines[1].contains("lxc0") && lines[1].ends_with("294"));
-        assert!(lines[2].contains(" - ") && lines[2].ends_with("60"));
+        assert!(lines[0].starts_with("ADDRESS"), "serde_json orders keys: {text}");
+        assert!(lines[2].contains("10.0.0.2:8080") && lines[2].ends_with("12"), "{text}");
+    }
+
+    #[test]
+    fn ep_stats_rows_name_known_interfaces() {
+        let stats = [
+            (1, beeline_common::EndpointStats { packets: 3, bytes: 294 }),
+            (u32::MAX, beeline_common::EndpointStats { packets: 1, bytes: 60 }),
+        ]
+        .into_iter()
+        .collect();
+        let rows = ep_stats_rows(&stats);
+        // ifindex 1 is the loopback device in every network namespace.
+        assert_eq!(rows[0], json!({"ifindex": 1, "ifname": "lo", "packets": 3, "bytes": 294}));
+        assert_eq!(rows[1]["ifname"], serde_json::Value::Null);
+        assert!(render(&rows).lines().nth(1).unwrap().contains("lo"));
     }
 }

@@ -5,6 +5,9 @@
 //! and until then fail with CNI error code 11 ("try again later"), so a runtime retries rather
 //! than giving up on the pod.
 
+pub mod env;
+pub mod types;
+
 use std::io::Write;
 
 /// CNI spec versions this plugin speaks.

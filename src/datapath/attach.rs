@@ -377,6 +377,18 @@ pub fn interface_names() -> Vec<String> {
     names
 }
 
+/// The name of interface `ifindex` in the calling thread's namespace.
+pub fn ifname(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has the IF_NAMESIZE bytes if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    Some(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+}
+
 /// The ifindex of `ifname` in the calling thread's namespace.
 pub fn ifindex(ifname: &str) -> Option<u32> {
     let name = std::ffi::CString::new(ifname).ok()?;

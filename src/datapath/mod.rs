@@ -12,6 +12,8 @@ pub use attach::{uninstall, AttachMode, Attachment};
 pub use loader::{Datapath, DatapathError};
 pub use pins::{Direction, PinLayout};
 
+pub mod manager;
+
 /// The eBPF object built from `beeline-ebpf` by `build.rs`, aligned for the ELF parser.
 pub fn bpf_object() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/beeline.bpf.o"))

@@ -1,11 +1,39 @@
 //! `beeline operator`: cluster-wide controllers (CRD installation, IPAM, LB-IPAM, identity GC).
+//!
+//! Start order follows Cilium's operator: every replica installs the CRDs first (readiness check
+//! `crds` until they are Established), then campaigns for the leader Lease; controllers run only
+//! while this replica leads, and losing the lease stops the process so the Deployment restarts it
+//! as a fresh candidate.
 
-use crate::runtime::{args::ConfigArgs, connectivity, health, kubeclient, runner::Runner, shutdown};
+pub mod crd_install;
+pub mod leader;
+
+use std::time::Duration;
+
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::runtime::{
+    args::ConfigArgs,
+    connectivity, health, kubeclient,
+    runner::{Runner, TaskResult},
+    shutdown,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct OperatorArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
+    /// Seconds to wait for the CRDs to be applied and Established before refusing to start.
+    #[arg(long, env = "BEELINE_CRD_INSTALL_TIMEOUT", default_value_t = 60)]
+    pub crd_install_timeout: u64,
+    /// Namespace of the leader-election Lease (the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
+    pub leader_election_namespace: String,
+    /// Base of this replica's leader-election identity (a random suffix is added); default: hostname.
+    #[arg(long, env = "POD_NAME")]
+    pub leader_election_identity: Option<String>,
 }
 
 pub async fn run(args: OperatorArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -16,14 +44,88 @@ pub async fn run(args: OperatorArgs) -> Result<(), Box<dyn std::error::Error + S
     let client = kubeclient::client(args.config.kubeconfig.as_deref(), "operator").await?;
     let telemetry = health::Telemetry::new("beeline_operator");
     telemetry.health.register(connectivity::CHECK);
+    if !config.skip_crd_creation {
+        telemetry.health.register(crd_install::CHECK);
+    }
+    let is_leader = Gauge::default();
+    telemetry.registry.write().expect("registry lock").register(
+        "is_leader",
+        "1 while this operator replica holds the leader-election lease",
+        is_leader.clone(),
+    );
 
     let mut runner = Runner::new(shutdown::on_signal());
     let token = runner.shutdown_token();
     let server = health::serve(config.operator_health_addr, telemetry.clone(), token.clone()).await?;
     runner.spawn("health-server", async move { Ok(server.await?) });
-    runner.spawn("apiserver-connectivity", connectivity::watch_apiserver(client, telemetry.health.clone(), token));
+    runner.spawn(
+        "apiserver-connectivity",
+        connectivity::watch_apiserver(client.clone(), telemetry.health.clone(), token.clone()),
+    );
+
+    let election = leader::ElectionConfig::new(
+        args.leader_election_namespace,
+        leader::identity(args.leader_election_identity.as_deref()),
+    );
+    let install = (!config.skip_crd_creation).then(|| crd_install::InstallOptions {
+        timeout: Duration::from_secs(args.crd_install_timeout),
+        ..Default::default()
+    });
+    runner.spawn("operator", operate(client, install, election, telemetry.health.clone(), is_leader, token));
     tracing::info!(ipam = ?config.ipam, "operator started");
     runner.run().await?;
     tracing::info!("operator stopped");
+    Ok(())
+}
+
+/// CRD installation, then leader election with the controllers running while this replica leads.
+async fn operate(
+    client: kube::Client,
+    install: Option<crd_install::InstallOptions>,
+    election: leader::ElectionConfig,
+    health: health::Health,
+    is_leader: Gauge,
+    shutdown: CancellationToken,
+) -> TaskResult {
+    match install {
+        Some(options) => {
+            let crds = crate::crds::all();
+            tokio::select! {
+                r = crd_install::install(&client, &crds, &options) => r?,
+                _ = shutdown.cancelled() => return Ok(()),
+            }
+            health.ready(crd_install::CHECK);
+        }
+        None => tracing::info!("skip-crd-creation is set: not installing CRDs"),
+    }
+    tracing::info!(
+        namespace = %election.namespace, lease = %election.lease_name, identity = %election.identity,
+        "campaigning for leadership"
+    );
+    let (leading_tx, leading_rx) = watch::channel(false);
+    let elector = leader::LeaderElector::new(client, election).with_gauge(is_leader);
+    let election = elector.run(leading_tx, shutdown.clone());
+    tokio::pin!(election);
+    tokio::select! {
+        // Leadership lost (an error: the process stops) or shutdown.
+        r = &mut election => r?,
+        // Controllers end on shutdown (then let the elector release the lease) or fail.
+        r = controllers_while_leading(leading_rx, shutdown) => {
+            r?;
+            election.await?;
+        }
+    }
+    Ok(())
+}
+
+/// Waits for leadership, then runs the leader-only controllers until shutdown. None exist yet
+/// besides CRD installation (which, as in Cilium, runs on every replica before the election).
+async fn controllers_while_leading(mut leading: watch::Receiver<bool>, shutdown: CancellationToken) -> TaskResult {
+    tokio::select! {
+        r = leading.wait_for(|l| *l) => { if r.is_err() { return Ok(()); } }
+        _ = shutdown.cancelled() => return Ok(()),
+    }
+    tracing::info!("leading: starting the operator's controllers");
+    shutdown.cancelled().await;
     Ok(())
 }

@@ -1,0 +1,107 @@
+//! Map definitions: name, kind, size and the ordering hook of every map the manager syncs. The
+//! ordering lives here, with the map, so controllers only express rows ("service with N backends")
+//! and never the order they must reach the kernel in.
+
+use beeline_common::lb::{self, Lb4Backend, Lb4BackendKey, Lb4Key, Lb4RevNatKey, Lb4ReverseNat, Lb4Service};
+use serde_json::json;
+
+use super::{MapDef, MapKind, WriteOrder};
+
+/// `BPF_F_NO_PREALLOC`: entries are allocated on insert (Cilium's default for its LB maps).
+pub const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// The load-balancer maps share one writer (see [`LB_GROUP`]): backends and rev-NAT entries are
+/// written before the service slots that refer to them, slots before the master entry that makes the
+/// service visible; deletion runs the other way round.
+pub const LB_GROUP: (&str, WriteOrder) = ("lb4", WriteOrder::MakeBeforeBreak);
+
+pub struct Lb4Services;
+pub struct Lb4Backends;
+pub struct Lb4RevNat;
+
+fn ipv4(be: u32) -> String {
+    std::net::Ipv4Addr::from(u32::from_be(be)).to_string()
+}
+
+impl MapDef for Lb4Services {
+    type Key = Lb4Key;
+    type Value = Lb4Service;
+    const NAME: &'static str = lb::map_names::LB4_SERVICES;
+    const KIND: MapKind = MapKind::Hash;
+    const MAX_ENTRIES: u32 = 65536;
+    const FLAGS: u32 = BPF_F_NO_PREALLOC;
+
+    /// Slots (phase 0) before the master entry, slot 0 (phase 1).
+    fn phase(key: &Lb4Key) -> u8 {
+        u8::from(key.backend_slot == 0)
+    }
+
+    fn row_json(k: &Lb4Key, v: &Lb4Service) -> serde_json::Value {
+        json!({
+            "frontend": format!("{}:{}", ipv4(k.address), u16::from_be(k.dport)),
+            "proto": k.proto, "scope": k.scope, "slot": k.backend_slot,
+            "backend_id": v.backend_id, "count": v.count, "rev_nat_index": v.rev_nat_index,
+            "flags": v.flags, "flags2": v.flags2, "qcount": v.qcount,
+        })
+    }
+}
+
+impl MapDef for Lb4Backends {
+    type Key = Lb4BackendKey;
+    type Value = Lb4Backend;
+    const NAME: &'static str = lb::map_names::LB4_BACKENDS;
+    const KIND: MapKind = MapKind::Hash;
+    const MAX_ENTRIES: u32 = 65536;
+    const FLAGS: u32 = BPF_F_NO_PREALLOC;
+
+    fn row_json(k: &Lb4BackendKey, v: &Lb4Backend) -> serde_json::Value {
+        json!({
+            "backend_id": k.backend_id,
+            "address": format!("{}:{}", ipv4(v.address), u16::from_be(v.port)),
+            "proto": v.proto, "flags": v.flags, "cluster_id": v.cluster_id, "zone": v.zone,
+        })
+    }
+}
+
+impl MapDef for Lb4RevNat {
+    type Key = Lb4RevNatKey;
+    type Value = Lb4ReverseNat;
+    const NAME: &'static str = lb::map_names::LB4_REVERSE_NAT;
+    const KIND: MapKind = MapKind::Hash;
+    const MAX_ENTRIES: u32 = 65536;
+    const FLAGS: u32 = BPF_F_NO_PREALLOC;
+
+    fn row_json(k: &Lb4RevNatKey, v: &Lb4ReverseNat) -> serde_json::Value {
+        json!({
+            "rev_nat_index": k.rev_nat_index,
+            "frontend": format!("{}:{}", ipv4(v.address), u16::from_be(v.port)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_master_entry_is_the_last_phase() {
+        let slot = |s| Lb4Key { backend_slot: s, ..Default::default() };
+        assert_eq!(Lb4Services::phase(&slot(0)), 1);
+        assert_eq!(Lb4Services::phase(&slot(1)), 0);
+        assert_eq!(Lb4Services::phase(&slot(65535)), 0);
+        assert_eq!(Lb4Backends::phase(&Lb4BackendKey { backend_id: 1 }), 0);
+    }
+
+    #[test]
+    fn rows_render_addresses_in_host_order() {
+        let k = Lb4Key {
+            address: u32::from(std::net::Ipv4Addr::new(10, 96, 0, 1)).to_be(),
+            dport: 80u16.to_be(),
+            ..Default::default()
+        };
+        let v = Lb4Service { count: 2, ..Default::default() };
+        let row = Lb4Services::row_json(&k, &v);
+        assert_eq!(row["frontend"], "10.96.0.1:80");
+        assert_eq!(row["count"], 2);
+    }
+}

@@ -1,0 +1,243 @@
+//! `beeline agent` and `beeline operator` as real processes: they start against a kubeconfig,
+//! answer `/healthz` and `/readyz`, report an unreachable API server as not ready (without dying),
+//! refuse a bad configuration key by name, and stop cleanly on SIGTERM.
+//!
+//! The API server is beeline's in-memory Kubernetes API served over HTTP on loopback.
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_beeline");
+
+/// The in-memory Kubernetes API on 127.0.0.1, on its own runtime; stops when dropped.
+struct TestApiServer {
+    port: u16,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl TestApiServer {
+    fn start() -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = beeline_apiserver::ApiServer::default();
+        runtime.spawn(async move { server.serve(listener).await });
+        Self { port, _runtime: runtime }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn write_kubeconfig(dir: &Path, port: u16) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: http://127.0.0.1:{port}\ncontexts:\n- name: t\n  context:\n    cluster: t\n    user: t\ncurrent-context: t\nusers:\n- name: t\n  user: {{}}\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// `GET path` on 127.0.0.1:port; `None` while nothing listens.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(conn, "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    conn.read_to_string(&mut resp).ok()?;
+    let status = resp.split_whitespace().nth(1)?.parse().ok()?;
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// Polls until `GET path` answers `want`, for at most 20 s; returns the last body.
+fn wait_for_status(port: u16, path: &str, want: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = None;
+    while Instant::now() < deadline {
+        last = http_get(port, path);
+        if let Some((status, body)) = &last {
+            if *status == want {
+                return body.clone();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{path} on port {port} never answered {want}; last answer: {last:?}");
+}
+
+/// Kills the child if the test fails before it stopped it.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    fn sigterm_and_wait(&mut self) -> std::process::ExitStatus {
+        // SAFETY: plain kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill(SIGTERM) failed");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "process did not stop within 15 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn spawn(args: &[&str]) -> Proc {
+    Proc(
+        Command::new(BIN)
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn beeline"),
+    )
+}
+
+#[test]
+fn agent_serves_health_and_api_then_stops_on_sigterm() {
+    let api = TestApiServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = write_kubeconfig(dir.path(), api.port);
+    let health_port = free_port();
+    let socket = dir.path().join("run/beeline.sock");
+    let mut agent = spawn(&[
+        "agent",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--node-name",
+        "node-a",
+        "--set",
+        &format!("agent-health-port={health_port}"),
+        "--set",
+        &format!("agent-socket-path={}", socket.display()),
+        "--set",
+        "tunnel-protocol=geneve",
+    ]);
+    assert_eq!(wait_for_status(health_port, "/healthz", 200), "ok\n");
+    let ready = wait_for_status(health_port, "/readyz?verbose", 200);
+    assert!(ready.contains("[+]kubernetes ok"), "{ready}");
+    let metrics = wait_for_status(health_port, "/metrics", 200);
+    assert!(metrics.contains("# EOF"), "OpenMetrics output expected: {metrics}");
+
+    // The unix-socket API answers the CLI.
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "agent socket must be private");
+    let out = Command::new(BIN).args(["status", "--socket", socket.to_str().unwrap()]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("node-a") && text.contains("geneve"), "{text}");
+    let out = Command::new(BIN).args(["status", "--socket", socket.to_str().unwrap(), "-o", "json"]).output().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status -o json is JSON");
+    assert_eq!(json["node_name"], "node-a");
+    assert_eq!(json["ready"], true);
+
+    let status = agent.sigterm_and_wait();
+    assert!(status.success(), "agent exited with {status}");
+    assert!(!socket.exists(), "agent socket must be removed on shutdown");
+}
+
+#[test]
+fn agent_reports_a_vanished_api_server_as_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on this port.
+    let kubeconfig = write_kubeconfig(dir.path(), free_port());
+    let health_port = free_port();
+    let mut agent = spawn(&[
+        "agent",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--node-name",
+        "node-b",
+        "--set",
+        &format!("agent-health-port={health_port}"),
+        "--set",
+        &format!("agent-socket-path={}", dir.path().join("s.sock").display()),
+    ]);
+    assert_eq!(wait_for_status(health_port, "/healthz", 200), "ok\n");
+    let body = wait_for_status(health_port, "/readyz", 503);
+    assert!(body.contains("[-]kubernetes failed: API server unreachable"), "{body}");
+    assert!(agent.sigterm_and_wait().success());
+}
+
+#[test]
+fn operator_serves_health_then_stops_on_sigterm() {
+    let api = TestApiServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = write_kubeconfig(dir.path(), api.port);
+    let health_port = free_port();
+    let mut operator = spawn(&[
+        "operator",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--set",
+        &format!("operator-health-addr=127.0.0.1:{health_port}"),
+        // This API server only answers /version; CRD installation has its own tests.
+        "--set",
+        "skip-crd-creation=true",
+    ]);
+    assert_eq!(wait_for_status(health_port, "/healthz", 200), "ok\n");
+    wait_for_status(health_port, "/readyz", 200);
+    let status = operator.sigterm_and_wait();
+    assert!(status.success(), "operator exited with {status}");
+}
+
+#[test]
+fn operator_refuses_to_start_when_it_cannot_install_the_crds() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on this port.
+    let kubeconfig = write_kubeconfig(dir.path(), free_port());
+    let out = Command::new(BIN)
+        .args(["operator", "--kubeconfig", kubeconfig.to_str().unwrap(), "--crd-install-timeout", "3"])
+        .args(["--set", &format!("operator-health-addr=127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the operator must not start: {err}");
+    assert!(
+        err.contains("cannot install CRD ciliumnodes.cilium.io: API server unreachable after"),
+        "stderr must name the CRD and the reason: {err}"
+    );
+}
+
+#[test]
+fn a_bad_config_key_is_refused_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("routing-mod"), "native").unwrap();
+    for (cmd, extra) in [
+        ("agent", vec!["--set", "tunnel-protcol=geneve"]),
+        ("operator", vec!["--config-dir", dir.path().to_str().unwrap()]),
+        ("agent", vec!["--set", "routing-mode=bgp"]),
+    ] {
+        let out = Command::new(BIN).arg(cmd).args(&extra).env_remove("KUBECONFIG").output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{cmd} {extra:?} must fail");
+        let named = match extra[1] {
+            "tunnel-protcol=geneve" => "unknown configuration key `tunnel-protcol` (did you mean `tunnel-protocol`?)",
+            "routing-mode=bgp" => "invalid value \"bgp\" for configuration key `routing-mode`",
+            _ => "unknown configuration key `routing-mod` (did you mean `routing-mode`?)",
+        };
+        assert!(err.contains(named), "{cmd} {extra:?}: stderr does not name the key: {err}");
+    }
+}
