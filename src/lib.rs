@@ -10,6 +10,7 @@ pub mod config;
 pub mod crds;
 pub mod datapath;
 pub mod ipam;
+pub mod lab;
 pub mod operator;
 pub mod policy;
 pub mod runtime;

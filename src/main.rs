@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
-use beeline::{agent, cli, cni, operator, runtime::logging};
+use beeline::{agent, cli, cni, lab, operator, runtime::logging};
 
 #[derive(Parser)]
 #[command(name = "beeline", version, about = "Cilium's networking model in Rust: eBPF datapath, agent and operator")]
@@ -28,8 +28,10 @@ enum Command {
     Cni,
     /// Show the local agent's status.
     Status(cli::status::StatusArgs),
-    /// Read the pinned BPF maps directly (`beeline bpf lb list`).
+    /// Read the pinned BPF maps directly (`beeline bpf lb list`) and remove the datapath.
     Bpf(cli::bpf::BpfArgs),
+    /// A cluster on this machine out of network namespaces (root).
+    Lab(lab::LabArgs),
     /// Write the cilium.io CRDs generated from the Rust types (one YAML file per kind).
     Crdgen(CrdgenArgs),
 }
@@ -78,6 +80,7 @@ fn main() {
             Command::Operator(args) => operator::run(args).await,
             Command::Status(args) => cli::status::run(args).await,
             Command::Bpf(args) => cli::bpf::run(args).await,
+            Command::Lab(args) => lab::run(args).await,
             Command::Cni | Command::Crdgen(_) => unreachable!("handled above"),
         }
     });

@@ -14,6 +14,8 @@ pub struct AgentArgs {
     /// The Node this agent runs on (the DaemonSet sets it from `spec.nodeName`).
     #[arg(long, env = "K8S_NODE_NAME")]
     pub node_name: Option<String>,
+    #[command(flatten)]
+    pub datapath: crate::datapath::agent::DatapathArgs,
 }
 
 pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -25,6 +27,9 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
         Some(n) => n,
         None => hostname()?,
     };
+    // Before anything else: a restarted agent swaps its programs in while traffic keeps flowing on
+    // the pinned links and maps. Held (not detached) until exit; the pins outlive the process.
+    let _datapath = crate::datapath::agent::start(&args.datapath, &config.pin_dir())?;
     let client = kubeclient::client(args.config.kubeconfig.as_deref(), "agent").await?;
     let telemetry = health::Telemetry::new("beeline_agent");
     telemetry.health.register(connectivity::CHECK);

@@ -1,4 +1,5 @@
 //! `beeline bpf <map> list`: dumps a pinned map directly (no agent needed), like `cilium bpf lb list`.
+//! `beeline bpf uninstall` removes the pinned datapath (links and maps).
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +37,15 @@ pub enum BpfMap {
         #[command(subcommand)]
         verb: Verb,
     },
+    /// Per-endpoint packet counters of `from_container`, by host-side veth.
+    #[command(name = "ep-stats")]
+    EpStats {
+        #[command(subcommand)]
+        verb: Verb,
+    },
+    /// Not a map: detach every beeline program (unpin its links, remove clsact filters) and
+    /// remove the pin directory with its maps. Stop the agent first.
+    Uninstall,
 }
 
 #[derive(Debug, Clone, Copy, clap::Subcommand)]
@@ -82,9 +92,44 @@ pub async fn run(args: BpfArgs) -> Result<(), Box<dyn std::error::Error + Send +
         BpfMap::Lb { verb: Verb::List } => rows::<Lb4Services>(&args.pin_dir)?,
         BpfMap::Backend { verb: Verb::List } => rows::<Lb4Backends>(&args.pin_dir)?,
         BpfMap::Revnat { verb: Verb::List } => rows::<Lb4RevNat>(&args.pin_dir)?,
+        BpfMap::EpStats { verb: Verb::List } => {
+            ep_stats_rows(&crate::datapath::loader::read_pinned_endpoint_stats(&args.pin_dir)?)
+        }
+        BpfMap::Uninstall => return uninstall(&args.pin_dir),
     };
     if !print_structured(args.output, &rows)? {
         print!("{}", render(&rows));
+    }
+    Ok(())
+}
+
+/// `beeline_ep_stats` rows; the ifindex is also shown as a name when the interface exists in
+/// this process's network namespace (run it inside the node's namespace).
+fn ep_stats_rows(stats: &std::collections::BTreeMap<u32, beeline_common::EndpointStats>) -> Vec<serde_json::Value> {
+    stats
+        .iter()
+        .map(|(ifindex, s)| {
+            serde_json::json!({
+                "ifindex": ifindex,
+                "ifname": crate::datapath::attach::ifname(*ifindex),
+                "packets": s.packets,
+                "bytes": s.bytes,
+            })
+        })
+        .collect()
+}
+
+fn uninstall(pin_dir: &Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let report = crate::datapath::uninstall(pin_dir)?;
+    for link in &report.links_unpinned {
+        println!("unpinned link {}", link.display());
+    }
+    for filter in &report.netlink_filters_removed {
+        println!("removed clsact filter {filter}");
+    }
+    match &report.pin_dir_removed {
+        Some(dir) => println!("removed {}", dir.display()),
+        None => println!("nothing pinned at {}", pin_dir.display()),
     }
     Ok(())
 }
@@ -106,5 +151,20 @@ mod tests {
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("ADDRESS"), "serde_json orders keys: {text}");
         assert!(lines[2].contains("10.0.0.2:8080") && lines[2].ends_with("12"), "{text}");
+    }
+
+    #[test]
+    fn ep_stats_rows_name_known_interfaces() {
+        let stats = [
+            (1, beeline_common::EndpointStats { packets: 3, bytes: 294 }),
+            (u32::MAX, beeline_common::EndpointStats { packets: 1, bytes: 60 }),
+        ]
+        .into_iter()
+        .collect();
+        let rows = ep_stats_rows(&stats);
+        // ifindex 1 is the loopback device in every network namespace.
+        assert_eq!(rows[0], json!({"ifindex": 1, "ifname": "lo", "packets": 3, "bytes": 294}));
+        assert_eq!(rows[1]["ifname"], serde_json::Value::Null);
+        assert!(render(&rows).lines().nth(1).unwrap().contains("lo"));
     }
 }

@@ -1,4 +1,16 @@
-//! The datapath: the compiled eBPF object, loading/attaching, and (later) the map manager.
+//! The datapath: the compiled eBPF object, loading/attaching/pinning, and (later) the map manager.
+
+pub mod agent;
+pub mod attach;
+pub mod loader;
+pub mod netns;
+pub mod pins;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+pub use attach::{uninstall, AttachMode, Attachment};
+pub use loader::{Datapath, DatapathError};
+pub use pins::{Direction, PinLayout};
 
 pub mod manager;
 

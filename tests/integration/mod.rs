@@ -1,0 +1,109 @@
+//! Shared support for the real-kernel tests (BPF programs, namespaces, the agent).
+//!
+//! Use it from a test file with `mod integration;`. What lives where:
+//! - the topology builder, agent process and traffic helpers are product code in `beeline::lab`
+//!   (the lab builds the same topologies), re-exported here; extend them there;
+//! - packet builders and `BPF_PROG_TEST_RUN` are `beeline::datapath::testing` (enabled for tests
+//!   by the crate's `testing` feature);
+//! - this module adds what only tests need: the root check, per-test bpffs directories and
+//!   state directories that clean up on drop (also when the test panics), and bounded waiting.
+//!
+//! Tests that need root fail with a clear message when not run as root; they never skip.
+
+#![allow(dead_code, unused_imports)] // each test binary uses a different subset
+
+use std::{
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+pub use beeline::{
+    datapath::{netns::NetNs, testing::packet, Datapath, Direction},
+    lab::{
+        agent::{AgentLayout, AgentProcess},
+        topology::{PodOnNode, Topology},
+        traffic,
+    },
+};
+
+/// Fails the test (never skips it) when not root.
+pub fn require_root() {
+    if let Err(msg) = beeline::lab::require_root("this test") {
+        panic!("{msg}: real-kernel tests load BPF programs and create network namespaces");
+    }
+}
+
+static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
+
+/// A bpffs directory of its own (`/sys/fs/bpf/bl-test-<label>-<pid>-<n>`), used as a `bpf-root`.
+/// On drop: every beeline pin under it is removed (detaching pinned links) and the directory
+/// deleted.
+pub struct BpffsDir {
+    path: PathBuf,
+}
+
+impl BpffsDir {
+    pub fn new(label: &str) -> BpffsDir {
+        let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
+        let path = PathBuf::from(format!("/sys/fs/bpf/bl-test-{label}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("cannot create {} (is bpffs mounted at /sys/fs/bpf?): {e}", path.display()));
+        BpffsDir { path }
+    }
+
+    /// Use as the agent's `bpf-root`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `<bpf-root>/beeline`, what `Config::pin_dir()` gives for this root.
+    pub fn pin_dir(&self) -> PathBuf {
+        self.path.join("beeline")
+    }
+}
+
+impl Drop for BpffsDir {
+    fn drop(&mut self) {
+        if let Err(e) = beeline::datapath::uninstall(&self.pin_dir()) {
+            eprintln!("cleanup of {}: {e}", self.path.display());
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                eprintln!("cleanup of {}: {e}", self.path.display());
+            }
+        }
+    }
+}
+
+/// A state directory for an agent (socket, kubeconfig, log), removed on drop.
+pub fn state_dir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("beeline-test-").tempdir().expect("temp dir")
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `beeline_ep_stats[ifindex].packets` read from the pin (0 when the row does not exist yet).
+pub fn pinned_packets(pin_dir: &Path, ifindex: u32) -> u64 {
+    beeline::datapath::loader::read_pinned_endpoint_stats(pin_dir)
+        .expect("read pinned beeline_ep_stats")
+        .get(&ifindex)
+        .map_or(0, |s| s.packets)
+}
+
+/// The ifindex of `ifname` inside `ns`.
+pub fn ifindex_in(ns: &NetNs, ifname: &str) -> u32 {
+    ns.run(|| beeline::datapath::attach::ifindex(ifname))
+        .expect("enter namespace")
+        .unwrap_or_else(|| panic!("no interface {ifname} in {}", ns.name()))
+}
