@@ -192,6 +192,21 @@ fn output(t: &Target, mut obj: Value) -> Value {
     obj
 }
 
+/// Like the real API server's request info: a list or watch limited by `metadata.name=X` is a
+/// request for the named object X, so RBAC rules with `resourceNames` can allow it.
+fn name_from_field_selector(verb: &str, query: &Query) -> String {
+    if verb != "list" && verb != "watch" {
+        return String::new();
+    }
+    query
+        .get("fieldSelector")
+        .unwrap_or("")
+        .split(',')
+        .find_map(|term| term.strip_prefix("metadata.name=").or_else(|| term.strip_prefix("metadata.name==")))
+        .unwrap_or("")
+        .to_string()
+}
+
 fn parse_body(body: &Bytes) -> ApiResult<Value> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))
 }
@@ -227,7 +242,10 @@ fn resource(
         resource: t.rt.plural.clone(),
         subresource: t.sub.name().into(),
         namespace: t.namespace.clone().unwrap_or_default(),
-        name: t.name.clone().unwrap_or_default(),
+        name: match &t.name {
+            Some(name) => name.clone(),
+            None => name_from_field_selector(verb, query),
+        },
     });
     let ns = t.namespace.clone().unwrap_or_default();
     let opts = WriteOpts {
