@@ -21,6 +21,11 @@ pub async fn run(args: OperatorArgs) -> Result<(), Box<dyn std::error::Error + S
     let token = runner.shutdown_token();
     let server = health::serve(config.operator_health_addr, telemetry.clone(), token.clone()).await?;
     runner.spawn("health-server", async move { Ok(server.await?) });
+    if config.ipam == crate::config::IpamMode::ClusterPool {
+        let (client, config, token) = (client.clone(), config.clone(), token.clone());
+        let pool = async move { Ok(crate::controllers::operator::cluster_pool::run(client, &config, token).await?) };
+        runner.spawn("cluster-pool-ipam", pool);
+    }
     runner.spawn("apiserver-connectivity", connectivity::watch_apiserver(client, telemetry.health.clone(), token));
     tracing::info!(ipam = ?config.ipam, "operator started");
     runner.run().await?;

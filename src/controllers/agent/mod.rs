@@ -1,0 +1,3 @@
+//! The agent's reconcilers.
+
+pub mod node_ipam;
