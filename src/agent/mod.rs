@@ -4,6 +4,9 @@
 pub mod api;
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use crate::controllers::agent::{ipam_state::NodeIpam, node_ipam};
 
 use crate::runtime::{args::ConfigArgs, connectivity, health, kubeclient, runner::Runner, shutdown};
 
@@ -40,6 +43,12 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
     });
     let api = api::serve(&config.agent_socket_path, api_state, token.clone())?;
     runner.spawn("agent-api", async move { Ok(api.await?) });
+    let families = [(config.enable_ipv4, crate::ipam::Family::V4), (config.enable_ipv6, crate::ipam::Family::V6)];
+    let families = families.into_iter().filter_map(|(on, f)| on.then_some(f)).collect();
+    let ipam = Arc::new(NodeIpam::new(families, &config.state_dir));
+    let node_ipam =
+        node_ipam::run(client.clone(), node_name.clone(), config.ipam, ipam, Duration::from_secs(5), token.clone());
+    runner.spawn("node-ipam", async move { Ok(node_ipam.await?) });
     runner.spawn("apiserver-connectivity", connectivity::watch_apiserver(client, telemetry.health.clone(), token));
     tracing::info!(node = %node_name, routing_mode = ?config.routing_mode, "agent started");
     runner.run().await?;
