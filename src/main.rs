@@ -28,6 +28,8 @@ enum Command {
     Cni,
     /// Show the local agent's status.
     Status(cli::status::StatusArgs),
+    /// List the local agent's pod address allocations.
+    Ipam(cli::ipam::IpamArgs),
     /// Read the pinned BPF maps directly (`beeline bpf lb list`).
     Bpf(cli::bpf::BpfArgs),
     /// Write the cilium.io CRDs generated from the Rust types (one YAML file per kind).
@@ -78,6 +80,7 @@ fn main() {
             Command::Operator(args) => operator::run(args).await,
             Command::Status(args) => cli::status::run(args).await,
             Command::Bpf(args) => cli::bpf::run(args).await,
+            Command::Ipam(args) => cli::ipam::run(args).await,
             Command::Cni | Command::Crdgen(_) => unreachable!("handled above"),
         }
     });
