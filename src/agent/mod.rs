@@ -57,6 +57,15 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
     let api = api::serve(&config.agent_socket_path, api_state, token.clone())?;
     runner.spawn("agent-api", async move { Ok(api.await?) });
     runner.spawn("node-ipam", async move { Ok(node_ipam.await?) });
+    let cni = crate::cni::install::run(
+        std::env::current_exe()?,
+        config.cni_bin_dir.clone(),
+        config.cni_conf_dir.clone(),
+        config.agent_socket_path.clone(),
+        ipam.clone(),
+        token.clone(),
+    );
+    runner.spawn("cni-install", async move { Ok(cni.await?) });
     runner.spawn("apiserver-connectivity", connectivity::watch_apiserver(client, telemetry.health.clone(), token));
     tracing::info!(node = %node_name, routing_mode = ?config.routing_mode, "agent started");
     runner.run().await?;
