@@ -71,7 +71,10 @@ pub async fn run(args: OperatorArgs) -> Result<(), Box<dyn std::error::Error + S
         timeout: Duration::from_secs(args.crd_install_timeout),
         ..Default::default()
     });
-    runner.spawn("operator", operate(client, install, election, telemetry.health.clone(), is_leader, token));
+    runner.spawn(
+        "operator",
+        operate(client, config.clone(), install, election, telemetry.health.clone(), is_leader, token),
+    );
     tracing::info!(ipam = ?config.ipam, "operator started");
     runner.run().await?;
     tracing::info!("operator stopped");
@@ -81,6 +84,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), Box<dyn std::error::Error + S
 /// CRD installation, then leader election with the controllers running while this replica leads.
 async fn operate(
     client: kube::Client,
+    config: crate::config::Config,
     install: Option<crd_install::InstallOptions>,
     election: leader::ElectionConfig,
     health: health::Health,
@@ -103,14 +107,14 @@ async fn operate(
         "campaigning for leadership"
     );
     let (leading_tx, leading_rx) = watch::channel(false);
-    let elector = leader::LeaderElector::new(client, election).with_gauge(is_leader);
+    let elector = leader::LeaderElector::new(client.clone(), election).with_gauge(is_leader);
     let election = elector.run(leading_tx, shutdown.clone());
     tokio::pin!(election);
     tokio::select! {
         // Leadership lost (an error: the process stops) or shutdown.
         r = &mut election => r?,
         // Controllers end on shutdown (then let the elector release the lease) or fail.
-        r = controllers_while_leading(leading_rx, shutdown) => {
+        r = controllers_while_leading(client, config, leading_rx, shutdown) => {
             r?;
             election.await?;
         }
@@ -120,12 +124,21 @@ async fn operate(
 
 /// Waits for leadership, then runs the leader-only controllers until shutdown. None exist yet
 /// besides CRD installation (which, as in Cilium, runs on every replica before the election).
-async fn controllers_while_leading(mut leading: watch::Receiver<bool>, shutdown: CancellationToken) -> TaskResult {
+async fn controllers_while_leading(
+    client: kube::Client,
+    config: crate::config::Config,
+    mut leading: watch::Receiver<bool>,
+    shutdown: CancellationToken,
+) -> TaskResult {
     tokio::select! {
         r = leading.wait_for(|l| *l) => { if r.is_err() { return Ok(()); } }
         _ = shutdown.cancelled() => return Ok(()),
     }
     tracing::info!("leading: starting the operator's controllers");
-    shutdown.cancelled().await;
+    if config.ipam == crate::config::IpamMode::ClusterPool {
+        crate::controllers::operator::cluster_pool::run(client, &config, shutdown.clone()).await?;
+    } else {
+        shutdown.cancelled().await;
+    }
     Ok(())
 }

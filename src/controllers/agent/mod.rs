@@ -1,0 +1,4 @@
+//! The agent's reconcilers.
+
+pub mod ipam_state;
+pub mod node_ipam;

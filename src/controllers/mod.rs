@@ -1,0 +1,8 @@
+//! Reconcilers, one module each: `operator/` for the cluster-wide ones, `agent/` for the per-node ones.
+//! Each pairs a pure desired-state function (in `ipam`, `policy`, ...) with thin kube-runtime wiring.
+
+pub mod agent;
+pub mod operator;
+
+#[cfg(test)]
+pub(crate) mod test_util;

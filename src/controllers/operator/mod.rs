@@ -1,0 +1,3 @@
+//! The operator's reconcilers.
+
+pub mod cluster_pool;
