@@ -13,3 +13,4 @@ pub mod ipam;
 pub mod operator;
 pub mod policy;
 pub mod runtime;
+pub mod services;
