@@ -101,7 +101,10 @@ fn build_rows(frontends: &[FrontendSpec], cfg: &ServicesConfig, ids: &mut LbIds,
         let id = match ids.rev_nat(&fe.addr) {
             Ok(id) => id,
             Err(e) => {
-                notes.push(Note { object: fe.owner.to_string(), message: format!("frontend {}: no rev-NAT ID: {e}", fe.addr) });
+                notes.push(Note {
+                    object: fe.owner.to_string(),
+                    message: format!("frontend {}: no rev-NAT ID: {e}", fe.addr),
+                });
                 continue;
             }
         };

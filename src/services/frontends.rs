@@ -174,10 +174,7 @@ pub fn collect_frontends(inputs: &Inputs<'_>, cfg: &ServicesConfig, notes: &mut 
 }
 
 fn object_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectName {
-    ObjectName {
-        namespace: meta.namespace.clone().unwrap_or_default(),
-        name: meta.name.clone().unwrap_or_default(),
-    }
+    ObjectName { namespace: meta.namespace.clone().unwrap_or_default(), name: meta.name.clone().unwrap_or_default() }
 }
 
 /// This node's NodePort addresses: InternalIP/ExternalIP of its Node object plus configured extras.
@@ -349,7 +346,8 @@ fn handled(svc: &Service, cfg: &ServicesConfig) -> bool {
 
 fn is_headless(svc: &Service) -> bool {
     let labelled = svc.metadata.labels.as_ref().is_some_and(|l| l.contains_key(HEADLESS_LABEL));
-    let none = svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()).is_some_and(|ip| ip.eq_ignore_ascii_case("none"));
+    let none =
+        svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()).is_some_and(|ip| ip.eq_ignore_ascii_case("none"));
     labelled || none
 }
 
@@ -468,7 +466,13 @@ fn service_frontends(
         let fe = |ip, scope| FrontendAddr { ip, port: svc_port, proto, scope };
 
         for ip in &cluster_ips {
-            out.push(common.frontend(FrontendKind::ClusterIp, fe(*ip, Scope::External), port, &backends, policies.int_local));
+            out.push(common.frontend(
+                FrontendKind::ClusterIp,
+                fe(*ip, Scope::External),
+                port,
+                &backends,
+                policies.int_local,
+            ));
         }
         for ip in &external_ips {
             for (scope, local) in policies.external_scopes() {
@@ -505,7 +509,12 @@ fn service_frontends(
 
 /// HostPort frontends of one pod on this node: `hostIP:hostPort` (or the surrogate plus every node
 /// address when no hostIP is set) → `podIP:containerPort`.
-fn hostport_frontends(pod: &Pod, node_addrs: &[Ipv4Addr], cfg: &ServicesConfig, notes: &mut Vec<Note>) -> Vec<FrontendSpec> {
+fn hostport_frontends(
+    pod: &Pod,
+    node_addrs: &[Ipv4Addr],
+    cfg: &ServicesConfig,
+    notes: &mut Vec<Note>,
+) -> Vec<FrontendSpec> {
     let Some(spec) = pod.spec.as_ref() else { return Vec::new() };
     if spec.node_name.as_deref() != Some(cfg.node_name.as_str()) || spec.host_network == Some(true) {
         return Vec::new();
@@ -528,7 +537,8 @@ fn hostport_frontends(pod: &Pod, node_addrs: &[Ipv4Addr], cfg: &ServicesConfig, 
         let Some(host_port) = cp.host_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0) else { continue };
         let Some(proto) = Proto::from_k8s(cp.protocol.as_deref()) else { continue };
         let Ok(container_port) = u16::try_from(cp.container_port) else { continue };
-        let backend = Backend { state, addr: BackendAddr { ip: pod_ip, port: container_port, proto }, node_local: true };
+        let backend =
+            Backend { state, addr: BackendAddr { ip: pod_ip, port: container_port, proto }, node_local: true };
         let host_ip = match cp.host_ip.as_deref().filter(|h| !h.is_empty()) {
             None => None,
             Some(raw) => match raw.parse::<IpAddr>() {

@@ -30,26 +30,27 @@ impl LbIds {
     /// Restores IDs from the entries the pinned maps held at start (the map manager's
     /// `TableHandle::restored`): a master entry's rev-NAT index per frontend address, a backend's ID
     /// per backend address. Entries that cannot be interpreted are reported, not fatal.
-    pub fn restore(&mut self, services: &[(Lb4Key, Lb4Service)], backends: &[(Lb4BackendKey, Lb4Backend)]) -> Vec<String> {
+    pub fn restore(
+        &mut self,
+        services: &[(Lb4Key, Lb4Service)],
+        backends: &[(Lb4BackendKey, Lb4Backend)],
+    ) -> Vec<String> {
         let mut problems = Vec::new();
         for (k, v) in services.iter().filter(|(k, _)| k.backend_slot == 0) {
             let (Some(proto), Some(scope)) = (Proto::from_number(k.proto), Scope::from_number(k.scope)) else {
                 problems.push(format!("service entry {k:?}: unknown protocol or scope; its ID is not restored"));
                 continue;
             };
-            let addr = FrontendAddr {
-                ip: Ipv4Addr::from(u32::from_be(k.address)),
-                port: u16::from_be(k.dport),
-                proto,
-                scope,
-            };
+            let addr =
+                FrontendAddr { ip: Ipv4Addr::from(u32::from_be(k.address)), port: u16::from_be(k.dport), proto, scope };
             if let Err(e) = self.rev_nat.restore(addr, u32::from(v.rev_nat_index)) {
                 problems.push(format!("rev-NAT ID of {addr}: {e}"));
             }
         }
         for (k, v) in backends {
             let Some(proto) = Proto::from_number(v.proto) else {
-                problems.push(format!("backend {}: unknown protocol {}; its ID is not restored", k.backend_id, v.proto));
+                problems
+                    .push(format!("backend {}: unknown protocol {}; its ID is not restored", k.backend_id, v.proto));
                 continue;
             };
             let addr = BackendAddr { ip: Ipv4Addr::from(u32::from_be(v.address)), port: u16::from_be(v.port), proto };

@@ -72,7 +72,14 @@ mod tests {
     use std::net::Ipv4Addr;
 
     fn be(i: u32) -> (u32, BackendAddr) {
-        (100 + i, BackendAddr { ip: Ipv4Addr::new(10, 0, (i / 250) as u8, (i % 250) as u8 + 1), port: 8080, proto: Proto::Tcp })
+        (
+            100 + i,
+            BackendAddr {
+                ip: Ipv4Addr::new(10, 0, (i / 250) as u8, (i % 250) as u8 + 1),
+                port: 8080,
+                proto: Proto::Tcp,
+            },
+        )
     }
 
     #[test]
