@@ -1,0 +1,3 @@
+//! The agent's controllers.
+
+pub mod services;

@@ -1,0 +1,3 @@
+//! Reconcilers: one module per controller, split by process.
+
+pub mod agent;
