@@ -132,16 +132,10 @@ impl World {
     }
 }
 
-fn master<'a>(d: &'a DesiredLb, ip: [u8; 4], port: u16, scope: Scope) -> &'a Lb4Service {
-    let key = Lb4Key {
-        address: u32::from(Ipv4Addr::from(ip)).to_be(),
-        dport: port.to_be(),
-        backend_slot: 0,
-        proto: 6,
-        scope: scope.number(),
-        pad: [0; 2],
-    };
-    d.services.get(&key).unwrap_or_else(|| panic!("no master entry for {ip:?}:{port} {scope:?}"))
+fn master(d: &DesiredLb, ip: [u8; 4], port: u16, scope: Scope) -> &Lb4Service {
+    d.services
+        .get(&master_key(ip, port, scope))
+        .unwrap_or_else(|| panic!("no master entry for {ip:?}:{port} {scope:?}"))
 }
 
 #[test]
