@@ -15,3 +15,4 @@ pub mod lab;
 pub mod operator;
 pub mod policy;
 pub mod runtime;
+pub mod services;

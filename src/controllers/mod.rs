@@ -1,5 +1,6 @@
 //! Reconcilers, one module each: `operator/` for the cluster-wide ones, `agent/` for the per-node ones.
-//! Each pairs a pure desired-state function (in `ipam`, `policy`, ...) with thin kube-runtime wiring.
+//! Each pairs a pure desired-state function (in `ipam`, `policy`, `services`, ...) with thin
+//! kube-runtime wiring.
 
 pub mod agent;
 pub mod operator;

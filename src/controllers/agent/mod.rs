@@ -2,3 +2,4 @@
 
 pub mod ipam_state;
 pub mod node_ipam;
+pub mod services;
