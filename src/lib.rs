@@ -7,6 +7,7 @@ pub mod agent;
 pub mod cli;
 pub mod cni;
 pub mod config;
+pub mod controllers;
 pub mod crds;
 pub mod datapath;
 pub mod ipam;
