@@ -85,7 +85,9 @@ fn pool_spec(blocks: &[&str]) -> LbIpPoolSpec {
     let blocks = blocks
         .iter()
         .map(|b| match b.split_once('-') {
-            Some((start, stop)) => LbIpBlock { start: Some(start.into()), stop: Some(stop.into()), ..Default::default() },
+            Some((start, stop)) => {
+                LbIpBlock { start: Some(start.into()), stop: Some(stop.into()), ..Default::default() }
+            }
             None => LbIpBlock { cidr: Some(b.to_string()), ..Default::default() },
         })
         .collect();
@@ -94,7 +96,10 @@ fn pool_spec(blocks: &[&str]) -> LbIpPoolSpec {
 
 async fn create_pool(client: &Client, name: &str, blocks: &[&str]) {
     let pools: Api<CiliumLoadBalancerIPPool> = Api::all(client.clone());
-    pools.create(&PostParams::default(), &CiliumLoadBalancerIPPool::new(name, pool_spec(blocks))).await.expect("create pool");
+    pools
+        .create(&PostParams::default(), &CiliumLoadBalancerIPPool::new(name, pool_spec(blocks)))
+        .await
+        .expect("create pool");
     // creationTimestamp has one-second resolution; pool age decides conflicts and order.
     tokio::time::sleep(Duration::from_millis(1100)).await;
 }
@@ -202,8 +207,13 @@ async fn dormant_until_a_pool_exists_then_assigns_and_reports() {
 
     let controller = Controller::start(server.client_as("lbipam"));
     eventually("the pool watch has synced", || async {
-        let watching = server.accesses().iter().any(|a| a.client == "lbipam" && a.resource == "ciliumloadbalancerippools");
-        if watching { Ok(()) } else { Err("no pool list/watch yet".into()) }
+        let watching =
+            server.accesses().iter().any(|a| a.client == "lbipam" && a.resource == "ciliumloadbalancerippools");
+        if watching {
+            Ok(())
+        } else {
+            Err("no pool list/watch yet".into())
+        }
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -227,7 +237,11 @@ async fn dormant_until_a_pool_exists_then_assigns_and_reports() {
         let total = pool_condition(&client, "blue", "cilium.io/IPsTotal").await.map(|c| c.message);
         let conflict = pool_condition(&client, "blue", "cilium.io/PoolConflict").await.map(|c| c.status);
         let got = (used.as_deref(), available.as_deref(), total.as_deref(), conflict.as_deref());
-        if got == (Some("1"), Some("255"), Some("256"), Some("False")) { Ok(()) } else { Err(format!("{got:?}")) }
+        if got == (Some("1"), Some("255"), Some("256"), Some("False")) {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
     })
     .await;
 
@@ -260,7 +274,8 @@ async fn requested_addresses_and_sharing_keys() {
     create_pool(&client, "blue", &["10.0.20.0/24"]).await;
     let controller = Controller::start(server.client_as("lbipam"));
 
-    create_service(&client, annotated(service("pinned", "LoadBalancer", 80), "lbipam.cilium.io/ips", "10.0.20.7")).await;
+    create_service(&client, annotated(service("pinned", "LoadBalancer", 80), "lbipam.cilium.io/ips", "10.0.20.7"))
+        .await;
     await_service(&client, "pinned", &["10.0.20.7"], "satisfied").await;
 
     // Outside every pool: unsatisfied with a reason and a Warning Event.
@@ -272,7 +287,11 @@ async fn requested_addresses_and_sharing_keys() {
         let found = events.iter().any(|e| {
             e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some(event_reason::REQUEST_UNSATISFIED)
         });
-        if found { Ok(()) } else { Err(format!("{events:?}")) }
+        if found {
+            Ok(())
+        } else {
+            Err(format!("{events:?}"))
+        }
     })
     .await;
 
@@ -287,7 +306,11 @@ async fn requested_addresses_and_sharing_keys() {
     await_service(&client, "dns-clash", &["10.0.20.1"], "satisfied").await;
     eventually("a shared address counts once", || async {
         let used = pool_condition(&client, "blue", "cilium.io/IPsUsed").await.map(|c| c.message);
-        if used.as_deref() == Some("3") { Ok(()) } else { Err(format!("{used:?}")) }
+        if used.as_deref() == Some("3") {
+            Ok(())
+        } else {
+            Err(format!("{used:?}"))
+        }
     })
     .await;
     controller.stop().await;
@@ -306,26 +329,40 @@ async fn a_service_that_stops_qualifying_loses_ingress_and_condition() {
     let foreign = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
         "status": {"conditions": [{"type": "example.com/Probed", "status": "True", "reason": "ok", "message": "",
         "lastTransitionTime": "2024-01-01T00:00:00Z"}]}});
-    services.patch_status("web", &PatchParams::apply("prober"), &Patch::Apply(&foreign)).await.expect("foreign condition");
+    services
+        .patch_status("web", &PatchParams::apply("prober"), &Patch::Apply(&foreign))
+        .await
+        .expect("foreign condition");
 
     let to_cluster_ip = json!({"spec": {"type": "ClusterIP"}});
     services.patch("web", &PatchParams::default(), &Patch::Merge(&to_cluster_ip)).await.expect("type change");
     let web = eventually("ingress and condition removed", || async {
         let svc = get_service(&client, "web").await;
-        if ingress_ips(&svc).is_empty() && service_condition(&svc).is_none() { Ok(svc) } else { Err(format!("{:?}", svc.status)) }
+        if ingress_ips(&svc).is_empty() && service_condition(&svc).is_none() {
+            Ok(svc)
+        } else {
+            Err(format!("{:?}", svc.status))
+        }
     })
     .await;
     let kept = condition(web.status.as_ref().and_then(|s| s.conditions.as_ref()), "example.com/Probed");
     assert!(kept.is_some(), "the prober's condition is kept: {:?}", web.status);
     eventually("the address returns to the pool", || async {
         let used = pool_condition(&client, "blue", "cilium.io/IPsUsed").await.map(|c| c.message);
-        if used.as_deref() == Some("0") { Ok(()) } else { Err(format!("{used:?}")) }
+        if used.as_deref() == Some("0") {
+            Ok(())
+        } else {
+            Err(format!("{used:?}"))
+        }
     })
     .await;
     assert_eq!(controller.metrics.releases.get(), 1);
 
     // Back to LoadBalancer: addressed again.
-    services.patch("web", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"type": "LoadBalancer"}}))).await.unwrap();
+    services
+        .patch("web", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"type": "LoadBalancer"}})))
+        .await
+        .unwrap();
     await_service(&client, "web", &["10.0.30.0"], "satisfied").await;
     controller.stop().await;
 }
@@ -363,19 +400,36 @@ async fn an_overlapping_newer_pool_conflicts_until_the_overlap_is_gone() {
     })
     .await;
     assert_eq!(conflict.reason, "cidr_overlap");
-    assert!(conflict.message.contains("old") && conflict.message.contains("10.0.50.0 - 10.0.50.255"), "{}", conflict.message);
-    assert_eq!(pool_condition(&client, "old", "cilium.io/PoolConflict").await.map(|c| c.status).as_deref(), Some("False"));
+    assert!(
+        conflict.message.contains("old") && conflict.message.contains("10.0.50.0 - 10.0.50.255"),
+        "{}",
+        conflict.message
+    );
+    assert_eq!(
+        pool_condition(&client, "old", "cilium.io/PoolConflict").await.map(|c| c.status).as_deref(),
+        Some("False")
+    );
     eventually("a PoolConflict warning on `new`", || async {
         let events = events_for(&client, "default", "new").await;
         let found = events.iter().any(|e| e.reason.as_deref() == Some(event_reason::POOL_CONFLICT));
-        if found { Ok(()) } else { Err(format!("{events:?}")) }
+        if found {
+            Ok(())
+        } else {
+            Err(format!("{events:?}"))
+        }
     })
     .await;
     eventually("conflicting-pools gauge", || async {
         let n = controller.metrics.conflicting_pools.get();
-        if n == 1 { Ok(()) } else { Err(n.to_string()) }
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(n.to_string())
+        }
     })
     .await;
+
+    assert_rbac_covers(&server, "lbipam");
 
     delete_pool(&client, "old").await;
     let resolved = eventually("`new` recovers", || async {
@@ -420,6 +474,30 @@ async fn a_restarted_controller_keeps_existing_addresses_and_writes_nothing_for_
     second.stop().await;
 }
 
+/// Every API access `client_name` made is granted by the operator's ClusterRole in
+/// `manifests/rbac-operator.yaml`.
+fn assert_rbac_covers(server: &ApiServer, client_name: &str) {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/rbac-operator.yaml")).unwrap();
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_str_multiple(&text).expect("RBAC manifest parses");
+    let role = docs.iter().find(|d| d["kind"] == "ClusterRole").expect("a ClusterRole");
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array().into_iter().flatten().filter_map(|s| s.as_str().map(String::from)).collect()
+    };
+    let accesses: Vec<_> = server.accesses().into_iter().filter(|a| a.client == client_name).collect();
+    assert!(!accesses.is_empty(), "{client_name} made no API calls");
+    for a in accesses {
+        let resource =
+            if a.subresource.is_empty() { a.resource.clone() } else { format!("{}/{}", a.resource, a.subresource) };
+        let granted = role["rules"].as_array().unwrap().iter().any(|r| {
+            strings(&r["apiGroups"]).contains(&a.group)
+                && strings(&r["resources"]).contains(&resource)
+                && strings(&r["verbs"]).contains(&a.verb)
+                && (r.get("resourceNames").is_none() || strings(&r["resourceNames"]).contains(&a.name))
+        });
+        assert!(granted, "not granted by the operator ClusterRole: {a:?}");
+    }
+}
+
 /// Writes a kubeconfig for the HTTP listener and runs `/usr/bin/kubectl` (bounded by `timeout`).
 async fn kubectl(port: u16, args: &[&str]) -> String {
     let home = tempfile::tempdir().expect("temp HOME");
@@ -460,7 +538,11 @@ async fn kubectl_get_ippools_shows_disabled_conflicting_and_available() {
     eventually("both pools have status", || async {
         let old = pool_condition(&client, "old", "cilium.io/IPsAvailable").await;
         let new = pool_condition(&client, "new", "cilium.io/PoolConflict").await;
-        if old.is_some() && new.as_ref().is_some_and(|c| c.status == "True") { Ok(()) } else { Err(format!("{old:?} {new:?}")) }
+        if old.is_some() && new.as_ref().is_some_and(|c| c.status == "True") {
+            Ok(())
+        } else {
+            Err(format!("{old:?} {new:?}"))
+        }
     })
     .await;
 

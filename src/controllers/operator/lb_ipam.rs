@@ -40,7 +40,8 @@ use tracing::Instrument;
 
 use crate::crds::cilium_load_balancer_ip_pool::CiliumLoadBalancerIPPool;
 use crate::ipam::lbipam::{
-    desired_state, DesiredCondition, DesiredState, LbIpamConfig, ServiceKey, ServiceOutcome, CONDITION_BLOCKS_VALID, CONDITION_POOL_CONFLICT, CONDITION_REQUEST_SATISFIED,
+    desired_state, DesiredCondition, DesiredState, LbIpamConfig, ServiceKey, ServiceOutcome, CONDITION_BLOCKS_VALID,
+    CONDITION_POOL_CONFLICT, CONDITION_REQUEST_SATISFIED,
 };
 
 /// The field manager of every status this controller applies. Fixed, so an operator restart (or a
@@ -127,7 +128,11 @@ impl Metrics {
         let r = registry.sub_registry_with_prefix("lbipam");
         r.register("allocations", "Addresses LB-IPAM assigned to Services", self.allocations.clone());
         r.register("releases", "Addresses LB-IPAM removed from Services", self.releases.clone());
-        r.register("conflicting_pools", "Pools disabled by an overlap with another pool", self.conflicting_pools.clone());
+        r.register(
+            "conflicting_pools",
+            "Pools disabled by an overlap with another pool",
+            self.conflicting_pools.clone(),
+        );
         r.register(
             "unsatisfied_services",
             "LoadBalancer Services whose address request is not satisfied",
@@ -186,11 +191,7 @@ fn ingress_ips(ingress: &[LoadBalancerIngress]) -> Vec<String> {
 }
 
 fn live_ingress(svc: &Service) -> Vec<LoadBalancerIngress> {
-    svc.status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.clone())
-        .unwrap_or_default()
+    svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.clone()).unwrap_or_default()
 }
 
 fn live_condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
@@ -217,8 +218,9 @@ fn service_write(key: &ServiceKey, outcome: &ServiceOutcome, live: &Service, now
             if *ingress == current && previous.is_some_and(|c| condition.matches(c)) {
                 return None;
             }
-            let changed_failure =
-                previous.is_none_or(|p| p.status != condition.status || p.reason != condition.reason || p.message != condition.message);
+            let changed_failure = previous.is_none_or(|p| {
+                p.status != condition.status || p.reason != condition.reason || p.message != condition.message
+            });
             if condition.status == "False" && changed_failure {
                 events.push(EventSpec {
                     warning: true,
@@ -296,7 +298,12 @@ fn pool_events(desired: &[DesiredCondition], live: &[Condition]) -> Vec<EventSpe
     events
 }
 
-fn pool_write(name: &str, desired: &[DesiredCondition], live: &CiliumLoadBalancerIPPool, now: &Time) -> Option<PoolWrite> {
+fn pool_write(
+    name: &str,
+    desired: &[DesiredCondition],
+    live: &CiliumLoadBalancerIPPool,
+    now: &Time,
+) -> Option<PoolWrite> {
     let existing = live.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
     let ours_match = desired.iter().all(|d| live_condition(&existing, &d.type_).is_some_and(|c| d.matches(c)));
     if ours_match && existing.len() == desired.len() {
@@ -314,10 +321,8 @@ fn pool_write(name: &str, desired: &[DesiredCondition], live: &CiliumLoadBalance
 /// The status writes that bring the live objects to `desired`: none for an object that already says
 /// it (transition times aside).
 pub fn plan(desired: &DesiredState, services: &[Service], pools: &[CiliumLoadBalancerIPPool], now: &Time) -> Plan {
-    let live_services: BTreeMap<ServiceKey, &Service> = services
-        .iter()
-        .map(|s| (ServiceKey::new(s.namespace().unwrap_or_default(), s.name_any()), s))
-        .collect();
+    let live_services: BTreeMap<ServiceKey, &Service> =
+        services.iter().map(|s| (ServiceKey::new(s.namespace().unwrap_or_default(), s.name_any()), s)).collect();
     let live_pools: BTreeMap<String, &CiliumLoadBalancerIPPool> = pools.iter().map(|p| (p.name_any(), p)).collect();
     let mut out = Plan::default();
     for (key, outcome) in &desired.services {
@@ -516,7 +521,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), LbIpamError> {
     let changed = Arc::new(Notify::new());
-    let (pools, _pool_task) = spawn_reflector(Api::<CiliumLoadBalancerIPPool>::all(client.clone()), changed.clone(), "pools");
+    let (pools, _pool_task) =
+        spawn_reflector(Api::<CiliumLoadBalancerIPPool>::all(client.clone()), changed.clone(), "pools");
     if !ready(&pools, "pools", &shutdown).await? {
         return Ok(());
     }
@@ -535,7 +541,12 @@ pub async fn run(
     }
 
     let reporter = Reporter { controller: REPORTING_CONTROLLER.into(), instance: options.instance.clone() };
-    let mut writer = Writer { recorder: Recorder::new(client.clone(), reporter), client, metrics: metrics.clone(), written: HashMap::new() };
+    let mut writer = Writer {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        metrics: metrics.clone(),
+        written: HashMap::new(),
+    };
     let mut retry: Option<Duration> = None;
     loop {
         let pool_objects = snapshot(&pools);
@@ -576,8 +587,8 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipam::lbipam::reason;
     use crate::crds::cilium_load_balancer_ip_pool::{LbIpBlock, LbIpPoolSpec};
+    use crate::ipam::lbipam::reason;
     use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec, ServiceStatus};
     use kube::api::ObjectMeta;
 
@@ -586,7 +597,10 @@ mod tests {
     }
 
     fn pool(name: &str, created: i64, cidr: &str) -> CiliumLoadBalancerIPPool {
-        let spec = LbIpPoolSpec { blocks: vec![LbIpBlock { cidr: Some(cidr.into()), ..Default::default() }], ..Default::default() };
+        let spec = LbIpPoolSpec {
+            blocks: vec![LbIpBlock { cidr: Some(cidr.into()), ..Default::default() }],
+            ..Default::default()
+        };
         let mut p = CiliumLoadBalancerIPPool::new(name, spec);
         p.metadata.creation_timestamp = Some(time(created));
         p.metadata.resource_version = Some("1".into());
@@ -620,7 +634,8 @@ mod tests {
         }
         for w in &plan.pools {
             let p = pools.iter_mut().find(|p| p.name_any() == w.name).unwrap();
-            p.status = Some(crate::crds::cilium_load_balancer_ip_pool::LbIpPoolStatus { conditions: w.conditions.clone() });
+            p.status =
+                Some(crate::crds::cilium_load_balancer_ip_pool::LbIpPoolStatus { conditions: w.conditions.clone() });
         }
     }
 
