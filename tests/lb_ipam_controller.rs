@@ -570,3 +570,40 @@ async fn kubectl_get_ippools_shows_disabled_conflicting_and_available() {
     controller.stop().await;
     http.abort();
 }
+
+fn yaml_docs(path: &str) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).expect("example exists");
+    serde_saphyr::from_str_multiple(&text).expect("example parses")
+}
+
+#[tokio::test]
+async fn the_example_pool_and_services_are_all_satisfied() {
+    let (server, client) = setup().await;
+    let controller = Controller::start(server.client_as("lbipam"));
+    for doc in yaml_docs("examples/lb-ip-pool-range.yaml") {
+        let pool: CiliumLoadBalancerIPPool = serde_json::from_value(doc).unwrap();
+        Api::<CiliumLoadBalancerIPPool>::all(client.clone()).create(&PostParams::default(), &pool).await.unwrap();
+    }
+    let docs = yaml_docs("examples/lb-ipam/services.yaml");
+    assert_eq!(docs.len(), 4);
+    for doc in docs {
+        create_service(&client, serde_json::from_value(doc).unwrap()).await;
+    }
+    // allowFirstLastIPs: No keeps 10.0.10.0 back; the two dns Services share one address.
+    await_service(&client, "pinned", &["20.0.20.150"], "satisfied").await;
+    let web = await_service(&client, "web", &["10.0.10.1"], "satisfied").await;
+    let udp = eventually("dns-udp addressed", || async {
+        let svc = get_service(&client, "dns-udp").await;
+        let ips = ingress_ips(&svc);
+        if ips.len() == 1 {
+            Ok(ips)
+        } else {
+            Err(format!("{:?}", svc.status))
+        }
+    })
+    .await;
+    assert_ne!(udp, ingress_ips(&web));
+    let udp: Vec<&str> = udp.iter().map(String::as_str).collect();
+    await_service(&client, "dns-metrics", &udp, "satisfied").await;
+    controller.stop().await;
+}
