@@ -193,6 +193,8 @@ pub enum DeviceError {
     Sysctl { key: String, value: String, source: std::io::Error },
     #[error("cannot parse `ip -j link` output: {0}")]
     Parse(serde_json::Error),
+    #[error("the kernel cannot create {kind} devices (built without CONFIG_{upper}?): `ip {args}`", upper = kind.to_uppercase())]
+    Unsupported { kind: String, args: String },
     #[error("device {0} has no ifindex after setup")]
     Missing(&'static str),
 }
@@ -200,6 +202,11 @@ pub enum DeviceError {
 fn run_ip(args: &[String]) -> Result<String, DeviceError> {
     let out = Command::new("ip").args(args).output().map_err(DeviceError::Spawn)?;
     if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains("Unknown device type") {
+            let kind = args.iter().skip_while(|a| *a != "type").nth(1).cloned().unwrap_or_default();
+            return Err(DeviceError::Unsupported { kind, args: args.join(" ") });
+        }
         return Err(DeviceError::Ip {
             args: args.join(" "),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
