@@ -281,3 +281,19 @@ fn from_overlay_leaves_packets_without_tunnel_metadata_to_the_stack() {
     let (verdict, out) = f.run(FROM_OVERLAY, &frame);
     assert_eq!((verdict, out), (TC_ACT_OK, frame));
 }
+
+#[test]
+fn the_map_manager_and_the_object_agree_on_the_shape_of_the_shared_maps() {
+    use beeline::datapath::manager::{kernel::pinned_spec, maps, MapDef, MapSpec};
+    let f = Fixture::new("conn-shapes");
+    // If these differed, a manager starting after the loader would replace the programs' map.
+    let pin = f.bpffs.pin_dir();
+    assert_eq!(
+        pinned_spec(&pin.join(maps::Endpoints::NAME), maps::Endpoints::NAME).unwrap(),
+        MapSpec::of::<maps::Endpoints>()
+    );
+    assert_eq!(
+        pinned_spec(&pin.join(maps::TunnelMap::NAME), maps::TunnelMap::NAME).unwrap(),
+        MapSpec::of::<maps::TunnelMap>()
+    );
+}

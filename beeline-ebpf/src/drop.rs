@@ -14,5 +14,5 @@ pub fn drop(ctx: &TcContext, reason: u32) -> i32 {
             (*stats).bytes += u64::from(ctx.len());
         }
     }
-    TC_ACT_SHOT as i32
+    TC_ACT_SHOT
 }

@@ -70,7 +70,7 @@ fn ipv4(ctx: &TcContext, ifindex: u32) -> i32 {
 #[inline(always)]
 fn count(ifindex: u32, len: u32) {
     let key = EndpointStatsKey { ifindex };
-    match ENDPOINT_STATS.get_ptr_mut(&key) {
+    match ENDPOINT_STATS.get_ptr_mut(key) {
         Some(stats) => {
             // SAFETY: the pointer comes from a successful map lookup and is valid for this call.
             // Counters are per endpoint; concurrent CPUs may race, which only costs precision.
@@ -82,7 +82,7 @@ fn count(ifindex: u32, len: u32) {
         None => {
             let first = EndpointStats { packets: 1, bytes: u64::from(len) };
             // A full map only loses the count, never the packet.
-            let _ = ENDPOINT_STATS.insert(&key, &first, 0);
+            let _ = ENDPOINT_STATS.insert(key, first, 0);
         }
     }
 }

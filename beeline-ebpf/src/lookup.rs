@@ -14,7 +14,7 @@ use crate::maps::{CONFIG, ENDPOINTS, IPCACHE, TUNNEL_MAP};
 #[inline(always)]
 pub fn endpoint(ip_be: u32) -> Option<EndpointInfo> {
     // SAFETY: the value is copied out before anything can delete it.
-    unsafe { ENDPOINTS.get(&EndpointKey::ipv4(ip_be)).copied() }
+    unsafe { ENDPOINTS.get(EndpointKey::ipv4(ip_be)).copied() }
 }
 
 /// Longest-prefix match of `ip_be` in the ipcache.
@@ -32,7 +32,7 @@ pub fn tunnel(ip_be: u32, prefix_len: u32) -> Option<TunnelValue> {
     }
     let mask = (u32::MAX << (32 - prefix_len)).to_be();
     // SAFETY: copied out at once.
-    unsafe { TUNNEL_MAP.get(&TunnelKey::ipv4(ip_be & mask)).copied() }
+    unsafe { TUNNEL_MAP.get(TunnelKey::ipv4(ip_be & mask)).copied() }
 }
 
 /// The node configuration; all zero (no tunnel, no router IP) until the agent writes it.

@@ -318,7 +318,8 @@ mod tests {
         let mut vxlan_down = host_pair();
         vxlan_down.push(link(CILIUM_VXLAN, "vxlan", true, Some(8472), false));
         let addr = "addr replace 10.0.2.241/32 dev cilium_host scope link";
-        let cases: Vec<(&str, Option<TunnelProtocol>, Vec<ExistingLink>, Vec<&str>)> = vec![
+        type Case<'a> = (&'a str, Option<TunnelProtocol>, Vec<ExistingLink>, Vec<&'a str>);
+        let cases: Vec<Case> = vec![
             (
                 "fresh node, vxlan",
                 Some(TunnelProtocol::Vxlan),
