@@ -5,7 +5,11 @@
 //! verifier never sees uninitialised padding.
 #![no_std]
 
+pub mod datapath;
+pub mod endpoint;
+pub mod ipcache;
 pub mod lb;
+pub mod tunnel;
 
 /// Names of the pinned maps. Every map is pinned under the agent's bpffs directory with this name.
 pub mod map_names {
@@ -34,6 +38,15 @@ mod pod_impls {
     // SAFETY: plain-old-data, #[repr(C)], no padding, every bit pattern valid.
     unsafe impl aya::Pod for EndpointStatsKey {}
     unsafe impl aya::Pod for EndpointStats {}
+    unsafe impl aya::Pod for crate::endpoint::EndpointKey {}
+    unsafe impl aya::Pod for crate::endpoint::EndpointInfo {}
+    unsafe impl aya::Pod for crate::ipcache::IpcacheLpmData {}
+    unsafe impl aya::Pod for crate::ipcache::IpcacheKey {}
+    unsafe impl aya::Pod for crate::ipcache::RemoteEndpointInfo {}
+    unsafe impl aya::Pod for crate::tunnel::TunnelKey {}
+    unsafe impl aya::Pod for crate::tunnel::TunnelValue {}
+    unsafe impl aya::Pod for crate::datapath::DatapathConfig {}
+    unsafe impl aya::Pod for crate::datapath::DropStats {}
 }
 
 #[cfg(test)]
@@ -45,5 +58,50 @@ mod tests {
     fn layouts_have_no_hidden_padding() {
         assert_eq!(size_of::<EndpointStatsKey>(), 4);
         assert_eq!(size_of::<EndpointStats>(), 16);
+        // Cilium's sizes: endpoint_key 20, endpoint_info 48, ipcache_key 24, remote_endpoint_info
+        // (IPv4 tunnel endpoint) 12, tunnel_key/tunnel_value 20.
+        assert_eq!(size_of::<endpoint::EndpointKey>(), 20);
+        assert_eq!(size_of::<endpoint::EndpointInfo>(), 48);
+        assert_eq!(size_of::<ipcache::IpcacheLpmData>(), 20);
+        assert_eq!(size_of::<ipcache::IpcacheKey>(), 24);
+        assert_eq!(size_of::<ipcache::RemoteEndpointInfo>(), 12);
+        assert_eq!(size_of::<tunnel::TunnelKey>(), 20);
+        assert_eq!(size_of::<tunnel::TunnelValue>(), 20);
+        assert_eq!(size_of::<datapath::DatapathConfig>(), 24);
+        assert_eq!(size_of::<datapath::DropStats>(), 16);
+    }
+
+    #[test]
+    fn endpoint_info_fields_sit_where_ciliums_do() {
+        // Offsets read off the seeds' `bpftool map lookup ... cilium_lxc` dumps.
+        let info = endpoint::EndpointInfo {
+            ifindex: 0x0b,
+            lxc_id: 0x07d6,
+            mac: [0x6a, 0x8c, 0xee, 0x3a, 0x73, 0xd5],
+            node_mac: [0x3e, 0x43, 0xda, 0xfb, 0xc7, 0x04],
+            sec_id: 0x7a97,
+            ..Default::default()
+        };
+        // SAFETY: repr(C) POD without padding.
+        let bytes: [u8; 48] = unsafe { core::mem::transmute(info) };
+        assert_eq!(bytes[0], 0x0b);
+        assert_eq!(&bytes[6..8], &0x07d6u16.to_le_bytes());
+        assert_eq!(&bytes[16..22], &[0x6a, 0x8c, 0xee, 0x3a, 0x73, 0xd5]);
+        assert_eq!(&bytes[24..30], &[0x3e, 0x43, 0xda, 0xfb, 0xc7, 0x04]);
+        assert_eq!(&bytes[32..36], &0x7a97u32.to_le_bytes());
+    }
+
+    #[test]
+    fn ipcache_keys_count_the_static_prefix_and_mask_host_bits() {
+        // 10.0.1.110/32 is stored as `40 00 00 00 00 00 00 01 0a 00 01 6e ...` in Cilium.
+        let k = ipcache::IpcacheKey::ipv4(u32::from_be_bytes([10, 0, 1, 110]).to_be(), 32);
+        let bytes: [u8; 24] = unsafe { core::mem::transmute(k) };
+        assert_eq!(&bytes[..12], &[0x40, 0, 0, 0, 0, 0, 0, 1, 10, 0, 1, 110]);
+        let cases = [(24, [10, 0, 1, 0]), (16, [10, 0, 0, 0]), (0, [0, 0, 0, 0]), (40, [10, 0, 1, 110])];
+        for (len, want) in cases {
+            let k = ipcache::IpcacheKey::ipv4(u32::from_be_bytes([10, 0, 1, 110]).to_be(), len);
+            assert_eq!(k.data.ip4.to_ne_bytes(), want, "/{len}");
+            assert_eq!(k.prefixlen, 32 + len.min(32));
+        }
     }
 }

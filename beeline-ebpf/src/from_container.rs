@@ -1,15 +1,23 @@
 //! `from_container`: tc ingress on the host side of a pod's veth (packets leaving the pod).
 //!
-//! First piece: per-endpoint packet/byte counters. Forwarding decisions come with later issues;
-//! until then the packet continues into the host stack (TC_ACT_OK).
+//! 1. count the packet per endpoint (`beeline_ep_stats`);
+//! 2. ARP → the gateway responder ([`crate::arp`]);
+//! 3. IPv4 → validate, check the source belongs to this veth, then forward: a local destination
+//!    straight to its pod, a remote pod into the tunnel (VNI = source identity), anything else to
+//!    the host stack (native routing, the node itself, the outside world);
+//! 4. other ethertypes (IPv6 for now) → the stack.
+//!
+//! Malformed frames are dropped with a reason.
 
-use aya_ebpf::{
-    bindings::TC_ACT_OK,
-    macros::{classifier, map},
-    maps::HashMap,
-    programs::TcContext,
+use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, macros::map, maps::HashMap, programs::TcContext};
+use beeline_common::{datapath::drop_reason, endpoint::ENDPOINT_F_HOST, EndpointStats, EndpointStatsKey};
+
+use crate::{
+    arp,
+    drop::drop,
+    forward, lookup,
+    parse::{self, Malformed, ETH_P_ARP, ETH_P_IP},
 };
-use beeline_common::{EndpointStats, EndpointStatsKey};
 
 /// Keyed by the ingress ifindex (the host-side veth), so one pinned map serves every endpoint.
 #[map(name = "beeline_ep_stats")]
@@ -19,8 +27,50 @@ static ENDPOINT_STATS: HashMap<EndpointStatsKey, EndpointStats> = HashMap::with_
 pub fn from_container(ctx: TcContext) -> i32 {
     // SAFETY: `skb` is the kernel's __sk_buff for this invocation.
     let (ifindex, len) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) };
+    count(ifindex, len);
+    let eth = match parse::eth(&ctx) {
+        Ok(eth) => eth,
+        Err(_) => return drop(&ctx, drop_reason::INVALID),
+    };
+    match eth.proto() {
+        ETH_P_ARP => arp::handle(&ctx, ifindex),
+        ETH_P_IP => ipv4(&ctx, ifindex),
+        _ => TC_ACT_OK,
+    }
+}
+
+#[inline(always)]
+fn ipv4(ctx: &TcContext, ifindex: u32) -> i32 {
+    let ip = match parse::ipv4(ctx) {
+        Ok(ip) => ip,
+        Err(Malformed::Truncated | Malformed::BadHeader) => return drop(ctx, drop_reason::INVALID),
+    };
+    // The source must be the endpoint behind this veth. Traffic from an address the agent has not
+    // registered (yet) gets no forwarding decisions and goes to the stack.
+    let Some(src) = lookup::endpoint(ip.saddr_be()) else {
+        return TC_ACT_OK;
+    };
+    if src.ifindex != ifindex {
+        return drop(ctx, drop_reason::INVALID_SIP);
+    }
+    let config = lookup::config();
+    let dst = ip.daddr_be();
+    if let Some(ep) = lookup::endpoint(dst) {
+        if ep.flags & ENDPOINT_F_HOST != 0 {
+            return TC_ACT_OK;
+        }
+        return forward::to_local_endpoint(ctx, &ip, &ep, &config);
+    }
+    match forward::tunnel_endpoint(dst, &config) {
+        Some(node) => forward::to_remote_node(ctx, node, src.sec_id, &config),
+        None => TC_ACT_OK,
+    }
+}
+
+#[inline(always)]
+fn count(ifindex: u32, len: u32) {
     let key = EndpointStatsKey { ifindex };
-    match ENDPOINT_STATS.get_ptr_mut(&key) {
+    match ENDPOINT_STATS.get_ptr_mut(key) {
         Some(stats) => {
             // SAFETY: the pointer comes from a successful map lookup and is valid for this call.
             // Counters are per endpoint; concurrent CPUs may race, which only costs precision.
@@ -32,8 +82,7 @@ pub fn from_container(ctx: TcContext) -> i32 {
         None => {
             let first = EndpointStats { packets: 1, bytes: u64::from(len) };
             // A full map only loses the count, never the packet.
-            let _ = ENDPOINT_STATS.insert(&key, &first, 0);
+            let _ = ENDPOINT_STATS.insert(key, first, 0);
         }
     }
-    TC_ACT_OK
 }

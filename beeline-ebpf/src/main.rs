@@ -2,7 +2,14 @@
 #![no_std]
 #![no_main]
 
+mod arp;
+mod drop;
+mod forward;
 mod from_container;
+mod from_overlay;
+mod lookup;
+mod maps;
+mod parse;
 
 #[cfg(not(test))]
 #[panic_handler]

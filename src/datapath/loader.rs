@@ -21,7 +21,9 @@ use super::pins::{PinLayout, PINNED_MAPS};
 /// The tc programs in the object, by their ELF symbol name.
 pub mod programs {
     pub const FROM_CONTAINER: &str = "from_container";
-    pub const ALL: &[&str] = &[FROM_CONTAINER];
+    /// tc ingress of the tunnel device (`cilium_vxlan` / `cilium_geneve`).
+    pub const FROM_OVERLAY: &str = "from_overlay";
+    pub const ALL: &[&str] = &[FROM_CONTAINER, FROM_OVERLAY];
 }
 
 #[derive(Debug, thiserror::Error)]

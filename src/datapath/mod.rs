@@ -2,9 +2,11 @@
 
 pub mod agent;
 pub mod attach;
+pub mod devices;
 pub mod loader;
 pub mod netns;
 pub mod pins;
+pub mod tables;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

@@ -13,10 +13,17 @@
 
 use std::path::{Path, PathBuf};
 
-use beeline_common::map_names;
+use beeline_common::{datapath, endpoint, ipcache, map_names, tunnel};
 
 /// Every map the loader pins, so a restarted agent (and the CLI) find the same kernel maps.
-pub const PINNED_MAPS: &[&str] = &[map_names::ENDPOINT_STATS];
+pub const PINNED_MAPS: &[&str] = &[
+    map_names::ENDPOINT_STATS,
+    endpoint::MAP_NAME,
+    ipcache::MAP_NAME,
+    tunnel::MAP_NAME,
+    datapath::CONFIG_MAP_NAME,
+    datapath::DROPS_MAP_NAME,
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Direction {

@@ -172,3 +172,54 @@ impl Topology {
         Ok(PodOnNode { node, pod, host_if, pod_if, node_addr: host_of(&node_cidr), pod_addr: host_of(&pod_cidr) })
     }
 }
+
+/// A pod plugged in the way Cilium's CNI plugin does it: the host side of its veth stays in the
+/// node namespace without an address (the BPF datapath answers ARP and forwards), the pod side is
+/// `eth0` with a /32, a link route to the gateway and a default route through it.
+#[derive(Debug)]
+pub struct RoutedPod {
+    pub ns: NetNs,
+    /// The host-side veth, in the node namespace.
+    pub host_if: String,
+    pub addr: std::net::Ipv4Addr,
+}
+
+impl Topology {
+    /// Creates pod namespace `<prefix>-<role>` behind `host_if` in `node`, with address `addr`/32,
+    /// gateway `gateway` and `mtu` on the pod's `eth0`.
+    pub fn routed_pod(
+        &mut self,
+        node: &NetNs,
+        role: &str,
+        host_if: &str,
+        addr: std::net::Ipv4Addr,
+        gateway: std::net::Ipv4Addr,
+        mtu: u32,
+    ) -> io::Result<RoutedPod> {
+        let ns = self.namespace(role)?;
+        self.veth((node, host_if), (&ns, "eth0"))?;
+        run_ip(&["-n", ns.name(), "link", "set", "eth0", "mtu", &mtu.to_string()])?;
+        self.address(&ns, "eth0", &format!("{addr}/32"))?;
+        let gw = gateway.to_string();
+        self.route(&ns, &[&gw, "dev", "eth0", "scope", "link"])?;
+        self.route(&ns, &["default", "via", &gw, "dev", "eth0"])?;
+        Ok(RoutedPod { ns, host_if: host_if.to_string(), addr })
+    }
+
+    /// The MAC address of `ifname` in `ns`.
+    pub fn mac(&self, ns: &NetNs, ifname: &str) -> io::Result<[u8; 6]> {
+        let out =
+            std::process::Command::new("ip").args(["-n", ns.name(), "-br", "link", "show", "dev", ifname]).output()?;
+        // "eth0@if5   UP   0a:1b:2c:3d:4e:5f <BROADCAST,...>"
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .find_map(parse_mac)
+            .ok_or_else(|| io::Error::other(format!("no MAC for {ifname} in {}: {text}", ns.name())))
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff` → bytes.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let parts: Vec<u8> = text.split(':').map(|p| u8::from_str_radix(p, 16).ok()).collect::<Option<_>>()?;
+    (parts.len() == 6 && text.len() == 17).then(|| parts.try_into().ok()).flatten()
+}

@@ -2,7 +2,11 @@
 //! ordering lives here, with the map, so controllers only express rows ("service with N backends")
 //! and never the order they must reach the kernel in.
 
-use beeline_common::lb::{self, Lb4Backend, Lb4BackendKey, Lb4Key, Lb4RevNatKey, Lb4ReverseNat, Lb4Service};
+use beeline_common::{
+    endpoint::{self, EndpointInfo, EndpointKey},
+    lb::{self, Lb4Backend, Lb4BackendKey, Lb4Key, Lb4RevNatKey, Lb4ReverseNat, Lb4Service},
+    tunnel::{self, TunnelKey, TunnelValue},
+};
 use serde_json::json;
 
 use super::{MapDef, MapKind, WriteOrder};
@@ -79,6 +83,44 @@ impl MapDef for Lb4RevNat {
     }
 }
 
+/// Local endpoints (`beeline_lxc`, Cilium's `cilium_lxc`). Same shape as the map the eBPF object
+/// declares (hash, no flags), so the manager and the loader share one pinned map.
+pub struct Endpoints;
+
+/// Remote pod CIDR → node IP (`beeline_tunnel_map`, Cilium's `cilium_tunnel_map`).
+pub struct TunnelMap;
+
+fn mac(m: &[u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+impl MapDef for Endpoints {
+    type Key = EndpointKey;
+    type Value = EndpointInfo;
+    const NAME: &'static str = endpoint::MAP_NAME;
+    const KIND: MapKind = MapKind::Hash;
+    const MAX_ENTRIES: u32 = endpoint::MAX_ENTRIES;
+
+    fn row_json(k: &EndpointKey, v: &EndpointInfo) -> serde_json::Value {
+        json!({
+            "address": ipv4(k.ip4), "ifindex": v.ifindex, "lxc_id": v.lxc_id, "flags": v.flags,
+            "mac": mac(&v.mac), "node_mac": mac(&v.node_mac), "identity": v.sec_id,
+        })
+    }
+}
+
+impl MapDef for TunnelMap {
+    type Key = TunnelKey;
+    type Value = TunnelValue;
+    const NAME: &'static str = tunnel::MAP_NAME;
+    const KIND: MapKind = MapKind::Hash;
+    const MAX_ENTRIES: u32 = tunnel::MAX_ENTRIES;
+
+    fn row_json(k: &TunnelKey, v: &TunnelValue) -> serde_json::Value {
+        json!({ "prefix": ipv4(k.ip4), "endpoint": ipv4(v.ip4) })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +145,21 @@ mod tests {
         let row = Lb4Services::row_json(&k, &v);
         assert_eq!(row["frontend"], "10.96.0.1:80");
         assert_eq!(row["count"], 2);
+    }
+
+    #[test]
+    fn endpoint_rows_render_addresses_and_macs() {
+        let k = EndpointKey::ipv4(u32::from_ne_bytes([10, 0, 2, 183]));
+        let v = EndpointInfo {
+            ifindex: 17,
+            lxc_id: 594,
+            mac: [0xb6, 0x78, 0xbb, 0xf4, 0x81, 0xcc],
+            sec_id: 31383,
+            ..Default::default()
+        };
+        let row = Endpoints::row_json(&k, &v);
+        assert_eq!(row["address"], "10.0.2.183");
+        assert_eq!(row["mac"], "b6:78:bb:f4:81:cc");
+        assert_eq!((row["lxc_id"].as_u64(), row["identity"].as_u64()), (Some(594), Some(31383)));
     }
 }

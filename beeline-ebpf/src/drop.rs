@@ -1,0 +1,18 @@
+//! Dropping with a reason: every drop is counted per reason in `beeline_drops` (the CLI sums the
+//! per-CPU rows); flow events come with the observability work.
+
+use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
+
+use crate::maps::DROPS;
+
+#[inline(always)]
+pub fn drop(ctx: &TcContext, reason: u32) -> i32 {
+    if let Some(stats) = DROPS.get_ptr_mut(reason) {
+        // SAFETY: per-CPU slot from a successful lookup; nothing else writes it on this CPU now.
+        unsafe {
+            (*stats).packets += 1;
+            (*stats).bytes += u64::from(ctx.len());
+        }
+    }
+    TC_ACT_SHOT
+}

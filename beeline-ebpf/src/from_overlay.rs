@@ -1,0 +1,48 @@
+//! `from_overlay`: tc ingress on `cilium_vxlan` / `cilium_geneve` (collect-metadata devices), i.e.
+//! decapsulated packets from other nodes. The VNI is the sender's security identity (for ingress
+//! policy, later); the inner destination is looked up among the local endpoints and delivered
+//! to its pod. Anything else (the node itself, unknown addresses) goes to the stack.
+
+use aya_ebpf::{
+    bindings::{bpf_tunnel_key, TC_ACT_OK},
+    helpers::generated::bpf_skb_get_tunnel_key,
+    macros::classifier,
+    programs::TcContext,
+};
+use beeline_common::{datapath::drop_reason, endpoint::ENDPOINT_F_HOST};
+
+use crate::{
+    drop::drop,
+    forward, lookup,
+    parse::{self, ETH_P_IP},
+};
+
+#[classifier]
+pub fn from_overlay(ctx: TcContext) -> i32 {
+    // SAFETY: an all-zero bpf_tunnel_key is valid; the helper fills it.
+    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    // SAFETY: `key` lives on the stack for the call.
+    let ret = unsafe {
+        bpf_skb_get_tunnel_key(ctx.skb.skb, &mut key, core::mem::size_of::<bpf_tunnel_key>() as u32, 0)
+    };
+    if ret < 0 {
+        // Not from a tunnel (no metadata): not ours to decide.
+        return TC_ACT_OK;
+    }
+    let _source_identity = key.tunnel_id;
+    let eth = match parse::eth(&ctx) {
+        Ok(eth) => eth,
+        Err(_) => return drop(&ctx, drop_reason::INVALID),
+    };
+    if eth.proto() != ETH_P_IP {
+        return TC_ACT_OK;
+    }
+    let ip = match parse::ipv4(&ctx) {
+        Ok(ip) => ip,
+        Err(_) => return drop(&ctx, drop_reason::INVALID),
+    };
+    match lookup::endpoint(ip.daddr_be()) {
+        Some(ep) if ep.flags & ENDPOINT_F_HOST == 0 => forward::to_local_endpoint(&ctx, &ip, &ep, &lookup::config()),
+        _ => TC_ACT_OK,
+    }
+}

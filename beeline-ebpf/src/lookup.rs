@@ -1,0 +1,42 @@
+//! Map lookups by address: local endpoints, the ipcache, the tunnel map, the config.
+
+use aya_ebpf::maps::lpm_trie::Key;
+use beeline_common::{
+    datapath::DatapathConfig,
+    endpoint::{EndpointInfo, EndpointKey},
+    ipcache::{IpcacheLpmData, RemoteEndpointInfo, STATIC_PREFIX_BITS},
+    tunnel::{TunnelKey, TunnelValue},
+};
+
+use crate::maps::{CONFIG, ENDPOINTS, IPCACHE, TUNNEL_MAP};
+
+/// The local endpoint with IPv4 address `ip_be` (network byte order).
+#[inline(always)]
+pub fn endpoint(ip_be: u32) -> Option<EndpointInfo> {
+    // SAFETY: the value is copied out before anything can delete it.
+    unsafe { ENDPOINTS.get(EndpointKey::ipv4(ip_be)).copied() }
+}
+
+/// Longest-prefix match of `ip_be` in the ipcache.
+#[inline(always)]
+pub fn ipcache(ip_be: u32) -> Option<RemoteEndpointInfo> {
+    let key = Key::new(STATIC_PREFIX_BITS + 32, IpcacheLpmData::ipv4(ip_be, 32));
+    IPCACHE.get(&key).copied()
+}
+
+/// The node owning the pod CIDR of `ip_be`, with per-node CIDRs of `prefix_len` bits.
+#[inline(always)]
+pub fn tunnel(ip_be: u32, prefix_len: u32) -> Option<TunnelValue> {
+    if prefix_len == 0 || prefix_len > 32 {
+        return None;
+    }
+    let mask = (u32::MAX << (32 - prefix_len)).to_be();
+    // SAFETY: copied out at once.
+    unsafe { TUNNEL_MAP.get(TunnelKey::ipv4(ip_be & mask)).copied() }
+}
+
+/// The node configuration; all zero (no tunnel, no router IP) until the agent writes it.
+#[inline(always)]
+pub fn config() -> DatapathConfig {
+    CONFIG.get(0).copied().unwrap_or_default()
+}

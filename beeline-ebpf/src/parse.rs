@@ -1,0 +1,112 @@
+//! Header parsing with explicit bounds: every read goes through `bpf_skb_load_bytes`, which fails
+//! (instead of reading past the packet) when the header is truncated, and works on non-linear
+//! skbs too. Header structs are byte arrays, so no field has an alignment the packet cannot give.
+
+use aya_ebpf::programs::TcContext;
+
+pub const ETH_HLEN: usize = 14;
+pub const IPV4_HLEN: usize = 20;
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_ARP: u16 = 0x0806;
+
+/// Offset of the IPv4 checksum, TTL and protocol fields from the start of the frame.
+pub const IPV4_TTL_OFF: usize = ETH_HLEN + 8;
+pub const IPV4_CSUM_OFF: usize = ETH_HLEN + 10;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    pub proto: [u8; 2],
+}
+
+impl EthHdr {
+    pub fn proto(&self) -> u16 {
+        u16::from_be_bytes(self.proto)
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ArpHdr {
+    pub htype: [u8; 2],
+    pub ptype: [u8; 2],
+    pub hlen: u8,
+    pub plen: u8,
+    pub op: [u8; 2],
+    pub sha: [u8; 6],
+    pub spa: [u8; 4],
+    pub tha: [u8; 6],
+    pub tpa: [u8; 4],
+}
+
+pub const ARPOP_REQUEST: u16 = 1;
+pub const ARPOP_REPLY: u16 = 2;
+
+impl ArpHdr {
+    /// An Ethernet/IPv4 ARP request (anything else goes to the stack untouched).
+    pub fn is_ipv4_request(&self) -> bool {
+        u16::from_be_bytes(self.htype) == 1
+            && u16::from_be_bytes(self.ptype) == ETH_P_IP
+            && self.hlen == 6
+            && self.plen == 4
+            && u16::from_be_bytes(self.op) == ARPOP_REQUEST
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Ipv4Hdr {
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub tot_len: [u8; 2],
+    pub id: [u8; 2],
+    pub frag_off: [u8; 2],
+    pub ttl: u8,
+    pub protocol: u8,
+    pub check: [u8; 2],
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+}
+
+impl Ipv4Hdr {
+    /// Source address as a u32 whose memory is network byte order (what map keys hold).
+    pub fn saddr_be(&self) -> u32 {
+        u32::from_ne_bytes(self.saddr)
+    }
+
+    pub fn daddr_be(&self) -> u32 {
+        u32::from_ne_bytes(self.daddr)
+    }
+}
+
+/// Why a frame could not be parsed; each maps to a drop reason.
+pub enum Malformed {
+    Truncated,
+    BadHeader,
+}
+
+pub fn eth(ctx: &TcContext) -> Result<EthHdr, Malformed> {
+    ctx.load::<EthHdr>(0).map_err(|_| Malformed::Truncated)
+}
+
+pub fn arp(ctx: &TcContext) -> Result<ArpHdr, Malformed> {
+    ctx.load::<ArpHdr>(ETH_HLEN).map_err(|_| Malformed::Truncated)
+}
+
+/// The IPv4 header after validating version, header length and total length against the skb.
+pub fn ipv4(ctx: &TcContext) -> Result<Ipv4Hdr, Malformed> {
+    let ip = ctx.load::<Ipv4Hdr>(ETH_HLEN).map_err(|_| Malformed::Truncated)?;
+    let ihl = usize::from(ip.version_ihl & 0x0f) * 4;
+    if ip.version_ihl >> 4 != 4 || ihl < IPV4_HLEN {
+        return Err(Malformed::BadHeader);
+    }
+    let total = usize::from(u16::from_be_bytes(ip.tot_len));
+    // The skb may carry Ethernet padding after the IP packet, never less than the IP packet.
+    if total < ihl || ETH_HLEN + total > ctx.len() as usize {
+        return Err(Malformed::BadHeader);
+    }
+    Ok(ip)
+}
