@@ -125,7 +125,19 @@ impl Made {
             assert!(!probe::is_ours(*pid, &self.marker), "process {pid} of the lab still running");
         }
         assert!(!self.state_dir.exists(), "state {} left behind", self.state_dir.display());
+        assert_no_process_mentions(&self.marker);
     }
+}
+
+/// No process on the machine has the lab's state directory in its command line (every lab
+/// process has: the supervisor, the operator, the agents).
+fn assert_no_process_mentions(marker: &str) {
+    let ours: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|pid| probe::is_ours(*pid, marker))
+        .collect();
+    assert!(ours.is_empty(), "processes of the lab still running: {ours:?}");
 }
 
 #[test]
@@ -231,4 +243,27 @@ fn lab_down_and_up_clean_up_after_a_killed_supervisor() {
     let down = stdout(&run(&mut lab.beeline("down")));
     assert!(down.contains("killed pid") || down.contains("stopped"), "{down}");
     made.assert_gone();
+}
+
+#[test]
+fn a_failed_up_removes_what_it_made() {
+    require_root();
+    let lab = LabDir::new();
+    // A zero readiness timeout fails right after the namespaces exist and the supervisor started.
+    let out = lab
+        .beeline("up")
+        .args(["--nodes", "2", "--values", &values("geneve.yaml"), "--timeout", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "up with --timeout 0 must fail: {}", stdout(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lab up failed"), "{}", String::from_utf8_lossy(&out.stderr));
+    let prefix = format!("bl-{}-", beeline::lab::plan::lab_id(&lab.path));
+    let left: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    assert!(left.iter().all(|n| !n.starts_with(&prefix)), "namespaces left: {left:?}");
+    let pins = Path::new("/sys/fs/bpf/beeline-lab").join(beeline::lab::plan::lab_id(&lab.path));
+    assert!(!pins.exists(), "pins left at {}", pins.display());
+    assert!(!lab.path.exists(), "state left at {}", lab.path.display());
+    assert_no_process_mentions(lab.arg());
 }

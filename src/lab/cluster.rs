@@ -402,7 +402,7 @@ pub fn down_at(state_dir: &Path) -> Result<Vec<String>, BoxError> {
         }
     }
     if let Ok(entries) = std::fs::read_dir(&pids_dir) {
-        for entry in entries.flatten() {
+        for entry in entries.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "pid")) {
             if let Some(pid) = probe::read_pid(&entry.path()) {
                 if probe::is_ours(pid, &marker) {
                     probe::stop(pid, &marker, Duration::from_secs(5));
