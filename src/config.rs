@@ -98,6 +98,7 @@ pub struct Config {
     pub cni_conf_dir: PathBuf,
     pub cni_bin_dir: PathBuf,
     pub agent_socket_path: PathBuf,
+    pub state_dir: PathBuf,
     pub agent_health_addr: SocketAddr,
     pub operator_health_addr: SocketAddr,
     pub skip_crd_creation: bool,
@@ -135,6 +136,8 @@ const KNOWN_KEYS: &[(&str, &str)] = &[
     ("cni-bin-dir", "/opt/cni/bin"),
     // beeline-only: the agent's local API (CNI plugin and CLI).
     ("agent-socket-path", "/run/beeline/beeline.sock"),
+    // beeline-only: the agent's state that must survive an agent restart (IPAM allocations).
+    ("state-dir", "/run/beeline/state"),
     ("agent-health-port", "9879"),
     // beeline-only: the operator's /healthz, /readyz and /metrics.
     ("operator-health-addr", "127.0.0.1:9234"),
@@ -356,6 +359,7 @@ impl Config {
             cni_conf_dir: v.path("cni-conf-dir"),
             cni_bin_dir: v.path("cni-bin-dir"),
             agent_socket_path: v.path("agent-socket-path"),
+            state_dir: v.path("state-dir"),
             agent_health_addr: SocketAddr::from(([127, 0, 0, 1], v.parse_num::<u16>("agent-health-port", 0, 65535)?)),
             operator_health_addr: v.socket_addr("operator-health-addr")?,
             skip_crd_creation: v.bool("skip-crd-creation")?,

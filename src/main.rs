@@ -28,6 +28,8 @@ enum Command {
     Cni,
     /// Show the local agent's status.
     Status(cli::status::StatusArgs),
+    /// List the local agent's pod address allocations.
+    Ipam(cli::ipam::IpamArgs),
     /// Read the pinned BPF maps directly (`beeline bpf lb list`) and remove the datapath.
     Bpf(cli::bpf::BpfArgs),
     /// A cluster on this machine out of network namespaces (root).
@@ -81,6 +83,7 @@ fn main() {
             Command::Status(args) => cli::status::run(args).await,
             Command::Bpf(args) => cli::bpf::run(args).await,
             Command::Lab(args) => lab::run(args).await,
+            Command::Ipam(args) => cli::ipam::run(args).await,
             Command::Cni | Command::Crdgen(_) => unreachable!("handled above"),
         }
     });

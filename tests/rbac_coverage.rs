@@ -1,7 +1,8 @@
-//! The RBAC manifests cover what the code calls: the real operator binary runs against the
-//! in-memory Kubernetes API (CRD installation, leader election, shutdown), the API records every
-//! request with the client's User-Agent, and each recorded request must be allowed by the
-//! operator's ClusterRole/Role in `manifests/` — evaluated with RBAC's own matching rules
+//! The RBAC manifests cover what the code calls: the real operator and agent binaries run against
+//! the in-memory Kubernetes API (CRD installation, leader election, node IPAM, CiliumNode
+//! registration, shutdown), the API records every request with the client's User-Agent, and each
+//! recorded request must be allowed by that component's ClusterRole/Role in `manifests/` —
+//! evaluated with RBAC's own matching rules
 //! (apiGroups, resources with subresources, verbs, resourceNames, Role namespaces).
 
 use std::{
@@ -110,17 +111,56 @@ fn rbac_allows_exactly_what_matters_and_checker_is_strict() {
     assert!(!rules.iter().any(|r| allows(r, &other_lease)), "only our own Lease may be updated");
 }
 
+/// Kills a child process on drop (a failing assertion must not leave it running).
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Child {
+    fn stop(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        self.0.wait().unwrap()
+    }
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Runs the real operator and agent against the in-memory API until the node has its pod CIDR
+/// and the agent has installed its CNI configuration, then stops both; every request either made
+/// must be allowed by its component's RBAC.
 #[test]
-fn operator_calls_are_covered_by_its_rbac() {
+fn operator_and_agent_calls_are_covered_by_their_rbac() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let server = ApiServer::default();
     let s = server.clone();
     runtime.block_on(async move {
+        use k8s_openapi::api::core::v1::{Namespace, Node};
         let client = s.client();
-        use k8s_openapi::api::core::v1::Namespace;
         let ns: Namespace =
             serde_json::from_value(serde_json::json!({"metadata": {"name": "beeline-system"}})).unwrap();
-        kube::Api::<Namespace>::all(client).create(&Default::default(), &ns).await.unwrap();
+        kube::Api::<Namespace>::all(client.clone()).create(&Default::default(), &ns).await.unwrap();
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "node-a"},
+            "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.10"}]}
+        }))
+        .unwrap();
+        kube::Api::<Node>::all(client).create(&Default::default(), &node).await.unwrap();
     });
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
@@ -137,32 +177,57 @@ fn operator_calls_are_covered_by_its_rbac() {
         ),
     )
     .unwrap();
-    let health = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut child = Command::new(BIN)
-        .args(["operator", "--kubeconfig", kubeconfig.to_str().unwrap()])
-        .args(["--set", &format!("operator-health-addr=127.0.0.1:{health}")])
-        .env("POD_NAMESPACE", "beeline-system")
-        .env("POD_NAME", "beeline-operator-0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Wait until it holds the Lease (its last start-up step), then stop it (it releases the Lease).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !server.accesses().iter().any(|a| a.resource == "leases" && a.verb == "create") {
-        assert!(Instant::now() < deadline, "the operator never created its Lease");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let spawn = |args: &[String]| {
+        Child(
+            Command::new(BIN)
+                .args(args)
+                .env("POD_NAMESPACE", "beeline-system")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let kc = kubeconfig.to_str().unwrap().to_string();
+    let mut operator = spawn(&[
+        "operator".into(),
+        "--kubeconfig".into(),
+        kc.clone(),
+        "--set".into(),
+        format!("operator-health-addr=127.0.0.1:{}", free_port()),
+    ]);
+    let conf_dir = dir.path().join("net.d");
+    let mut agent = spawn(&[
+        "agent".into(),
+        "--kubeconfig".into(),
+        kc,
+        "--node-name".into(),
+        "node-a".into(),
+        "--set".into(),
+        format!("agent-health-port={}", free_port()),
+        "--set".into(),
+        format!("agent-socket-path={}", dir.path().join("agent.sock").display()),
+        "--set".into(),
+        format!("state-dir={}", dir.path().join("state").display()),
+        "--set".into(),
+        format!("cni-conf-dir={}", conf_dir.display()),
+        "--set".into(),
+        format!("cni-bin-dir={}", dir.path().join("bin").display()),
+    ]);
+    // The operator leads and allocates the node's CIDR; the agent then writes its conflist.
+    wait_until("the agent installed its CNI configuration", || conf_dir.join("05-beeline.conflist").exists());
     std::thread::sleep(Duration::from_millis(500));
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
-    assert!(status.success(), "operator exited with {status}");
+    assert!(agent.stop().success(), "agent failed");
+    assert!(operator.stop().success(), "operator failed");
 
-    let rules = rules_for("manifests/rbac-operator.yaml", "beeline-operator");
-    let calls: Vec<Access> =
-        server.accesses().into_iter().filter(|a| a.client.starts_with("beeline-operator")).collect();
-    assert!(calls.len() >= 8, "the operator's requests were not recorded under its User-Agent: {calls:?}");
-    let denied: Vec<&Access> = calls.iter().filter(|a| !rules.iter().any(|r| allows(r, a))).collect();
-    assert!(denied.is_empty(), "requests the operator's RBAC does not allow: {denied:#?}");
+    let accesses = server.accesses();
+    for (component, manifest) in
+        [("beeline-operator", "manifests/rbac-operator.yaml"), ("beeline-agent", "manifests/rbac-agent.yaml")]
+    {
+        let rules = rules_for(manifest, component);
+        let calls: Vec<&Access> = accesses.iter().filter(|a| a.client.starts_with(component)).collect();
+        assert!(calls.len() >= 5, "{component}'s requests were not recorded under its User-Agent: {calls:?}");
+        let denied: Vec<&&Access> = calls.iter().filter(|a| !rules.iter().any(|r| allows(r, a))).collect();
+        assert!(denied.is_empty(), "requests {component}'s RBAC ({manifest}) does not allow: {denied:#?}");
+    }
 }

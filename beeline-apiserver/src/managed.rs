@@ -512,12 +512,13 @@ pub fn apply(
         .flat_map(|e| e.fields.iter())
         .collect();
     // Fields this applier stopped applying go away, unless another manager owns them (or, for a
-    // list element or map, anything below them). Deepest first so parents are removed last.
+    // list element or map, anything below them). Shallowest first: an associative-list element is
+    // found by its key fields, so removing those fields first would leave an empty `{}` behind.
     let mut removed: Vec<&FieldPath> = old_mine
         .difference(&new_set)
         .filter(|p| !others.iter().any(|o| o.starts_with(p)) && !new_set.iter().any(|n| n.starts_with(p)))
         .collect();
-    removed.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    removed.sort_by_key(|p| p.len());
     for p in removed {
         remove_at(&mut result, p);
     }
@@ -602,6 +603,21 @@ mod tests {
         let only_alloc = json!({"metadata": {"name": "p"}, "spec": {"ipam": {"allocated": [2]}}});
         let obj = apply(Some(&obj), &only_alloc, POD, &writer("operator"), false, id).unwrap();
         assert_eq!(obj["spec"]["ipam"], json!({"allocated": [2]}));
+    }
+
+    #[test]
+    fn an_associative_list_element_no_longer_applied_is_removed_whole() {
+        let id = ("", "pods", "p");
+        let status_writer = |manager| Writer { subresource: "status", scope: Scope::Status, ..writer(manager) };
+        let cond = |t: &str| json!({"type": t, "status": "True", "reason": "r"});
+        let a = json!({"metadata": {"name": "p"}, "status": {"conditions": [cond("A")]}});
+        let obj = apply(None, &a, POD, &status_writer("a"), false, id).unwrap();
+        let b = json!({"metadata": {"name": "p"}, "status": {"conditions": [cond("B")]}});
+        let obj = apply(Some(&obj), &b, POD, &status_writer("b"), false, id).unwrap();
+        assert_eq!(obj["status"]["conditions"], json!([cond("A"), cond("B")]));
+        let nothing = json!({"metadata": {"name": "p"}, "status": {}});
+        let obj = apply(Some(&obj), &nothing, POD, &status_writer("a"), false, id).unwrap();
+        assert_eq!(obj["status"]["conditions"], json!([cond("B")]), "A's element is gone, not left as {{}}");
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub struct StatusResponse {
     pub tunnel_protocol: String,
     pub ipam: String,
     pub kube_proxy_replacement: bool,
+    /// One line per family: `IPv4: 6/254 allocated from 10.0.2.0/24`, or why allocation waits.
+    #[serde(default)]
+    pub ipam_status: Vec<String>,
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -37,10 +40,11 @@ pub struct ApiState {
     pub node_name: String,
     pub config: crate::config::Config,
     pub health: Health,
+    pub ipam: Arc<crate::controllers::agent::ipam_state::NodeIpam>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
-    Router::new().route("/v1/status", get(status)).with_state(state)
+    Router::new().route("/v1/status", get(status)).merge(super::ipam_api::routes()).with_state(state)
 }
 
 async fn status(State(s): State<Arc<ApiState>>) -> Json<StatusResponse> {
@@ -53,7 +57,16 @@ async fn status(State(s): State<Arc<ApiState>>) -> Json<StatusResponse> {
         tunnel_protocol: kebab(&s.config.tunnel_protocol),
         ipam: kebab(&s.config.ipam),
         kube_proxy_replacement: s.config.kube_proxy_replacement,
+        ipam_status: ipam_status_lines(&s.ipam.listing()),
     })
+}
+
+fn ipam_status_lines(listing: &crate::controllers::agent::ipam_state::IpamListing) -> Vec<String> {
+    if listing.ready {
+        listing.status.clone()
+    } else {
+        vec![format!("waiting: {}", listing.waiting_for)]
+    }
 }
 
 /// The kebab-case name serde gives a config enum (`cluster-pool`, `vxlan`, ...).

@@ -2,8 +2,12 @@
 //! local API to the CNI plugin and the CLI, and runs the node's controllers.
 
 pub mod api;
+pub mod ipam_api;
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use crate::controllers::agent::{ipam_state::NodeIpam, node_ipam};
 
 use crate::runtime::{args::ConfigArgs, connectivity, health, kubeclient, runner::Runner, shutdown};
 
@@ -38,13 +42,35 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
     let token = runner.shutdown_token();
     let server = health::serve(config.agent_health_addr, telemetry.clone(), token.clone()).await?;
     runner.spawn("health-server", async move { Ok(server.await?) });
+    let families = [(config.enable_ipv4, crate::ipam::Family::V4), (config.enable_ipv6, crate::ipam::Family::V6)];
+    let families = families.into_iter().filter_map(|(on, f)| on.then_some(f)).collect();
+    let ipam = Arc::new(NodeIpam::new(families, &config.state_dir));
+    let node_ipam = node_ipam::run(
+        client.clone(),
+        node_name.clone(),
+        config.ipam,
+        ipam.clone(),
+        Duration::from_secs(5),
+        token.clone(),
+    );
     let api_state = Arc::new(api::ApiState {
         node_name: node_name.clone(),
         config: config.clone(),
         health: telemetry.health.clone(),
+        ipam: ipam.clone(),
     });
     let api = api::serve(&config.agent_socket_path, api_state, token.clone())?;
     runner.spawn("agent-api", async move { Ok(api.await?) });
+    runner.spawn("node-ipam", async move { Ok(node_ipam.await?) });
+    let cni = crate::cni::install::run(
+        std::env::current_exe()?,
+        config.cni_bin_dir.clone(),
+        config.cni_conf_dir.clone(),
+        config.agent_socket_path.clone(),
+        ipam.clone(),
+        token.clone(),
+    );
+    runner.spawn("cni-install", async move { Ok(cni.await?) });
     runner.spawn("apiserver-connectivity", connectivity::watch_apiserver(client, telemetry.health.clone(), token));
     tracing::info!(node = %node_name, routing_mode = ?config.routing_mode, "agent started");
     runner.run().await?;

@@ -20,6 +20,17 @@ pub enum AgentClientError {
 
 /// `GET uri` on the agent socket, decoded from JSON.
 pub async fn get_json<T: serde::de::DeserializeOwned>(socket: &Path, uri: &str) -> Result<T, AgentClientError> {
+    request_json(socket, hyper::Method::GET, uri, None).await
+}
+
+/// One request on the agent socket with an optional JSON body; a non-2xx answer is
+/// [`AgentClientError::Status`] carrying the body (the agent's JSON error).
+pub async fn request_json<T: serde::de::DeserializeOwned>(
+    socket: &Path,
+    method: hyper::Method,
+    uri: &str,
+    body: Option<Vec<u8>>,
+) -> Result<T, AgentClientError> {
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .map_err(|source| AgentClientError::Connect { path: socket.to_path_buf(), source })?;
@@ -27,10 +38,11 @@ pub async fn get_json<T: serde::de::DeserializeOwned>(socket: &Path, uri: &str) 
         .await
         .map_err(|e| AgentClientError::Http(e, uri.to_string()))?;
     tokio::spawn(conn);
-    let req = hyper::Request::get(uri)
-        .header(hyper::header::HOST, "beeline-agent")
-        .body(Full::new(Bytes::new()))
-        .expect("static request is valid");
+    let mut req = hyper::Request::builder().method(method).uri(uri).header(hyper::header::HOST, "beeline-agent");
+    if body.is_some() {
+        req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+    }
+    let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).expect("request parts are valid");
     let resp = sender.send_request(req).await.map_err(|e| AgentClientError::Http(e, uri.to_string()))?;
     let status = resp.status();
     let body = resp.into_body().collect().await.map_err(|e| AgentClientError::Http(e, uri.to_string()))?.to_bytes();

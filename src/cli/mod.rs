@@ -2,6 +2,7 @@
 
 pub mod agent_client;
 pub mod bpf;
+pub mod ipam;
 pub mod status;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]

@@ -33,6 +33,9 @@ pub fn render(s: &StatusResponse) -> String {
     }
     out.push_str(&format!("Routing:                {} ({})\n", s.routing_mode, s.tunnel_protocol));
     out.push_str(&format!("IPAM:                   {}\n", s.ipam));
+    for line in &s.ipam_status {
+        out.push_str(&format!("  {line}\n"));
+    }
     out.push_str(&format!("KubeProxyReplacement:   {}\n", if s.kube_proxy_replacement { "True" } else { "False" }));
     out
 }

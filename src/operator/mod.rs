@@ -14,6 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::controllers::operator::lb_ipam;
 use crate::runtime::{
     args::ConfigArgs,
     connectivity, health, kubeclient,
@@ -71,11 +72,26 @@ pub async fn run(args: OperatorArgs) -> Result<(), Box<dyn std::error::Error + S
         timeout: Duration::from_secs(args.crd_install_timeout),
         ..Default::default()
     });
-    runner.spawn("operator", operate(client, install, election, telemetry.health.clone(), is_leader, token));
+    let lb_ipam_metrics = lb_ipam::Metrics::default();
+    lb_ipam_metrics.register(&mut telemetry.registry.write().expect("registry lock"));
+    let leading = LeaderControllers {
+        cluster_pool: (config.ipam == crate::config::IpamMode::ClusterPool).then(|| config.clone()),
+        lb_ipam: lb_ipam::Options::from_config(&config, args.leader_election_identity.clone()),
+        lb_ipam_metrics,
+    };
+    runner.spawn("operator", operate(client, install, election, telemetry.health.clone(), is_leader, leading, token));
     tracing::info!(ipam = ?config.ipam, "operator started");
     runner.run().await?;
     tracing::info!("operator stopped");
     Ok(())
+}
+
+/// What the leader-only controllers need besides a client.
+struct LeaderControllers {
+    /// Cluster-pool node IPAM, when `ipam: cluster-pool`.
+    cluster_pool: Option<crate::config::Config>,
+    lb_ipam: lb_ipam::Options,
+    lb_ipam_metrics: lb_ipam::Metrics,
 }
 
 /// CRD installation, then leader election with the controllers running while this replica leads.
@@ -85,6 +101,7 @@ async fn operate(
     election: leader::ElectionConfig,
     health: health::Health,
     is_leader: Gauge,
+    controllers: LeaderControllers,
     shutdown: CancellationToken,
 ) -> TaskResult {
     match install {
@@ -103,14 +120,14 @@ async fn operate(
         "campaigning for leadership"
     );
     let (leading_tx, leading_rx) = watch::channel(false);
-    let elector = leader::LeaderElector::new(client, election).with_gauge(is_leader);
+    let elector = leader::LeaderElector::new(client.clone(), election).with_gauge(is_leader);
     let election = elector.run(leading_tx, shutdown.clone());
     tokio::pin!(election);
     tokio::select! {
         // Leadership lost (an error: the process stops) or shutdown.
         r = &mut election => r?,
         // Controllers end on shutdown (then let the elector release the lease) or fail.
-        r = controllers_while_leading(leading_rx, shutdown) => {
+        r = controllers_while_leading(client, controllers, leading_rx, shutdown) => {
             r?;
             election.await?;
         }
@@ -118,14 +135,34 @@ async fn operate(
     Ok(())
 }
 
-/// Waits for leadership, then runs the leader-only controllers until shutdown. None exist yet
-/// besides CRD installation (which, as in Cilium, runs on every replica before the election).
-async fn controllers_while_leading(mut leading: watch::Receiver<bool>, shutdown: CancellationToken) -> TaskResult {
+/// Waits for leadership, then runs the leader-only controllers until shutdown (CRD installation,
+/// as in Cilium, runs on every replica before the election).
+async fn controllers_while_leading(
+    client: kube::Client,
+    controllers: LeaderControllers,
+    mut leading: watch::Receiver<bool>,
+    shutdown: CancellationToken,
+) -> TaskResult {
     tokio::select! {
         r = leading.wait_for(|l| *l) => { if r.is_err() { return Ok(()); } }
         _ = shutdown.cancelled() => return Ok(()),
     }
     tracing::info!("leading: starting the operator's controllers");
-    shutdown.cancelled().await;
+    let cluster_pool = async {
+        match &controllers.cluster_pool {
+            Some(config) => crate::controllers::operator::cluster_pool::run(client.clone(), config, shutdown.clone())
+                .await
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
+            None => Ok(()),
+        }
+    };
+    // LB-IPAM (dormant until the first CiliumLoadBalancerIPPool exists).
+    let lb = async {
+        lb_ipam::run(client.clone(), controllers.lb_ipam, controllers.lb_ipam_metrics, shutdown.clone())
+            .await
+            .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+    };
+    // Both run until shutdown; the first failure stops the process (the Deployment restarts it).
+    futures::try_join!(cluster_pool, lb)?;
     Ok(())
 }

@@ -83,6 +83,11 @@ impl<K: Ord + Clone> IdAllocator<K> {
         self.by_key.get(key).copied()
     }
 
+    /// Every key holding an ID (restored or allocated), sorted.
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.by_key.keys()
+    }
+
     pub fn len(&self) -> usize {
         self.by_key.len()
     }

@@ -1,0 +1,135 @@
+//! The agent's side of CNI: install the plugin binary as `beeline-cni` into `cni-bin-dir` and
+//! write `05-beeline.conflist` into `cni-conf-dir` once the node can allocate addresses (a
+//! runtime that finds the conflist starts sending ADDs), remove the conflist on shutdown (so pods
+//! are not scheduled onto a node whose agent is gone). Both writes are atomic (temp file + rename).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::controllers::agent::ipam_state::{write_atomically, NodeIpam};
+
+pub const CONFLIST_NAME: &str = "05-beeline.conflist";
+pub const PLUGIN_NAME: &str = "beeline-cni";
+pub const NETWORK_NAME: &str = "beeline";
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("cannot install the CNI plugin {from} as {to}: {source}")]
+    Binary { from: PathBuf, to: PathBuf, source: std::io::Error },
+    #[error("cannot write the CNI configuration {path}: {source}")]
+    Conflist { path: PathBuf, source: std::io::Error },
+}
+
+/// The network configuration list: one plugin, which finds this agent through `agent-socket`.
+pub fn conflist(agent_socket: &Path) -> String {
+    let conf = json!({
+        "cniVersion": "1.1.0",
+        "cniVersions": ["0.3.1", "0.4.0", "1.0.0", "1.1.0"],
+        "name": NETWORK_NAME,
+        "plugins": [{ "type": PLUGIN_NAME, "agent-socket": agent_socket }],
+    });
+    serde_json::to_string_pretty(&conf).expect("serialisable") + "\n"
+}
+
+/// Copies `binary` (normally the running executable) to `<bin_dir>/beeline-cni`. A copy, not a
+/// symlink: the runtime runs it from the host, where this container's filesystem is not visible.
+pub fn install_binary(binary: &Path, bin_dir: &Path) -> Result<PathBuf, InstallError> {
+    use std::os::unix::fs::PermissionsExt;
+    let to = bin_dir.join(PLUGIN_NAME);
+    let err = |source| InstallError::Binary { from: binary.to_path_buf(), to: to.clone(), source };
+    let bytes = std::fs::read(binary).map_err(err)?;
+    write_atomically(&to, &bytes).map_err(err)?;
+    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).map_err(err)?;
+    Ok(to)
+}
+
+pub fn write_conflist(conf_dir: &Path, agent_socket: &Path) -> Result<PathBuf, InstallError> {
+    let path = conf_dir.join(CONFLIST_NAME);
+    write_atomically(&path, conflist(agent_socket).as_bytes())
+        .map_err(|source| InstallError::Conflist { path: path.clone(), source })?;
+    Ok(path)
+}
+
+pub fn remove_conflist(conf_dir: &Path) {
+    let path = conf_dir.join(CONFLIST_NAME);
+    match std::fs::remove_file(&path) {
+        Ok(()) => tracing::info!(path = %path.display(), "CNI configuration removed"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove the CNI configuration"),
+    }
+}
+
+/// Installs the binary now, writes the conflist when `ipam` becomes ready, removes it on shutdown.
+pub async fn run(
+    binary: PathBuf,
+    bin_dir: PathBuf,
+    conf_dir: PathBuf,
+    agent_socket: PathBuf,
+    ipam: Arc<NodeIpam>,
+    shutdown: CancellationToken,
+) -> Result<(), InstallError> {
+    let installed = install_binary(&binary, &bin_dir)?;
+    tracing::info!(path = %installed.display(), "CNI plugin installed");
+    let mut changes = ipam.subscribe();
+    while !ipam.is_ready() {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            changed = changes.changed() => if changed.is_err() { return Ok(()) },
+        }
+    }
+    let path = write_conflist(&conf_dir, &agent_socket)?;
+    tracing::info!(path = %path.display(), "CNI configuration written; the node accepts pods");
+    shutdown.cancelled().await;
+    remove_conflist(&conf_dir);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cni::types::NetworkConfigList;
+    use crate::ipam::Family;
+
+    #[test]
+    fn conflist_is_a_valid_network_config_naming_the_socket() {
+        let text = conflist(Path::new("/run/lab/n1/beeline.sock"));
+        let conf = NetworkConfigList::parse(text.as_bytes()).unwrap();
+        assert_eq!(conf.name, "beeline");
+        assert_eq!(conf.plugins[0].plugin_type, "beeline-cni");
+        assert_eq!(conf.plugins[0].extra["agent-socket"], "/run/lab/n1/beeline.sock");
+    }
+
+    #[tokio::test]
+    async fn conflist_appears_when_ready_and_goes_on_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bin, conf) = (dir.path().join("bin"), dir.path().join("net.d"));
+        let fake_binary = dir.path().join("beeline");
+        std::fs::write(&fake_binary, b"#!/bin/true\n").unwrap();
+        let ipam = Arc::new(NodeIpam::new(vec![Family::V4], &dir.path().join("state")));
+        let token = CancellationToken::new();
+        let task =
+            tokio::spawn(run(fake_binary, bin.clone(), conf.clone(), "/s.sock".into(), ipam.clone(), token.clone()));
+        for _ in 0..100 {
+            if bin.join(PLUGIN_NAME).exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(std::fs::read(bin.join(PLUGIN_NAME)).unwrap(), b"#!/bin/true\n");
+        assert!(!conf.join(CONFLIST_NAME).exists(), "no conflist before the node can allocate");
+        ipam.set_cidrs(&["10.0.9.0/24".parse().unwrap()]).unwrap();
+        for _ in 0..100 {
+            if conf.join(CONFLIST_NAME).exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(std::fs::read_to_string(conf.join(CONFLIST_NAME)).unwrap().contains("/s.sock"));
+        token.cancel();
+        task.await.unwrap().unwrap();
+        assert!(!conf.join(CONFLIST_NAME).exists(), "conflist removed on shutdown");
+    }
+}

@@ -1,0 +1,5 @@
+//! The agent's reconcilers.
+
+pub mod ipam_state;
+pub mod node_ipam;
+pub mod services;

@@ -1,0 +1,168 @@
+//! The services controller's map-manager side: restores LB IDs from what the pinned maps held at
+//! start, and turns each full computation of [`crate::services::desired_state`] into
+//! `replace_owner` calls on the LB tables. The first call reports the owner's initial pass, which is
+//! what lets the manager prune rows of Services deleted while the agent was down — never earlier.
+//!
+//! Still to come (not here yet): the reflector loop (Services, EndpointSlices, Nodes, Pods) that calls
+//! [`ServicesSync::sync`] once every reflector has listed, then on every change (debounced).
+
+use crate::datapath::manager::maps::{Lb4Backends, Lb4RevNat, Lb4Services};
+use crate::datapath::manager::{Owner, TableHandle};
+use crate::services::{desired_state, DesiredLb, Inputs, LbIds, ServicesConfig};
+
+/// The LB tables the services controller writes.
+#[derive(Clone)]
+pub struct LbTables {
+    pub backends: TableHandle<Lb4Backends>,
+    pub rev_nat: TableHandle<Lb4RevNat>,
+    pub services: TableHandle<Lb4Services>,
+}
+
+/// Owns the ID state between passes.
+pub struct ServicesSync {
+    owner: Owner,
+    tables: LbTables,
+    ids: LbIds,
+    cfg: ServicesConfig,
+    passes: u64,
+}
+
+impl ServicesSync {
+    /// Restores IDs from the tables' restored rows; problems (unreadable entries) are logged.
+    pub fn new(owner: Owner, tables: LbTables, cfg: ServicesConfig) -> Self {
+        let mut ids = LbIds::new();
+        for problem in ids.restore(tables.services.restored(), tables.backends.restored()) {
+            tracing::warn!(%problem, "LB ID not restored");
+        }
+        let (rev_nat, backends) = ids.len();
+        tracing::info!(rev_nat, backends, "restored LB IDs from the pinned maps");
+        Self { owner, tables, ids, cfg, passes: 0 }
+    }
+
+    /// One full pass over a complete view of the cluster. Returns what was submitted.
+    pub fn sync(&mut self, inputs: &Inputs<'_>) -> DesiredLb {
+        let _span = tracing::info_span!("services_sync", pass = self.passes).entered();
+        let desired = desired_state(inputs, &self.cfg, &mut self.ids);
+        for note in &desired.notes {
+            tracing::info!(object = %note.object, "{}", note.message);
+        }
+        // Order does not matter here: the manager's LB group writes backends, rev-NAT, slots, master.
+        self.tables.backends.replace_owner(&self.owner, desired.backends.iter().map(|(k, v)| (*k, *v)));
+        self.tables.rev_nat.replace_owner(&self.owner, desired.rev_nat.iter().map(|(k, v)| (*k, *v)));
+        self.tables.services.replace_owner(&self.owner, desired.services.iter().map(|(k, v)| (*k, *v)));
+        if self.passes == 0 {
+            self.owner.initial_pass_done();
+        }
+        self.passes += 1;
+        desired
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Instant;
+
+    use beeline_common::lb::{Lb4Backend, Lb4BackendKey, Lb4Key, Lb4Service};
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::LbAlgorithm;
+    use crate::datapath::manager::fake::{FakeKernel, Faults};
+    use crate::datapath::manager::writer::GroupWriter;
+    use crate::datapath::manager::{maps, ManagerOptions, MapDef, MapManager};
+
+    fn cfg() -> ServicesConfig {
+        ServicesConfig {
+            node_name: "node-a".into(),
+            extra_node_addresses: vec![],
+            kube_proxy_replacement: true,
+            node_port_range: (30000, 32767),
+            lb_algorithm: LbAlgorithm::Random,
+            service_proxy_name: None,
+            maglev_table_size: 251,
+        }
+    }
+
+    fn service(name: &str, ip: &str) -> Service {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": "default", "name": name},
+            "spec": {"clusterIP": ip, "ports": [{"port": 80, "targetPort": 8080}]},
+        }))
+        .unwrap()
+    }
+
+    fn slice(service: &str, ips: &[&str]) -> EndpointSlice {
+        let endpoints: Vec<_> =
+            ips.iter().map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}})).collect();
+        serde_json::from_value(json!({
+            "metadata": {"namespace": "default", "name": format!("{service}-1"), "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4", "ports": [{"port": 8080}], "endpoints": endpoints,
+        }))
+        .unwrap()
+    }
+
+    /// One agent lifetime on `kernel` (whose maps survive between lifetimes, like pinned maps).
+    fn agent(kernel: &FakeKernel) -> (ServicesSync, GroupWriter) {
+        let manager = MapManager::new(ManagerOptions::default());
+        let owner = manager.register_owner("services");
+        let (name, order) = maps::LB_GROUP;
+        let mut group = manager.group(name, order);
+        let tables = LbTables {
+            backends: group.add::<Lb4Backends>(kernel.map(Lb4Backends::NAME)).unwrap(),
+            rev_nat: group.add::<Lb4RevNat>(kernel.map(Lb4RevNat::NAME)).unwrap(),
+            services: group.add::<Lb4Services>(kernel.map(Lb4Services::NAME)).unwrap(),
+        };
+        (ServicesSync::new(owner, tables, cfg()), group.build())
+    }
+
+    fn kernel_services(kernel: &FakeKernel) -> BTreeMap<Lb4Key, Lb4Service> {
+        kernel.contents(Lb4Services::NAME)
+    }
+
+    #[test]
+    fn restart_keeps_forwarding_restores_ids_and_prunes_what_was_deleted_meanwhile() {
+        let kernel = FakeKernel::new(Faults::None);
+        let services = vec![service("a", "10.96.0.1"), service("b", "10.96.0.2")];
+        let slices = vec![slice("a", &["10.0.1.1", "10.0.1.2"]), slice("b", &["10.0.1.3"])];
+
+        let (mut sync, mut writer) = agent(&kernel);
+        let first = sync.sync(&Inputs { services: &services, endpoint_slices: &slices, ..Default::default() });
+        writer.sync_once(Instant::now());
+        assert_eq!(kernel_services(&kernel), first.services, "the kernel holds exactly the desired rows");
+        assert_eq!(kernel.contents::<Lb4BackendKey, Lb4Backend>(Lb4Backends::NAME), first.backends);
+
+        // Agent down: nothing changes in the maps. Meanwhile "b" is deleted and "c" created.
+        drop((sync, writer));
+        let (mut sync, mut writer) = agent(&kernel);
+        // Before the first full pass the restarted writer must not touch the pinned rows.
+        writer.sync_once(Instant::now());
+        assert_eq!(kernel_services(&kernel), first.services, "nothing torn down before the first full sync");
+
+        let services = vec![service("a", "10.96.0.1"), service("c", "10.96.0.3")];
+        let slices = vec![slice("a", &["10.0.1.1", "10.0.1.2"]), slice("c", &["10.0.1.4"])];
+        let second = sync.sync(&Inputs { services: &services, endpoint_slices: &slices, ..Default::default() });
+        for _ in 0..3 {
+            writer.sync_once(Instant::now());
+        }
+        assert_eq!(kernel_services(&kernel), second.services, "b pruned, c added");
+        assert_eq!(kernel.contents::<Lb4BackendKey, Lb4Backend>(Lb4Backends::NAME), second.backends);
+
+        let id_of = |d: &DesiredLb, ip: &str| d.frontends.iter().find(|f| f.addr.ip.to_string() == ip).map(|f| f.id);
+        assert_eq!(
+            id_of(&second, "10.96.0.1"),
+            id_of(&first, "10.96.0.1"),
+            "a keeps its rev-NAT ID across the restart"
+        );
+        let backend_ids = |d: &DesiredLb| -> Vec<u32> { d.frontends[0].backends.iter().map(|b| b.0).collect() };
+        assert_eq!(backend_ids(&second), backend_ids(&first), "a's backends keep their IDs");
+        let b_id = id_of(&first, "10.96.0.2").unwrap();
+        assert_ne!(id_of(&second, "10.96.0.3"), Some(b_id), "b's ID is not reused in the pass that frees it");
+        let rev_nat: BTreeMap<beeline_common::lb::Lb4RevNatKey, beeline_common::lb::Lb4ReverseNat> =
+            kernel.contents(Lb4RevNat::NAME);
+        assert!(!rev_nat.contains_key(&beeline_common::lb::Lb4RevNatKey { rev_nat_index: b_id }), "b's rev-NAT pruned");
+        assert_eq!(rev_nat.len(), 2);
+    }
+}

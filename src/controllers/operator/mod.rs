@@ -1,0 +1,4 @@
+//! The operator's reconcilers; they run while this replica holds the leader lease.
+
+pub mod cluster_pool;
+pub mod lb_ipam;

@@ -1,0 +1,97 @@
+//! Rev-NAT and backend IDs for the LB maps, stable per frontend / backend address and restored from
+//! the pinned maps at start, so conntrack entries (which store both IDs) stay valid across restarts.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use beeline_common::lb::{Lb4Backend, Lb4BackendKey, Lb4Key, Lb4Service};
+
+use super::model::{BackendAddr, FrontendAddr, Proto, Scope};
+use crate::datapath::manager::ids::{IdAllocator, IdError};
+
+/// The two ID spaces of the LB maps.
+#[derive(Clone, Debug)]
+pub struct LbIds {
+    rev_nat: IdAllocator<FrontendAddr>,
+    backends: IdAllocator<BackendAddr>,
+}
+
+impl Default for LbIds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LbIds {
+    pub fn new() -> Self {
+        Self { rev_nat: IdAllocator::new(1, u32::from(u16::MAX)), backends: IdAllocator::new(1, u32::MAX) }
+    }
+
+    /// Restores IDs from the entries the pinned maps held at start (the map manager's
+    /// `TableHandle::restored`): a master entry's rev-NAT index per frontend address, a backend's ID
+    /// per backend address. Entries that cannot be interpreted are reported, not fatal.
+    pub fn restore(
+        &mut self,
+        services: &[(Lb4Key, Lb4Service)],
+        backends: &[(Lb4BackendKey, Lb4Backend)],
+    ) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (k, v) in services.iter().filter(|(k, _)| k.backend_slot == 0) {
+            let (Some(proto), Some(scope)) = (Proto::from_number(k.proto), Scope::from_number(k.scope)) else {
+                problems.push(format!("service entry {k:?}: unknown protocol or scope; its ID is not restored"));
+                continue;
+            };
+            let addr =
+                FrontendAddr { ip: Ipv4Addr::from(u32::from_be(k.address)), port: u16::from_be(k.dport), proto, scope };
+            if let Err(e) = self.rev_nat.restore(addr, u32::from(v.rev_nat_index)) {
+                problems.push(format!("rev-NAT ID of {addr}: {e}"));
+            }
+        }
+        for (k, v) in backends {
+            let Some(proto) = Proto::from_number(v.proto) else {
+                problems
+                    .push(format!("backend {}: unknown protocol {}; its ID is not restored", k.backend_id, v.proto));
+                continue;
+            };
+            let addr = BackendAddr { ip: Ipv4Addr::from(u32::from_be(v.address)), port: u16::from_be(v.port), proto };
+            if let Err(e) = self.backends.restore(addr, k.backend_id) {
+                problems.push(format!("backend ID of {addr}: {e}"));
+            }
+        }
+        problems
+    }
+
+    pub fn rev_nat(&mut self, addr: &FrontendAddr) -> Result<u16, IdError> {
+        // The allocator's range is 1..=u16::MAX, so the conversion cannot fail.
+        self.rev_nat.allocate(addr).map(|id| id as u16)
+    }
+
+    pub fn backend(&mut self, addr: &BackendAddr) -> Result<u32, IdError> {
+        self.backends.allocate(addr)
+    }
+
+    pub fn rev_nat_of(&self, addr: &FrontendAddr) -> Option<u16> {
+        self.rev_nat.get(addr).map(|id| id as u16)
+    }
+
+    pub fn backend_of(&self, addr: &BackendAddr) -> Option<u32> {
+        self.backends.get(addr)
+    }
+
+    /// Frees the IDs of frontends and backends no longer desired (including restored IDs of things
+    /// deleted while the agent was down). Only call with a complete view of the cluster.
+    pub fn release_unused(&mut self, frontends: &BTreeSet<FrontendAddr>, backends: &BTreeSet<BackendAddr>) {
+        let stale: Vec<FrontendAddr> = self.rev_nat.keys().filter(|k| !frontends.contains(k)).copied().collect();
+        for k in stale {
+            self.rev_nat.release(&k);
+        }
+        let stale: Vec<BackendAddr> = self.backends.keys().filter(|k| !backends.contains(k)).copied().collect();
+        for k in stale {
+            self.backends.release(&k);
+        }
+    }
+
+    pub fn len(&self) -> (usize, usize) {
+        (self.rev_nat.len(), self.backends.len())
+    }
+}

@@ -1,0 +1,24 @@
+//! The services controller's pure core (kube-proxy replacement): Services, EndpointSlices, Nodes and
+//! Pods plus configuration → desired rows of the LB maps (services with slot 0 master + backend
+//! slots, backends, rev-NAT, affinity-match, source ranges, Maglev tables), with rev-NAT and backend
+//! IDs that stay stable across updates and agent restarts.
+//!
+//! ```text
+//! Inputs + ServicesConfig ──collect_frontends──▶ FrontendSpec[] ──build rows (LbIds)──▶ DesiredLb
+//! ```
+//!
+//! IPv4 only: the LB maps are IPv4 maps, so IPv6 ClusterIPs/ingress/externalIPs of dual-stack
+//! Services are skipped with a [`Note`] naming the address.
+
+pub mod desired;
+pub mod frontends;
+pub mod ids;
+pub mod maglev;
+pub mod model;
+
+pub use desired::{desired_state, AffinityMatch, DesiredLb, FrontendStatus, SourceRange};
+pub use frontends::{Inputs, Note, ServicesConfig};
+pub use ids::LbIds;
+
+#[cfg(test)]
+mod tests;
