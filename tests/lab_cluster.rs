@@ -199,6 +199,28 @@ fn lab_up_serves_kubectl_runs_ready_agents_and_down_leaves_nothing() {
         assert!(line.contains(" ready "), "{line}");
     }
 
+    // With the lab's per-node directories, each agent installs its CNI plugin and conflist once
+    // the operator's cluster-pool IPAM gave its CiliumNode a pod CIDR.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for node in &plan.nodes {
+        while !beeline::lab::cluster::conflist_present(&node.cni_conf_dir()) {
+            let log = probe::tail(&plan.log(&format!("agent-{}", node.name)), 20);
+            assert!(std::time::Instant::now() < deadline, "no CNI conflist for {}: {log}", node.name);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(node.cni_bin_dir().join("beeline-cni").is_file(), "CNI plugin installed for {}", node.name);
+    }
+    let ciliumnodes: serde_json::Value =
+        serde_json::from_str(&lab.kubectl(&["get", "ciliumnodes", "-o", "json"])).unwrap();
+    let mut cidrs: Vec<String> = ciliumnodes["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["spec"]["ipam"]["podCIDRs"][0].as_str().unwrap().to_string())
+        .collect();
+    cidrs.sort();
+    assert_eq!(cidrs, ["10.0.0.0/24", "10.0.1.0/24"], "vxlan.yaml: /24s out of 10.0.0.0/8");
+
     let made = Made::of(&plan);
     assert!(made.pids.len() >= 4, "supervisor, operator and two agents: {:?}", made.pids);
     let down = stdout(&run(&mut lab.beeline("down")));

@@ -282,8 +282,8 @@ pub fn status_report(plan: &LabPlan) -> StatusReport {
         .unwrap_or_default();
     let _ = writeln!(
         out,
-        "{:<24} {:<32} {:<16} {:<11} POD-CIDRS (Node.spec)",
-        "NODE", "NETNS", "INTERNAL-IP", "REGISTERED"
+        "{:<24} {:<32} {:<16} {:<11} {:<9} POD-CIDRS (Node.spec)",
+        "NODE", "NETNS", "INTERNAL-IP", "REGISTERED", "CNI-CONF"
     );
     for node in &plan.nodes {
         let ns_ok = Path::new(NETNS_RUN_DIR).join(&node.netns).exists();
@@ -295,13 +295,17 @@ pub fn status_report(plan: &LabPlan) -> StatusReport {
             .map(|a| a.iter().filter_map(|c| c.as_str()).collect::<Vec<_>>().join(","))
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "-".into());
+        // The agent writes its conflist once the node can allocate pod addresses (informational:
+        // IPAM modes that wait for an external party legitimately have none yet).
+        let conflist = conflist_present(&node.cni_conf_dir());
         let _ = writeln!(
             out,
-            "{:<24} {:<32} {:<16} {:<11} {cidrs}",
+            "{:<24} {:<32} {:<16} {:<11} {:<9} {cidrs}",
             node.name,
             if ns_ok { node.netns.clone() } else { format!("{} (MISSING)", node.netns) },
             node.ipv4,
             if object.is_some() { "yes" } else { "NO" },
+            if conflist { "written" } else { "not yet" },
         );
     }
     if let Some(addr) = api {
@@ -311,7 +315,7 @@ pub fn status_report(plan: &LabPlan) -> StatusReport {
                 .ok()
                 .and_then(|v| v["items"].as_array().cloned())
                 .unwrap_or_default();
-            let _ = writeln!(out, "CiliumNodes: {}", if items.is_empty() { "none yet" } else { "" });
+            let _ = writeln!(out, "CiliumNodes:{}", if items.is_empty() { " none yet" } else { "" });
             for item in items {
                 let _ = writeln!(
                     out,
@@ -469,4 +473,11 @@ fn wait_empty(ns: &str) {
     while !probe::netns_pids(ns).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Whether a CNI network configuration exists in `dir` (what a container runtime looks for).
+pub fn conflist_present(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().any(|e| e.path().extension().is_some_and(|x| x == "conflist" || x == "conf")))
+        .unwrap_or(false)
 }

@@ -79,6 +79,10 @@ impl NodePlan {
     pub fn cni_bin_dir(&self) -> PathBuf {
         self.state_dir.join("cni/bin")
     }
+    /// The agent's `state-dir` (what survives an agent restart: IPAM allocations).
+    pub fn agent_state_dir(&self) -> PathBuf {
+        self.state_dir.join("state")
+    }
     pub fn agent_socket(&self) -> PathBuf {
         self.state_dir.join("agent.sock")
     }
@@ -215,6 +219,7 @@ impl LabPlan {
                 format!("agent-socket-path={}", node.agent_socket().display()),
                 format!("cni-conf-dir={}", node.cni_conf_dir().display()),
                 format!("cni-bin-dir={}", node.cni_bin_dir().display()),
+                format!("state-dir={}", node.agent_state_dir().display()),
             ];
             let mut args = strings(&[
                 "agent",
@@ -514,6 +519,7 @@ mod tests {
             "--set agent-socket-path=/run/beeline-lab/nodes/kind-worker/agent.sock",
             "--set cni-conf-dir=/run/beeline-lab/nodes/kind-worker/cni/net.d",
             "--set cni-bin-dir=/run/beeline-lab/nodes/kind-worker/cni/bin",
+            "--set state-dir=/run/beeline-lab/nodes/kind-worker/state",
         ] {
             assert!(args.contains(needle), "{args} lacks {needle}");
         }
