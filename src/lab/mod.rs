@@ -1,10 +1,16 @@
-//! `beeline lab`: a cluster on one machine out of network namespaces. First form: `lab demo`,
-//! one node and one pod namespace with the real agent attaching `from_container`.
+//! `beeline lab`: a cluster on one machine out of network namespaces. `lab up|status|down` keeps
+//! one running (nodes, in-memory API, operator, agents); `lab demo` is the datapath walkthrough
+//! (one node and one pod namespace with the real agent attaching `from_container`).
 
 pub mod agent;
+pub mod cluster;
 pub mod demo;
+pub mod plan;
+pub mod probe;
+pub mod supervisor;
 pub mod topology;
 pub mod traffic;
+pub mod values;
 
 #[derive(Debug, clap::Args)]
 pub struct LabArgs {
@@ -17,12 +23,27 @@ pub enum LabCommand {
     /// Build a node + pod topology, run the agent, send real packets, show the program attached
     /// and its counters moving (also across an agent restart), then tear everything down.
     Demo(demo::DemoArgs),
+    /// Start a lab: N node namespaces on an underlay bridge, the in-memory Kubernetes API, the
+    /// operator and one agent per node; returns once all are ready.
+    Up(cluster::UpArgs),
+    /// Nodes, processes, API reachability and readiness of a running lab (non-zero if unhealthy).
+    Status(cluster::StateArgs),
+    /// Stop every process and remove every namespace, pin and state file of a lab (idempotent;
+    /// also cleans up after a crashed `up`).
+    Down(cluster::StateArgs),
+    /// The lab's long-running process (started by `lab up`; not for direct use).
+    #[command(hide = true)]
+    Supervise(cluster::StateArgs),
 }
 
 pub async fn run(args: LabArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     match args.command {
         // Namespace work is blocking and thread-bound (setns): off the async runtime.
         LabCommand::Demo(a) => tokio::task::spawn_blocking(move || demo::run(a)).await?,
+        LabCommand::Up(a) => tokio::task::spawn_blocking(move || cluster::up(a)).await?,
+        LabCommand::Status(a) => tokio::task::spawn_blocking(move || cluster::status(a)).await?,
+        LabCommand::Down(a) => tokio::task::spawn_blocking(move || cluster::down(a)).await?,
+        LabCommand::Supervise(a) => supervisor::run(&a.absolute()?).await,
     }
 }
 

@@ -39,6 +39,19 @@ impl Topology {
         Topology { prefix, namespaces: Vec::new(), underlay: None, underlay_ports: 0 }
     }
 
+    /// An empty topology with an exact prefix, for a long-lived lab whose names must be found
+    /// again by a later process (`beeline lab down`). The caller keeps prefixes unique.
+    pub fn with_prefix(prefix: &str) -> Topology {
+        Topology { prefix: prefix.to_string(), namespaces: Vec::new(), underlay: None, underlay_ports: 0 }
+    }
+
+    /// Gives up ownership: the namespaces outlive this value (no cleanup on drop) and their names
+    /// are returned, for a lab that keeps running after the process that built it exits.
+    pub fn keep(mut self) -> Vec<String> {
+        self.underlay = None;
+        std::mem::take(&mut self.namespaces)
+    }
+
     pub fn prefix(&self) -> &str {
         &self.prefix
     }

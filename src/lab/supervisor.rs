@@ -1,0 +1,169 @@
+//! `beeline lab supervise`: the one long-lived process of a lab, started detached by `lab up`.
+//!
+//! It holds the in-memory Kubernetes API (listening on 127.0.0.1 for kubectl and on the
+//! control-plane node's underlay address for the nodes — the second socket is bound from inside
+//! that namespace and stays there), registers the Node objects, and runs the operator and one
+//! agent per node as child processes inside their node namespaces, restarting any that exits
+//! (as the kubelet would) with a growing delay. SIGTERM (`lab down`) stops the children with
+//! SIGTERM, then exits.
+
+use std::{
+    fs::File,
+    net::{SocketAddr, TcpListener},
+    path::Path,
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, PostParams};
+
+use super::{plan::LabPlan, plan::ProcessPlan, probe};
+use crate::datapath::netns::NetNs;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The file `up` waits for: written last, once everything is started.
+pub fn ready_marker(plan: &LabPlan) -> std::path::PathBuf {
+    plan.state_dir.join("api-address")
+}
+
+pub async fn run(state_dir: &Path) -> Result<(), BoxError> {
+    let plan = super::cluster::read_plan(state_dir)?;
+    let api = beeline_apiserver::ApiServer::default();
+    let nodes: Api<Node> = Api::all(api.client_as("lab"));
+    for node in plan.node_objects() {
+        nodes.create(&PostParams::default(), &node).await?;
+    }
+    let host = TcpListener::bind("127.0.0.1:0")?;
+    let host_addr = host.local_addr()?;
+    let cp = plan.control_plane();
+    let underlay_addr = SocketAddr::from((cp.ipv4, super::plan::API_PORT));
+    let underlay = NetNs::open(&cp.netns)?
+        .run(|| TcpListener::bind(underlay_addr))?
+        .map_err(|e| format!("binding {underlay_addr} in {}: {e}", cp.netns))?;
+    let mut servers = tokio::task::JoinSet::new();
+    for listener in [host, underlay] {
+        let api = api.clone();
+        servers.spawn(async move { api.serve(listener).await });
+    }
+    tracing::info!(%host_addr, %underlay_addr, nodes = plan.nodes.len(), "in-memory Kubernetes API serving");
+
+    let exe = std::env::current_exe()?;
+    let mut children: Vec<Supervised> = plan.processes.iter().map(|p| Supervised::new(p.clone())).collect();
+    for child in &mut children {
+        child.start(&exe, &plan)?;
+    }
+    std::fs::write(plan.kubeconfig(), super::plan::kubeconfig(&plan.name, &format!("http://{host_addr}")))?;
+    // Written last: `up` waits for this file.
+    let marker = ready_marker(&plan);
+    std::fs::write(marker.with_extension("tmp"), host_addr.to_string())?;
+    std::fs::rename(marker.with_extension("tmp"), &marker)?;
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            Some(result) = servers.join_next() => {
+                tracing::error!(?result, "an API listener stopped; shutting the lab's processes down");
+                break;
+            }
+            _ = tick.tick() => {
+                for child in &mut children {
+                    child.check(&exe, &plan);
+                }
+            }
+        }
+    }
+    tracing::info!("stopping the lab's processes");
+    let stops: Vec<_> =
+        children.into_iter().map(|mut c| std::thread::spawn(move || c.stop(Duration::from_secs(10)))).collect();
+    for stop in stops {
+        let _ = stop.join();
+    }
+    let _ = std::fs::remove_file(&marker);
+    tracing::info!("lab supervisor stopped");
+    Ok(())
+}
+
+/// One child process and its restart state.
+struct Supervised {
+    plan: ProcessPlan,
+    child: Option<Child>,
+    restarts: u32,
+    next_start: Option<Instant>,
+}
+
+impl Supervised {
+    fn new(plan: ProcessPlan) -> Self {
+        Supervised { plan, child: None, restarts: 0, next_start: None }
+    }
+
+    fn start(&mut self, exe: &Path, lab: &LabPlan) -> std::io::Result<()> {
+        let log_path = lab.log(&self.plan.name);
+        let log = File::options().create(true).append(true).open(&log_path)?;
+        let ns = NetNs::open(&self.plan.netns)?;
+        let mut cmd = ns.command(exe)?;
+        // A clean environment: `BEELINE_<KEY>` variables of the caller must not override the lab's config.
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()))
+            .env("RUST_LOG", std::env::var_os("RUST_LOG").unwrap_or_else(|| "info".into()))
+            .env("NO_COLOR", "1")
+            .args(&self.plan.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = cmd.spawn()?;
+        probe::write_pid(&lab.pid_file(&self.plan.name), child.id())?;
+        std::fs::write(lab.pids_dir().join(format!("{}.restarts", self.plan.name)), format!("{}\n", self.restarts))?;
+        tracing::info!(process = %self.plan.name, pid = child.id(), netns = %self.plan.netns, log = %log_path.display(), "started");
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Notices an exit and restarts after a delay that doubles per restart (1 s .. 30 s).
+    fn check(&mut self, exe: &Path, lab: &LabPlan) {
+        if let Some(child) = self.child.as_mut() {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    let delay = Duration::from_secs(1 << self.restarts.min(5)).min(Duration::from_secs(30));
+                    tracing::warn!(process = %self.plan.name, %status, ?delay, "exited; restarting");
+                    self.child = None;
+                    self.restarts += 1;
+                    self.next_start = Some(Instant::now() + delay);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(process = %self.plan.name, error = %e, "cannot poll"),
+            }
+        }
+        if self.child.is_none() && self.next_start.is_some_and(|t| Instant::now() >= t) {
+            self.next_start = None;
+            if let Err(e) = self.start(exe, lab) {
+                tracing::error!(process = %self.plan.name, error = %e, "restart failed");
+                self.next_start = Some(Instant::now() + Duration::from_secs(5));
+            }
+        }
+    }
+
+    fn stop(&mut self, grace: Duration) {
+        let Some(mut child) = self.child.take() else { return };
+        probe::signal(child.id(), libc::SIGTERM);
+        let deadline = Instant::now() + grace;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    tracing::info!(process = %self.plan.name, %status, "stopped");
+                    return;
+                }
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                _ => break,
+            }
+        }
+        tracing::warn!(process = %self.plan.name, "ignored SIGTERM; killing");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

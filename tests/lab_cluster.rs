@@ -1,0 +1,291 @@
+//! `beeline lab up | status | down` as a user runs them (root): a two-node lab whose nodes kubectl
+//! lists, whose operator installed the CRDs and whose agents are ready through the API on the
+//! control-plane's underlay address; `down` leaves no namespace, pin, process or state — also
+//! after the supervisor was killed, and when `up` finds such a crashed lab in its way.
+//!
+//! Each test uses its own state directory, so the lab's names (derived from it) never collide
+//! with another test's or a user's lab. A guard runs `lab down` if a test fails midway.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Duration,
+};
+
+use beeline::lab::{cluster::read_plan, plan::LabPlan, probe};
+
+const BIN: &str = env!("CARGO_BIN_EXE_beeline");
+const KUBECTL: &str = "/usr/bin/kubectl";
+
+fn require_root() {
+    if let Err(msg) = beeline::lab::require_root("this test") {
+        panic!("{msg}: the lab creates network namespaces and runs the agent");
+    }
+}
+
+fn values(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/lab").join(name).to_string_lossy().into_owned()
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A lab's state directory; `lab down` on drop, so a failing test leaves nothing behind.
+struct LabDir {
+    _parent: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl LabDir {
+    fn new() -> LabDir {
+        let parent = tempfile::Builder::new().prefix("bl-lab-test").tempdir().unwrap();
+        let path = parent.path().join("lab");
+        LabDir { _parent: parent, path }
+    }
+
+    fn arg(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+
+    fn beeline(&self, verb: &str) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["lab", verb, "--state-dir", self.arg()]).env_remove("KUBECONFIG");
+        cmd
+    }
+
+    fn up(&self, nodes: usize, values_file: &str) -> Output {
+        let n = nodes.to_string();
+        run(self.beeline("up").args(["--nodes", &n, "--values", &values(values_file), "--timeout", "30"]))
+    }
+
+    fn kubectl(&self, args: &[&str]) -> String {
+        let kubeconfig = self.path.join("kubeconfig");
+        stdout(&run(Command::new(KUBECTL).arg("--kubeconfig").arg(kubeconfig).args(args).arg("--request-timeout=10s")))
+    }
+}
+
+impl Drop for LabDir {
+    fn drop(&mut self) {
+        let _ = self.beeline("down").output();
+    }
+}
+
+/// What a lab made, read from its plan before `down` removes it.
+struct Made {
+    namespaces: Vec<String>,
+    pin_root: PathBuf,
+    pids: Vec<u32>,
+    marker: String,
+    state_dir: PathBuf,
+}
+
+impl Made {
+    fn of(plan: &LabPlan) -> Made {
+        let mut namespaces: Vec<String> = plan.nodes.iter().map(|n| n.netns.clone()).collect();
+        namespaces.push(plan.underlay_netns.clone());
+        let mut pids: Vec<u32> = std::iter::once("supervisor".to_string())
+            .chain(plan.processes.iter().map(|p| p.name.clone()))
+            .filter_map(|name| probe::read_pid(&plan.pid_file(&name)))
+            .collect();
+        // Everything inside the node namespaces, whether or not it has a pid file.
+        for ns in &namespaces {
+            pids.extend(probe::netns_pids(ns));
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        Made {
+            namespaces,
+            pin_root: plan.pin_root.clone(),
+            pids,
+            marker: plan.state_dir.to_string_lossy().into_owned(),
+            state_dir: plan.state_dir.clone(),
+        }
+    }
+
+    fn assert_gone(&self) {
+        for ns in &self.namespaces {
+            assert!(!Path::new("/run/netns").join(ns).exists(), "namespace {ns} left behind");
+        }
+        assert!(!self.pin_root.exists(), "pins left behind under {}", self.pin_root.display());
+        for pid in &self.pids {
+            assert!(!probe::is_ours(*pid, &self.marker), "process {pid} of the lab still running");
+        }
+        assert!(!self.state_dir.exists(), "state {} left behind", self.state_dir.display());
+        assert_no_process_mentions(&self.marker);
+    }
+}
+
+/// No process on the machine has the lab's state directory in its command line (every lab
+/// process has: the supervisor, the operator, the agents).
+fn assert_no_process_mentions(marker: &str) {
+    let ours: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|pid| probe::is_ours(*pid, marker))
+        .collect();
+    assert!(ours.is_empty(), "processes of the lab still running: {ours:?}");
+}
+
+#[test]
+fn lab_up_serves_kubectl_runs_ready_agents_and_down_leaves_nothing() {
+    require_root();
+    let lab = LabDir::new();
+    let up = stdout(&lab.up(2, "vxlan.yaml"));
+    assert!(up.contains(&format!("export KUBECONFIG={}/kubeconfig", lab.arg())), "up prints the kubeconfig: {up}");
+    let plan = read_plan(&lab.path).unwrap();
+    assert_eq!(plan.nodes.len(), 2);
+    assert!(plan.pin_root.is_dir(), "per-lab bpffs directory {}", plan.pin_root.display());
+    for node in &plan.nodes {
+        assert!(node.bpf_root.is_dir(), "node bpf-root {}", node.bpf_root.display());
+    }
+
+    // kubectl on the host, through the written kubeconfig.
+    let nodes: serde_json::Value = serde_json::from_str(&lab.kubectl(&["get", "nodes", "-o", "json"])).unwrap();
+    let listed: Vec<(String, String)> = nodes["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let ip = n["status"]["addresses"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["type"] == "InternalIP")
+                .map(|a| a["address"].as_str().unwrap().to_string())
+                .unwrap();
+            (n["metadata"]["name"].as_str().unwrap().to_string(), ip)
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [("kind-control-plane".to_string(), "172.18.0.2".to_string()), ("kind-worker".into(), "172.18.0.3".into())]
+    );
+    // The operator (a real process in the control-plane namespace) installed every CRD.
+    let crds = lab.kubectl(&["get", "crd", "-o", "name"]);
+    for crd in beeline::crds::all() {
+        let name = crd.metadata.name.unwrap();
+        assert!(crds.contains(&name), "CRD {name} not installed: {crds}");
+    }
+    assert!(lab.kubectl(&["get", "lease", "-n", "kube-system", "-o", "name"]).contains("beeline-operator"));
+
+    // Every agent and the operator is ready, which includes reaching the API over the underlay
+    // (their kubeconfig names the control-plane node's address, not loopback).
+    for p in &plan.processes {
+        assert!(std::fs::read_to_string(plan.nodes.iter().find(|n| n.name == p.node).unwrap().kubeconfig())
+            .unwrap()
+            .contains("server: http://172.18.0.2:6443"));
+        let (code, body) = probe::http_get_in(&p.netns, p.health, "/readyz?verbose").unwrap();
+        assert_eq!(code, 200, "{} not ready: {body}", p.name);
+        assert!(body.contains("[+]kubernetes ok"), "{}: {body}", p.name);
+    }
+    let status = stdout(&run(&mut lab.beeline("status")));
+    for p in &plan.processes {
+        let line =
+            status.lines().find(|l| l.starts_with(&p.name)).unwrap_or_else(|| panic!("{} missing: {status}", p.name));
+        assert!(line.contains(" ready "), "{line}");
+    }
+
+    // With the lab's per-node directories, each agent installs its CNI plugin and conflist once
+    // the operator's cluster-pool IPAM gave its CiliumNode a pod CIDR.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for node in &plan.nodes {
+        while !beeline::lab::cluster::conflist_present(&node.cni_conf_dir()) {
+            let log = probe::tail(&plan.log(&format!("agent-{}", node.name)), 20);
+            assert!(std::time::Instant::now() < deadline, "no CNI conflist for {}: {log}", node.name);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(node.cni_bin_dir().join("beeline-cni").is_file(), "CNI plugin installed for {}", node.name);
+    }
+    let ciliumnodes: serde_json::Value =
+        serde_json::from_str(&lab.kubectl(&["get", "ciliumnodes", "-o", "json"])).unwrap();
+    let mut cidrs: Vec<String> = ciliumnodes["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["spec"]["ipam"]["podCIDRs"][0].as_str().unwrap().to_string())
+        .collect();
+    cidrs.sort();
+    assert_eq!(cidrs, ["10.0.0.0/24", "10.0.1.0/24"], "vxlan.yaml: /24s out of 10.0.0.0/8");
+
+    let made = Made::of(&plan);
+    assert!(made.pids.len() >= 4, "supervisor, operator and two agents: {:?}", made.pids);
+    let down = stdout(&run(&mut lab.beeline("down")));
+    assert!(down.contains("stopped the supervisor") && !down.contains("killed"), "graceful stop: {down}");
+    made.assert_gone();
+    let again = stdout(&run(&mut lab.beeline("down")));
+    assert!(again.contains("nothing to remove"), "down is idempotent: {again}");
+}
+
+#[test]
+fn lab_down_and_up_clean_up_after_a_killed_supervisor() {
+    require_root();
+    let lab = LabDir::new();
+    lab.up(1, "kubernetes-ipam.yaml");
+    let plan = read_plan(&lab.path).unwrap();
+    // ipam: kubernetes — the lab plays kube-controller-manager and sets spec.podCIDRs.
+    let cidrs = lab.kubectl(&["get", "node", "kind-control-plane", "-o", "jsonpath={.spec.podCIDRs}"]);
+    assert_eq!(cidrs, r#"["10.244.0.0/24"]"#);
+
+    // A crash: the supervisor dies without stopping its children, which keep running orphaned.
+    let supervisor = probe::read_pid(&plan.pid_file("supervisor")).unwrap();
+    probe::signal(supervisor, libc::SIGKILL);
+    assert!(probe::wait_gone(supervisor, &lab.path.to_string_lossy(), Duration::from_secs(5)));
+    let failing = lab.beeline("status").output().unwrap();
+    assert!(!failing.status.success(), "status must fail without the supervisor");
+    assert!(stdout(&failing).contains("NOT RUNNING"), "{}", stdout(&failing));
+
+    // `up` again over the crashed lab: it removes the leftovers first, then starts afresh.
+    let orphans = probe::netns_pids(&plan.nodes[0].netns);
+    assert!(orphans.len() >= 2, "the orphaned agent and operator keep running in the node namespace: {orphans:?}");
+    let made_first = Made::of(&plan);
+    let again = stdout(&lab.up(1, "kubernetes-ipam.yaml"));
+    assert!(again.contains("cleaned up a previous lab"), "{again}");
+    for pid in &made_first.pids {
+        assert!(!probe::is_ours(*pid, &made_first.marker), "orphan {pid} of the crashed lab survived `up`");
+    }
+
+    // Crash again, then `down` alone must find and remove everything.
+    let plan = read_plan(&lab.path).unwrap();
+    let made = Made::of(&plan);
+    probe::signal(probe::read_pid(&plan.pid_file("supervisor")).unwrap(), libc::SIGKILL);
+    let down = stdout(&run(&mut lab.beeline("down")));
+    assert!(down.contains("killed pid") || down.contains("stopped"), "{down}");
+    made.assert_gone();
+}
+
+#[test]
+fn a_failed_up_removes_what_it_made() {
+    require_root();
+    let lab = LabDir::new();
+    // A zero readiness timeout fails right after the namespaces exist and the supervisor started.
+    let out = lab
+        .beeline("up")
+        .args(["--nodes", "2", "--values", &values("geneve.yaml"), "--timeout", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "up with --timeout 0 must fail: {}", stdout(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lab up failed"), "{}", String::from_utf8_lossy(&out.stderr));
+    let prefix = format!("bl-{}-", beeline::lab::plan::lab_id(&lab.path));
+    let left: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    assert!(left.iter().all(|n| !n.starts_with(&prefix)), "namespaces left: {left:?}");
+    let pins = Path::new("/sys/fs/bpf/beeline-lab").join(beeline::lab::plan::lab_id(&lab.path));
+    assert!(!pins.exists(), "pins left at {}", pins.display());
+    assert!(!lab.path.exists(), "state left at {}", lab.path.display());
+    assert_no_process_mentions(lab.arg());
+}
