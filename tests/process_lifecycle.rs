@@ -133,6 +133,12 @@ fn agent_serves_health_and_api_then_stops_on_sigterm() {
         "--set",
         &format!("agent-socket-path={}", socket.display()),
         "--set",
+        &format!("state-dir={}", dir.path().join("state").display()),
+        "--set",
+        &format!("cni-conf-dir={}", dir.path().join("net.d").display()),
+        "--set",
+        &format!("cni-bin-dir={}", dir.path().join("bin").display()),
+        "--set",
         "tunnel-protocol=geneve",
     ]);
     assert_eq!(wait_for_status(health_port, "/healthz", 200), "ok\n");
@@ -174,6 +180,12 @@ fn agent_reports_a_vanished_api_server_as_not_ready() {
         &format!("agent-health-port={health_port}"),
         "--set",
         &format!("agent-socket-path={}", dir.path().join("s.sock").display()),
+        "--set",
+        &format!("state-dir={}", dir.path().join("state").display()),
+        "--set",
+        &format!("cni-conf-dir={}", dir.path().join("net.d").display()),
+        "--set",
+        &format!("cni-bin-dir={}", dir.path().join("bin").display()),
     ]);
     assert_eq!(wait_for_status(health_port, "/healthz", 200), "ok\n");
     let body = wait_for_status(health_port, "/readyz", 503);

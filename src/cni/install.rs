@@ -40,9 +40,17 @@ pub fn install_binary(binary: &Path, bin_dir: &Path) -> Result<PathBuf, InstallE
     use std::os::unix::fs::PermissionsExt;
     let to = bin_dir.join(PLUGIN_NAME);
     let err = |source| InstallError::Binary { from: binary.to_path_buf(), to: to.clone(), source };
-    let bytes = std::fs::read(binary).map_err(err)?;
-    write_atomically(&to, &bytes).map_err(err)?;
-    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).map_err(err)?;
+    // Copy to a temporary name and rename: a runtime executing the plugin meanwhile sees either
+    // the old binary or the new one, never a half-written file. Streamed, not read into memory.
+    std::fs::create_dir_all(bin_dir).map_err(err)?;
+    let tmp = bin_dir.join(format!(".{PLUGIN_NAME}.tmp.{}", std::process::id()));
+    let copied = std::fs::copy(binary, &tmp)
+        .and_then(|_| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)))
+        .and_then(|()| std::fs::rename(&tmp, &to));
+    if let Err(e) = copied {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(e));
+    }
     Ok(to)
 }
 
@@ -71,7 +79,13 @@ pub async fn run(
     ipam: Arc<NodeIpam>,
     shutdown: CancellationToken,
 ) -> Result<(), InstallError> {
-    let installed = install_binary(&binary, &bin_dir)?;
+    // A release binary is tens of MB: copy it off the async workers, and let shutdown interrupt
+    // the wait (the copy itself finishes in the background).
+    let copy = tokio::task::spawn_blocking(move || install_binary(&binary, &bin_dir));
+    let installed = tokio::select! {
+        joined = copy => joined.expect("CNI binary copy panicked")?,
+        _ = shutdown.cancelled() => return Ok(()),
+    };
     tracing::info!(path = %installed.display(), "CNI plugin installed");
     let mut changes = ipam.subscribe();
     while !ipam.is_ready() {

@@ -81,6 +81,14 @@ impl AgentProcess {
             .arg(format!("bpf-root={}", layout.bpf_root.display()))
             .arg("--set")
             .arg(format!("agent-socket-path={}", layout.socket().display()))
+            // Everything the agent writes stays under this agent's own state directory, never in
+            // the host's /run/beeline, /etc/cni/net.d or /opt/cni/bin.
+            .arg("--set")
+            .arg(format!("state-dir={}", layout.state_dir.join("state").display()))
+            .arg("--set")
+            .arg(format!("cni-conf-dir={}", layout.state_dir.join("cni/net.d").display()))
+            .arg("--set")
+            .arg(format!("cni-bin-dir={}", layout.state_dir.join("cni/bin").display()))
             .arg("--datapath-interface")
             .arg(interfaces.join(","))
             .env_remove("BEELINE_DATAPATH_INTERFACES")
