@@ -254,11 +254,11 @@ fn resource(
         version: t.version.clone(),
         dry_run: query.get("dryRun") == Some("All"),
     };
-    let table = wants_table(headers);
+    let as_table = wants_table(headers);
     let single = |obj: Value| {
         let obj = output(&t, obj);
-        if table {
-            table_of(&t.rt, vec![obj], None)
+        if as_table {
+            table(&t.rt, &t.version, vec![obj], None)
         } else {
             obj
         }
@@ -269,8 +269,8 @@ fn resource(
             let obj = server.state().get(&t.rt, &ns, name)?;
             Ok(json_response(StatusCode::OK, &single(obj)))
         }
-        "list" => list(server, &t, query, table),
-        "watch" => watch_response(server, t, query, table),
+        "list" => list(server, &t, query, as_table),
+        "watch" => watch_response(server, t, query, as_table),
         "create" => {
             let obj = parse_body(&body)?;
             let created = server.state().create(&t.rt, &ns, obj, &opts)?;
@@ -340,14 +340,14 @@ fn list_body(t: &Target, items: Vec<Value>, rv: u64, cont: Option<String>, remai
     })
 }
 
-fn list(server: &ApiServer, t: &Target, query: &Query, table: bool) -> ApiResult<Response> {
+fn list(server: &ApiServer, t: &Target, query: &Query, as_table: bool) -> ApiResult<Response> {
     let labels = LabelSelector::parse(query.get("labelSelector").unwrap_or(""))?;
     let fields = FieldSelector::parse(query.get("fieldSelector").unwrap_or(""))?;
     let limit = query.get("limit").and_then(|l| l.parse().ok());
     let result = server.state().list(&t.rt, t.namespace.as_deref(), &labels, &fields, limit, query.get("continue"))?;
     let items: Vec<Value> = result.items.into_iter().map(|o| output(t, o)).collect();
-    let body = if table {
-        table_of(&t.rt, items, Some(result.resource_version))
+    let body = if as_table {
+        table(&t.rt, &t.version, items, Some(result.resource_version))
     } else {
         list_body(t, items, result.resource_version, result.continue_token, result.remaining)
     };
@@ -436,49 +436,8 @@ fn patch(
     Ok(json_response(StatusCode::OK, &output(t, obj)))
 }
 
-/// A `meta.k8s.io/v1` Table of objects (kubectl's default output).
-pub fn table(rt: &ResourceType, objects: Vec<Value>, rv: Option<u64>) -> Value {
-    table_of(rt, objects, rv)
-}
-
-fn age(created: &str) -> String {
-    let Ok(then) = created.parse::<jiff::Timestamp>() else { return "<unknown>".into() };
-    let Ok(now) = now().parse::<jiff::Timestamp>() else { return "<unknown>".into() };
-    let secs = (now.as_second() - then.as_second()).max(0);
-    match secs {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m", s / 60),
-        s if s < 172_800 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86400),
-    }
-}
-
-fn table_of(rt: &ResourceType, objects: Vec<Value>, rv: Option<u64>) -> Value {
-    let status_col = matches!(rt.plural.as_str(), "pods" | "namespaces");
-    let mut columns =
-        vec![json!({"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0})];
-    if status_col {
-        columns.push(json!({"name": "Status", "type": "string", "format": "", "description": "Phase", "priority": 0}));
-    }
-    columns.push(json!({"name": "Age", "type": "string", "format": "", "description": "Age", "priority": 0}));
-    let rows: Vec<Value> = objects
-        .iter()
-        .map(|o| {
-            let meta = o.get("metadata").cloned().unwrap_or(json!({}));
-            let mut cells = vec![meta.get("name").cloned().unwrap_or(json!(""))];
-            if status_col {
-                cells.push(o.pointer("/status/phase").cloned().unwrap_or(json!("")));
-            }
-            cells.push(json!(age(meta.get("creationTimestamp").and_then(Value::as_str).unwrap_or(""))));
-            json!({
-                "cells": cells,
-                "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": meta},
-            })
-        })
-        .collect();
-    let mut metadata = json!({});
-    if let Some(rv) = rv {
-        metadata["resourceVersion"] = json!(rv.to_string());
-    }
-    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": metadata, "columnDefinitions": columns, "rows": rows})
+/// A `meta.k8s.io/v1` Table of objects (kubectl's default output), with the columns of `version`.
+pub fn table(rt: &ResourceType, version: &str, objects: Vec<Value>, rv: Option<u64>) -> Value {
+    let now = now().parse::<jiff::Timestamp>().unwrap_or_else(|_| jiff::Timestamp::now());
+    crate::printers::table(rt, version, &objects, rv, now)
 }

@@ -9,6 +9,7 @@ pub mod errors;
 pub mod http;
 pub mod managed;
 pub mod patch;
+pub mod printers;
 pub mod record;
 pub mod resources;
 pub mod selectors;

@@ -41,7 +41,7 @@ impl WatchRequest {
     fn render(&self, mut obj: Value) -> Value {
         obj["apiVersion"] = json!(self.rt.api_version(&self.version));
         if self.table {
-            crate::http::table(&self.rt, vec![obj], None)
+            crate::http::table(&self.rt, &self.version, vec![obj], None)
         } else {
             obj
         }
