@@ -3,8 +3,8 @@
 //! resources. Pure: objects and the current time in, a Table out.
 //!
 //! Like the real server, every cell is rendered server-side: ages (built-in `Age` and CRD `date`
-//! columns) are humanized strings ("5m", "3h12m"), and a value that is absent is `null`, which
-//! kubectl prints as `<none>`.
+//! columns) are humanized strings ("5m", "3h12m"), and a CRD column whose value is absent is `null`,
+//! which kubectl prints blank.
 
 use jiff::Timestamp;
 use serde_json::{json, Value};

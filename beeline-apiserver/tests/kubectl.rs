@@ -11,7 +11,7 @@ use common::*;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 use kube::CustomResourceExt;
-use serde_json::json;
+use serde_json::{json, Value};
 
 struct Kubectl {
     home: tempfile::TempDir,
@@ -193,4 +193,120 @@ async fn kubectl_custom_resource_verbs() {
         .iter()
         .any(|a| a.client.starts_with("kubectl") && a.verb == "patch" && a.resource == "widgets"));
     handle.abort();
+}
+
+/// The header and the cells of each row of `kubectl get` output, cut at the header's column
+/// starts (so blank cells stay in place).
+fn table_rows(out: &str) -> Vec<Vec<String>> {
+    let header = out.lines().next().unwrap_or("");
+    let starts: Vec<usize> = header
+        .char_indices()
+        .filter(|&(i, c)| c != ' ' && (i == 0 || header[..i].ends_with(' ')))
+        .map(|(i, _)| i)
+        .collect();
+    out.lines()
+        .map(|line| {
+            let ends = starts.iter().skip(1).copied().chain([usize::MAX]);
+            starts
+                .iter()
+                .zip(ends)
+                .map(|(&a, b)| line.get(a..b.min(line.len())).unwrap_or("").trim().to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// The row whose first cell is `name`, with the age cell (at `age_at`) checked and dropped.
+fn row_without_age(rows: &[Vec<String>], name: &str, age_at: usize) -> Vec<String> {
+    let mut row = rows.iter().find(|r| r.first().is_some_and(|n| n == name)).cloned().unwrap_or_default();
+    assert!(row.len() > age_at, "no row {name} in {rows:?}");
+    let age = row.remove(age_at);
+    assert!(age.ends_with('s') && age[..age.len() - 1].parse::<u32>().is_ok(), "age {age:?} in {row:?}");
+    row
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_get_prints_server_columns() {
+    let (_server, k, handle) = start().await;
+
+    // A Node: status from the Ready condition, roles from labels, INTERNAL-IP only with -o wide.
+    let node = k.file(
+        "node.json",
+        &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1",
+            "labels": {"node-role.kubernetes.io/control-plane": "", "kubernetes.io/hostname": "n1"}}}),
+    );
+    k.ok(&["apply", "-f", path_str(&node)]).await;
+    let node_status = json!({"status": {"conditions": [{"type": "Ready", "status": "True"}],
+        "nodeInfo": {"kubeletVersion": "v1.31.0"}, "addresses": [{"type": "InternalIP", "address": "192.168.7.2"}]}});
+    k.ok(&["patch", "node", "n1", "--subresource=status", "--type=merge", "-p", &node_status.to_string()]).await;
+    let rows = table_rows(&k.ok(&["get", "nodes"]).await);
+    assert_eq!(rows[0], ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]);
+    assert_eq!(row_without_age(&rows, "n1", 3), ["n1", "Ready", "control-plane", "v1.31.0"]);
+    let wide = table_rows(&k.ok(&["get", "nodes", "-o", "wide"]).await);
+    assert_eq!(wide[0], ["NAME", "STATUS", "ROLES", "AGE", "VERSION", "INTERNAL-IP", "EXTERNAL-IP"]);
+    assert_eq!(row_without_age(&wide, "n1", 3), ["n1", "Ready", "control-plane", "v1.31.0", "192.168.7.2", "<none>"]);
+
+    // A LoadBalancer Service without ingress is <pending>; a ClusterIP one has <none>.
+    let svc = |name: &str, ty: &str, port: Value| {
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+            "spec": {"type": ty, "clusterIP": "10.96.0.10", "ports": [port], "selector": {"app": "x"}}})
+    };
+    let lb = k.file("lb.json", &svc("lb", "LoadBalancer", json!({"port": 80, "protocol": "TCP", "nodePort": 30080})));
+    k.ok(&["apply", "-f", path_str(&lb)]).await;
+    let cip = k.file("cip.json", &svc("cip", "ClusterIP", json!({"port": 53, "protocol": "UDP"})));
+    k.ok(&["apply", "-f", path_str(&cip)]).await;
+    let rows = table_rows(&k.ok(&["get", "services"]).await);
+    assert_eq!(rows[0], ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]);
+    assert_eq!(row_without_age(&rows, "lb", 5), ["lb", "LoadBalancer", "10.96.0.10", "<pending>", "80:30080/TCP"]);
+    assert_eq!(row_without_age(&rows, "cip", 5), ["cip", "ClusterIP", "10.96.0.10", "<none>", "53/UDP"]);
+
+    // A custom resource: the CRD's printer columns, with condition filters, a priority-1 column
+    // and a date column that the server humanizes. Missing values are blank, as with a real server.
+    let crd = k.file("gadget-crd.json", &gadget_crd());
+    k.ok(&["apply", "-f", path_str(&crd)]).await;
+    k.ok(&["wait", "--for=condition=Established", "crd/gadgets.test.beeline.io", "--timeout=30s"]).await;
+    for (name, replicas) in [("g1", 3), ("g2", 1)] {
+        let g = k.file(
+            &format!("{name}.json"),
+            &json!({"apiVersion": "test.beeline.io/v1", "kind": "Gadget", "metadata": {"name": name},
+                "spec": {"replicas": replicas, "parts": [{"name": format!("{name}-first")}]}}),
+        );
+        k.ok(&["apply", "-f", path_str(&g)]).await;
+    }
+    let status = json!({"status": {"conditions": [
+        {"type": "Synced", "status": "False", "message": "wrong-one"},
+        {"type": "Ready", "status": "True", "message": "all-good"}]}});
+    k.ok(&["patch", "gadget", "g1", "--subresource=status", "--type=merge", "-p", &status.to_string()]).await;
+    let rows = table_rows(&k.ok(&["get", "gadgets"]).await);
+    assert_eq!(rows[0], ["NAME", "READY", "MESSAGE", "REPLICAS", "AGE"]);
+    assert_eq!(row_without_age(&rows, "g1", 4), ["g1", "True", "all-good", "3"]);
+    assert_eq!(row_without_age(&rows, "g2", 4), ["g2", "", "", "1"]);
+    let wide = table_rows(&k.ok(&["get", "gadget", "g1", "-o", "wide"]).await);
+    assert_eq!(wide[0], ["NAME", "READY", "MESSAGE", "REPLICAS", "AGE", "FIRST-PART"]);
+    assert_eq!(row_without_age(&wide, "g1", 4), ["g1", "True", "all-good", "3", "g1-first"]);
+    handle.abort();
+}
+
+/// A cluster-scoped CRD whose printer columns use the JSONPath forms Cilium's CRDs use.
+fn gadget_crd() -> Value {
+    let cond = |ty: &str, field: &str| format!(".status.conditions[?(@.type==\"{ty}\")].{field}");
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "gadgets.test.beeline.io"},
+        "spec": {
+            "group": "test.beeline.io", "scope": "Cluster",
+            "names": {"kind": "Gadget", "plural": "gadgets", "singular": "gadget", "listKind": "GadgetList"},
+            "versions": [{
+                "name": "v1", "served": true, "storage": true, "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}},
+                "additionalPrinterColumns": [
+                    {"name": "Ready", "type": "string", "jsonPath": cond("Ready", "status")},
+                    {"name": "Message", "type": "string", "jsonPath": cond("Ready", "message")},
+                    {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"},
+                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    {"name": "First-Part", "type": "string", "priority": 1, "jsonPath": ".spec.parts[0].name"},
+                ],
+            }],
+        },
+    })
 }
