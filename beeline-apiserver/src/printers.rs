@@ -11,15 +11,18 @@ use serde_json::{json, Value};
 
 use crate::resources::ResourceType;
 
+/// Computes one cell from the whole object and the current time.
+type CellFn = fn(&Value, Timestamp) -> Value;
+
 /// A column whose cell is computed by a function of the whole object.
 struct Builtin {
     name: &'static str,
     /// 0: always shown; 1: only with `-o wide`.
     priority: u8,
-    cell: fn(&Value, Timestamp) -> Value,
+    cell: CellFn,
 }
 
-const fn col(name: &'static str, priority: u8, cell: fn(&Value, Timestamp) -> Value) -> Builtin {
+const fn col(name: &'static str, priority: u8, cell: CellFn) -> Builtin {
     Builtin { name, priority, cell }
 }
 
@@ -231,9 +234,10 @@ impl JsonPath {
                 Step::Index(i) => walk(rest, v.get(i)?),
                 Step::Filter { path, value } => v.as_array()?.iter().find_map(|item| {
                     let got = path.iter().try_fold(item, |cur, k| cur.get(k))?;
+                    // `@.type=="X"` compares strings; `@.ready==true` compares JSON literals.
                     let matched = match got {
                         Value::String(s) => s == value,
-                        other => other.to_string() == *value,
+                        other => value.parse::<Value>().is_ok_and(|v| v == *other),
                     };
                     if matched {
                         walk(rest, item)
@@ -456,7 +460,8 @@ mod tests {
 
     #[test]
     fn jsonpath_subset() {
-        let obj = json!({"spec": {"addresses": [{"type": "InternalIP", "ip": "10.0.0.1"}, {"type": "CiliumInternalIP", "ip": "10.1.0.5"}]},
+        let obj = json!({"spec": {"addresses": [{"type": "InternalIP", "ip": "10.0.0.1"}, {"type": "CiliumInternalIP", "ip": "10.1.0.5"}],
+            "flags": [{"on": false, "v": 6}, {"on": true, "v": 7}]},
             "status": {"conditions": [{"type": "cilium.io/IPsAvailable", "status": "True", "message": "254"}], "n": [1, 2]}});
         let cases = [
             (".spec.addresses[?(@.type==\"CiliumInternalIP\")].ip", Some(json!("10.1.0.5"))),
@@ -464,6 +469,7 @@ mod tests {
             (".status.conditions[?(@.type==\"cilium.io/IPsAvailable\")].message", Some(json!("254"))),
             (".status.conditions[?(@.type==\"Missing\")].status", None),
             (".status.n[1]", Some(json!(2))),
+            (".spec.flags[?(@.on==true)].v", Some(json!(7))),
             (".status.n[5]", None),
             (".nope.deeper", None),
         ];
@@ -486,7 +492,7 @@ mod tests {
             json!({"metadata": {"name": "s"}, "spec": {"type": ty, "clusterIP": "10.96.0.9",
             "ports": [{"port": 80, "protocol": "TCP", "nodePort": 30080}, {"port": 53, "protocol": "UDP"}]}, "status": status})
         };
-        let cases: Vec<(fn(&Value, Timestamp) -> Value, Value, Value)> = vec![
+        let cases: Vec<(CellFn, Value, Value)> = vec![
             (node_status, node.clone(), json!("NotReady")),
             (node_roles, node.clone(), json!("control-plane,worker")),
             (node_roles, json!({}), json!("<none>")),
