@@ -59,9 +59,9 @@ where
     (store, stream)
 }
 
-fn snapshot<K: Clone>(store: &Store<K>) -> Vec<K>
+fn snapshot<K>(store: &Store<K>) -> Vec<K>
 where
-    K: Resource + 'static,
+    K: Resource + Clone + 'static,
     K::DynamicType: Eq + Hash + Clone,
 {
     store.state().iter().map(|o| o.as_ref().clone()).collect()
