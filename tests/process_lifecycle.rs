@@ -32,6 +32,29 @@ impl TestApiServer {
     }
 }
 
+/// A private bpffs directory for one agent's pinned maps (never the host's `/sys/fs/bpf/beeline`),
+/// removed with everything pinned in it when dropped.
+struct BpfRoot(std::path::PathBuf);
+
+impl BpfRoot {
+    fn new(test: &str) -> Self {
+        let path = std::path::PathBuf::from(format!("/sys/fs/bpf/beeline-test-{}-{test}", std::process::id()));
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("creating {} (needs root and bpffs): {e}", path.display()));
+        Self(path)
+    }
+
+    fn set(&self) -> String {
+        format!("bpf-root={}", self.0.display())
+    }
+}
+
+impl Drop for BpfRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -122,8 +145,11 @@ fn agent_serves_health_and_api_then_stops_on_sigterm() {
     let kubeconfig = write_kubeconfig(dir.path(), api.port);
     let health_port = free_port();
     let socket = dir.path().join("run/beeline.sock");
+    let bpf = BpfRoot::new("health");
     let mut agent = spawn(&[
         "agent",
+        "--set",
+        &bpf.set(),
         "--kubeconfig",
         kubeconfig.to_str().unwrap(),
         "--node-name",
@@ -144,8 +170,14 @@ fn agent_serves_health_and_api_then_stops_on_sigterm() {
     assert_eq!(wait_for_status(health_port, "/healthz", 200), "ok\n");
     let ready = wait_for_status(health_port, "/readyz?verbose", 200);
     assert!(ready.contains("[+]kubernetes ok"), "{ready}");
+    assert!(ready.contains("[+]datapath-maps ok"), "{ready}");
     let metrics = wait_for_status(health_port, "/metrics", 200);
     assert!(metrics.contains("# EOF"), "OpenMetrics output expected: {metrics}");
+    assert!(metrics.contains("beeline_map_sync_pass_seconds"), "map manager metrics expected: {metrics}");
+    // The agent created its LB maps in its own bpffs directory.
+    for map in ["beeline_lb4_services", "beeline_lb4_backends", "beeline_lb4_reverse_nat"] {
+        assert!(bpf.0.join("beeline").join(map).exists(), "{map} not pinned under {}", bpf.0.display());
+    }
 
     // The unix-socket API answers the CLI.
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
@@ -170,8 +202,11 @@ fn agent_reports_a_vanished_api_server_as_not_ready() {
     // Nothing listens on this port.
     let kubeconfig = write_kubeconfig(dir.path(), free_port());
     let health_port = free_port();
+    let bpf = BpfRoot::new("vanished");
     let mut agent = spawn(&[
         "agent",
+        "--set",
+        &bpf.set(),
         "--kubeconfig",
         kubeconfig.to_str().unwrap(),
         "--node-name",
@@ -190,6 +225,7 @@ fn agent_reports_a_vanished_api_server_as_not_ready() {
     assert_eq!(wait_for_status(health_port, "/healthz", 200), "ok\n");
     let body = wait_for_status(health_port, "/readyz", 503);
     assert!(body.contains("[-]kubernetes failed: API server unreachable"), "{body}");
+    assert!(body.contains("[-]datapath-maps failed: waiting for the first full pass of: services"), "{body}");
     assert!(agent.sigterm_and_wait().success());
 }
 

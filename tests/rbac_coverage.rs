@@ -137,6 +137,29 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// A private bpffs directory for one agent's pinned maps (never the host's `/sys/fs/bpf/beeline`),
+/// removed with everything pinned in it when dropped.
+struct BpfRoot(std::path::PathBuf);
+
+impl BpfRoot {
+    fn new(test: &str) -> Self {
+        let path = std::path::PathBuf::from(format!("/sys/fs/bpf/beeline-test-{}-{test}", std::process::id()));
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("creating {} (needs root and bpffs): {e}", path.display()));
+        Self(path)
+    }
+
+    fn set(&self) -> String {
+        format!("bpf-root={}", self.0.display())
+    }
+}
+
+impl Drop for BpfRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -197,8 +220,11 @@ fn operator_and_agent_calls_are_covered_by_their_rbac() {
         format!("operator-health-addr=127.0.0.1:{}", free_port()),
     ]);
     let conf_dir = dir.path().join("net.d");
+    let bpf = BpfRoot::new("rbac");
     let mut agent = spawn(&[
         "agent".into(),
+        "--set".into(),
+        bpf.set(),
         "--kubeconfig".into(),
         kc,
         "--node-name".into(),

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod ipam_api;
+pub mod lb;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +72,9 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
         token.clone(),
     );
     runner.spawn("cni-install", async move { Ok(cni.await?) });
+    // The LB maps outlive the agent like the datapath's other pins: a restart restores their rows
+    // and prunes only after the services controller's first full pass.
+    lb::start(&config, &config.pin_dir(), &node_name, client.clone(), &telemetry, &mut runner)?;
     runner.spawn("apiserver-connectivity", connectivity::watch_apiserver(client, telemetry.health.clone(), token));
     tracing::info!(node = %node_name, routing_mode = ?config.routing_mode, "agent started");
     runner.run().await?;

@@ -3,3 +3,4 @@
 pub mod ipam_state;
 pub mod node_ipam;
 pub mod services;
+pub mod services_watch;
