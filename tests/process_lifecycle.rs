@@ -173,7 +173,7 @@ fn agent_serves_health_and_api_then_stops_on_sigterm() {
     assert!(ready.contains("[+]datapath-maps ok"), "{ready}");
     let metrics = wait_for_status(health_port, "/metrics", 200);
     assert!(metrics.contains("# EOF"), "OpenMetrics output expected: {metrics}");
-    assert!(metrics.contains("beeline_map_sync_pass_seconds"), "map manager metrics expected: {metrics}");
+    assert!(metrics.contains("beeline_agent_bpf_map_sync_pass_seconds"), "map manager metrics expected: {metrics}");
     // The agent created its LB maps in its own bpffs directory.
     for map in ["beeline_lb4_services", "beeline_lb4_backends", "beeline_lb4_reverse_nat"] {
         assert!(bpf.0.join("beeline").join(map).exists(), "{map} not pinned under {}", bpf.0.display());

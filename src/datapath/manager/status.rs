@@ -54,7 +54,7 @@ fn pass_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 4.0, 10))
 }
 
-/// The manager's metrics, registered under `beeline_map_*`.
+/// The manager's metrics, registered under `<process prefix>_bpf_map_*` (e.g. `beeline_agent_bpf_map_writes_total`).
 pub struct Metrics {
     writes: Family<MapLabels, Counter>,
     failures: Family<MapLabels, Counter>,
@@ -83,7 +83,7 @@ fn labels(map: &str) -> MapLabels {
 
 impl Metrics {
     pub fn register(&self, registry: &mut Registry) {
-        let r = registry.sub_registry_with_prefix("beeline_map");
+        let r = registry.sub_registry_with_prefix("bpf_map");
         r.register("writes", "Successful map updates and deletes", self.writes.clone());
         r.register("write_failures", "Failed map updates and deletes", self.failures.clone());
         r.register("retries", "Writes retried after a failure", self.retries.clone());

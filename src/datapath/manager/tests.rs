@@ -414,9 +414,9 @@ fn metrics_count_writes_failures_retries_and_prunes() {
         line.rsplit(' ').next().unwrap().parse().unwrap()
     };
     // Call 2 (the prune of 99, deletes go first) fails, is retried once and succeeds; 1 is written.
-    assert_eq!(value("beeline_map_write_failures_total{map=\"plain\"}"), 1);
-    assert_eq!(value("beeline_map_retries_total{map=\"plain\"}"), 1);
-    assert_eq!(value("beeline_map_writes_total{map=\"plain\"}"), 2);
-    assert_eq!(value("beeline_map_prunes_total{map=\"plain\"}"), 1);
-    assert!(text.contains("beeline_map_sync_pass_seconds_count{group=\"plain\"}"));
+    assert_eq!(value("bpf_map_write_failures_total{map=\"plain\"}"), 1);
+    assert_eq!(value("bpf_map_retries_total{map=\"plain\"}"), 1);
+    assert_eq!(value("bpf_map_writes_total{map=\"plain\"}"), 2);
+    assert_eq!(value("bpf_map_prunes_total{map=\"plain\"}"), 1);
+    assert!(text.contains("bpf_map_sync_pass_seconds_count{group=\"plain\"}"));
 }
