@@ -7,10 +7,13 @@
 use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
-    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
+
+mod integration;
+
+use integration::{free_port, write_kubeconfig, BpffsDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_beeline");
 
@@ -30,45 +33,6 @@ impl TestApiServer {
         runtime.spawn(async move { server.serve(listener).await });
         Self { port, _runtime: runtime }
     }
-}
-
-/// A private bpffs directory for one agent's pinned maps (never the host's `/sys/fs/bpf/beeline`),
-/// removed with everything pinned in it when dropped.
-struct BpfRoot(std::path::PathBuf);
-
-impl BpfRoot {
-    fn new(test: &str) -> Self {
-        let path = std::path::PathBuf::from(format!("/sys/fs/bpf/beeline-test-{}-{test}", std::process::id()));
-        std::fs::create_dir_all(&path)
-            .unwrap_or_else(|e| panic!("creating {} (needs root and bpffs): {e}", path.display()));
-        Self(path)
-    }
-
-    fn set(&self) -> String {
-        format!("bpf-root={}", self.0.display())
-    }
-}
-
-impl Drop for BpfRoot {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn write_kubeconfig(dir: &Path, port: u16) -> std::path::PathBuf {
-    let path = dir.join("kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: http://127.0.0.1:{port}\ncontexts:\n- name: t\n  context:\n    cluster: t\n    user: t\ncurrent-context: t\nusers:\n- name: t\n  user: {{}}\n"
-        ),
-    )
-    .unwrap();
-    path
 }
 
 /// `GET path` on 127.0.0.1:port; `None` while nothing listens.
@@ -145,11 +109,11 @@ fn agent_serves_health_and_api_then_stops_on_sigterm() {
     let kubeconfig = write_kubeconfig(dir.path(), api.port);
     let health_port = free_port();
     let socket = dir.path().join("run/beeline.sock");
-    let bpf = BpfRoot::new("health");
+    let bpf = BpffsDir::new("health");
     let mut agent = spawn(&[
         "agent",
         "--set",
-        &bpf.set(),
+        &bpf.bpf_root_set(),
         "--kubeconfig",
         kubeconfig.to_str().unwrap(),
         "--node-name",
@@ -176,7 +140,7 @@ fn agent_serves_health_and_api_then_stops_on_sigterm() {
     assert!(metrics.contains("beeline_agent_bpf_map_sync_pass_seconds"), "map manager metrics expected: {metrics}");
     // The agent created its LB maps in its own bpffs directory.
     for map in ["beeline_lb4_services", "beeline_lb4_backends", "beeline_lb4_reverse_nat"] {
-        assert!(bpf.0.join("beeline").join(map).exists(), "{map} not pinned under {}", bpf.0.display());
+        assert!(bpf.pin_dir().join(map).exists(), "{map} not pinned under {}", bpf.path().display());
     }
 
     // The unix-socket API answers the CLI.
@@ -202,11 +166,11 @@ fn agent_reports_a_vanished_api_server_as_not_ready() {
     // Nothing listens on this port.
     let kubeconfig = write_kubeconfig(dir.path(), free_port());
     let health_port = free_port();
-    let bpf = BpfRoot::new("vanished");
+    let bpf = BpffsDir::new("vanished");
     let mut agent = spawn(&[
         "agent",
         "--set",
-        &bpf.set(),
+        &bpf.bpf_root_set(),
         "--kubeconfig",
         kubeconfig.to_str().unwrap(),
         "--node-name",

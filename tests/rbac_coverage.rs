@@ -14,6 +14,10 @@ use std::{
 use beeline_apiserver::{record::Access, ApiServer};
 use serde_json::Value;
 
+mod integration;
+
+use integration::{free_port, write_kubeconfig, BpffsDir};
+
 const BIN: &str = env!("CARGO_BIN_EXE_beeline");
 
 /// One policy rule, with the namespace it applies in (`None` for a ClusterRole).
@@ -137,33 +141,6 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// A private bpffs directory for one agent's pinned maps (never the host's `/sys/fs/bpf/beeline`),
-/// removed with everything pinned in it when dropped.
-struct BpfRoot(std::path::PathBuf);
-
-impl BpfRoot {
-    fn new(test: &str) -> Self {
-        let path = std::path::PathBuf::from(format!("/sys/fs/bpf/beeline-test-{}-{test}", std::process::id()));
-        std::fs::create_dir_all(&path)
-            .unwrap_or_else(|e| panic!("creating {} (needs root and bpffs): {e}", path.display()));
-        Self(path)
-    }
-
-    fn set(&self) -> String {
-        format!("bpf-root={}", self.0.display())
-    }
-}
-
-impl Drop for BpfRoot {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Runs the real operator and agent against the in-memory API until the node has its pod CIDR
 /// and the agent has installed its CNI configuration, then stops both; every request either made
 /// must be allowed by its component's RBAC.
@@ -192,14 +169,7 @@ fn operator_and_agent_calls_are_covered_by_their_rbac() {
     runtime.spawn(async move { s.serve(listener).await });
 
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: http://127.0.0.1:{port}\ncontexts:\n- name: t\n  context:\n    cluster: t\n    user: t\ncurrent-context: t\nusers:\n- name: t\n  user: {{}}\n"
-        ),
-    )
-    .unwrap();
+    let kubeconfig = write_kubeconfig(dir.path(), port);
     let spawn = |args: &[String]| {
         Child(
             Command::new(BIN)
@@ -220,11 +190,11 @@ fn operator_and_agent_calls_are_covered_by_their_rbac() {
         format!("operator-health-addr=127.0.0.1:{}", free_port()),
     ]);
     let conf_dir = dir.path().join("net.d");
-    let bpf = BpfRoot::new("rbac");
+    let bpf = BpffsDir::new("rbac");
     let mut agent = spawn(&[
         "agent".into(),
         "--set".into(),
-        bpf.set(),
+        bpf.bpf_root_set(),
         "--kubeconfig".into(),
         kc,
         "--node-name".into(),

@@ -76,6 +76,31 @@ impl Drop for BpffsDir {
     }
 }
 
+impl BpffsDir {
+    /// The `--set` value that makes an agent pin under this directory.
+    pub fn bpf_root_set(&self) -> String {
+        format!("bpf-root={}", self.path.display())
+    }
+}
+
+/// A local TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Writes `<dir>/kubeconfig` pointing at a plain-HTTP API server on 127.0.0.1:`port`.
+pub fn write_kubeconfig(dir: &Path, port: u16) -> PathBuf {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: http://127.0.0.1:{port}\ncontexts:\n- name: t\n  context:\n    cluster: t\n    user: t\ncurrent-context: t\nusers:\n- name: t\n  user: {{}}\n"
+        ),
+    )
+    .expect("write kubeconfig");
+    path
+}
+
 /// A state directory for an agent (socket, kubeconfig, log), removed on drop.
 pub fn state_dir() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("beeline-test-").tempdir().expect("temp dir")
