@@ -5,8 +5,7 @@
 //! The API server is beeline's in-memory Kubernetes API served over HTTP on loopback.
 
 use std::{
-    io::{Read, Write},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -37,14 +36,7 @@ impl TestApiServer {
 
 /// `GET path` on 127.0.0.1:port; `None` while nothing listens.
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(conn, "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").ok()?;
-    let mut resp = String::new();
-    conn.read_to_string(&mut resp).ok()?;
-    let status = resp.split_whitespace().nth(1)?.parse().ok()?;
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Some((status, body))
+    beeline::lab::probe::http_get(std::net::SocketAddr::from(([127, 0, 0, 1], port)), path).ok()
 }
 
 /// Polls until `GET path` answers `want`, for at most 20 s; returns the last body.

@@ -30,7 +30,7 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
     }
     let node_name = match args.node_name {
         Some(n) => n,
-        None => hostname()?,
+        None => crate::runtime::hostname()?,
     };
     // Before anything else: a restarted agent swaps its programs in while traffic keeps flowing on
     // the pinned links and maps. Held (not detached) until exit; the pins outlive the process.
@@ -80,8 +80,4 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
     runner.run().await?;
     tracing::info!("agent stopped");
     Ok(())
-}
-
-fn hostname() -> std::io::Result<String> {
-    Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")?.trim().to_string())
 }

@@ -295,9 +295,10 @@ impl LeaderElector {
 /// too), so a restarted process never mistakes its predecessor's lease for its own.
 pub fn identity(pod_name: Option<&str>) -> String {
     use std::hash::{BuildHasher, Hasher};
-    let base = pod_name.filter(|p| !p.is_empty()).map(str::to_string).unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
-    });
+    let base = pod_name
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .unwrap_or_else(|| crate::runtime::hostname().unwrap_or_default());
     // RandomState is seeded from the OS per process: enough to tell two processes apart.
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());

@@ -8,3 +8,8 @@ pub mod kubeclient;
 pub mod logging;
 pub mod runner;
 pub mod shutdown;
+
+/// This machine's (or network namespace's UTS) host name, as the kernel reports it.
+pub fn hostname() -> std::io::Result<String> {
+    Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")?.trim().to_string())
+}
