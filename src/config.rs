@@ -102,6 +102,8 @@ pub struct Config {
     pub agent_health_addr: SocketAddr,
     pub operator_health_addr: SocketAddr,
     pub skip_crd_creation: bool,
+    /// The operator's LB-IPAM controller (Cilium's `enable-lb-ipam`, on by default).
+    pub enable_lb_ipam: bool,
 }
 
 /// Every key beeline understands, with its default. Keys are Cilium's spelling; the few
@@ -127,6 +129,7 @@ const KNOWN_KEYS: &[(&str, &str)] = &[
     ("cluster-pool-ipv6-cidr", "fd00::/104"),
     ("cluster-pool-ipv6-mask-size", "120"),
     ("auto-create-cilium-pod-ip-pools", ""),
+    ("enable-lb-ipam", "true"),
     ("node-port-range", "30000,32767"),
     ("bpf-lb-algorithm", "random"),
     ("mtu", "0"),
@@ -172,7 +175,6 @@ const ACCEPTED_CILIUM_KEYS: &[&str] = &[
     "enable-k8s-networkpolicy",
     "enable-l2-neigh-discovery",
     "enable-l7-proxy",
-    "enable-lb-ipam",
     "enable-local-redirect-policy",
     "enable-policy",
     "enable-sctp",
@@ -363,6 +365,7 @@ impl Config {
             agent_health_addr: SocketAddr::from(([127, 0, 0, 1], v.parse_num::<u16>("agent-health-port", 0, 65535)?)),
             operator_health_addr: v.socket_addr("operator-health-addr")?,
             skip_crd_creation: v.bool("skip-crd-creation")?,
+            enable_lb_ipam: v.bool("enable-lb-ipam")?,
         };
         cfg.check_consistency()?;
         Ok(cfg)
@@ -573,6 +576,13 @@ mod tests {
         assert!(cfg.enable_ipv4 && !cfg.enable_ipv6);
         assert_eq!(cfg.node_port_range, (30000, 32767));
         assert_eq!(cfg.pin_dir(), PathBuf::from("/sys/fs/bpf/beeline"));
+        assert!(cfg.enable_lb_ipam, "Cilium's operator runs LB-IPAM unless told otherwise");
+        let off = Config::from_raw(&raw(&[("enable-lb-ipam", "false")])).unwrap();
+        assert!(!off.enable_lb_ipam);
+        assert!(
+            Config::ignored_keys(&raw(&[("enable-lb-ipam", "false")])).is_empty(),
+            "acted on, so not logged as ignored"
+        );
     }
 
     #[test]

@@ -76,7 +76,9 @@ pub async fn run(args: OperatorArgs) -> Result<(), Box<dyn std::error::Error + S
     lb_ipam_metrics.register(&mut telemetry.registry.write().expect("registry lock"));
     let leading = LeaderControllers {
         cluster_pool: (config.ipam == crate::config::IpamMode::ClusterPool).then(|| config.clone()),
-        lb_ipam: lb_ipam::Options::from_config(&config, args.leader_election_identity.clone()),
+        lb_ipam: config
+            .enable_lb_ipam
+            .then(|| lb_ipam::Options::from_config(&config, args.leader_election_identity.clone())),
         lb_ipam_metrics,
     };
     runner.spawn("operator", operate(client, install, election, telemetry.health.clone(), is_leader, leading, token));
@@ -90,7 +92,8 @@ pub async fn run(args: OperatorArgs) -> Result<(), Box<dyn std::error::Error + S
 struct LeaderControllers {
     /// Cluster-pool node IPAM, when `ipam: cluster-pool`.
     cluster_pool: Option<crate::config::Config>,
-    lb_ipam: lb_ipam::Options,
+    /// LB-IPAM, unless `enable-lb-ipam: false`.
+    lb_ipam: Option<lb_ipam::Options>,
     lb_ipam_metrics: lb_ipam::Metrics,
 }
 
@@ -158,9 +161,15 @@ async fn controllers_while_leading(
     };
     // LB-IPAM (dormant until the first CiliumLoadBalancerIPPool exists).
     let lb = async {
-        lb_ipam::run(client.clone(), controllers.lb_ipam, controllers.lb_ipam_metrics, shutdown.clone())
-            .await
-            .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+        match controllers.lb_ipam {
+            Some(options) => lb_ipam::run(client.clone(), options, controllers.lb_ipam_metrics, shutdown.clone())
+                .await
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
+            None => {
+                tracing::info!("enable-lb-ipam is false: LoadBalancer Services are left to another controller");
+                Ok(())
+            }
+        }
     };
     // Both run until shutdown; the first failure stops the process (the Deployment restarts it).
     futures::try_join!(cluster_pool, lb)?;
