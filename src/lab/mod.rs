@@ -4,13 +4,16 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod controllers;
 pub mod demo;
+pub mod endpointslices;
 pub mod plan;
 pub mod probe;
 pub mod supervisor;
 pub mod topology;
 pub mod traffic;
 pub mod values;
+pub mod workloads;
 
 #[derive(Debug, clap::Args)]
 pub struct LabArgs {

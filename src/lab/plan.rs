@@ -355,12 +355,18 @@ pub fn node_name(cluster: &str, index: usize) -> String {
 /// Six hex digits of FNV-1a over the state directory path: stable across builds (unlike std's
 /// hasher), so a newer `beeline lab down` still finds what an older `up` made.
 pub fn lab_id(state_dir: &Path) -> String {
+    format!("{:06x}", fnv1a(state_dir.to_string_lossy().as_bytes()) & 0xff_ffff)
+}
+
+/// 32-bit FNV-1a: a hash that is stable across builds and machines, for names derived from
+/// content (lab ids, pod-template-hash, EndpointSlice names).
+pub fn fnv1a(bytes: &[u8]) -> u32 {
     let mut hash: u32 = 0x811c_9dc5;
-    for byte in state_dir.to_string_lossy().bytes() {
-        hash ^= u32::from(byte);
+    for byte in bytes {
+        hash ^= u32::from(*byte);
         hash = hash.wrapping_mul(0x0100_0193);
     }
-    format!("{:06x}", hash & 0xff_ffff)
+    hash
 }
 
 /// A kubeconfig for a plain-HTTP API server (the in-memory API has no TLS or authentication).
