@@ -77,7 +77,8 @@ fn ready_unready_and_terminating_pods_with_named_ports_node_and_zone() {
     let ports: Vec<(String, i32, String)> =
         s.ports.clone().unwrap().into_iter().map(|p| (p.name.unwrap(), p.port.unwrap(), p.protocol.unwrap())).collect();
     assert_eq!(ports, [("http".to_string(), 8080, "TCP".to_string()), ("dns".into(), 5353, "UDP".into())]);
-    let got: Vec<(String, (bool, bool, bool), String, Option<String>, String)> = s
+    type Row = (String, (bool, bool, bool), String, Option<String>, String);
+    let got: Vec<Row> = s
         .endpoints
         .iter()
         .map(|e| {
