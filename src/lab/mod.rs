@@ -4,10 +4,13 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod cni_runtime;
 pub mod controllers;
 pub mod demo;
 pub mod endpointslices;
+pub mod kubelet;
 pub mod plan;
+pub mod podserver;
 pub mod probe;
 pub mod supervisor;
 pub mod topology;
@@ -34,6 +37,8 @@ pub enum LabCommand {
     /// Stop every process and remove every namespace, pin and state file of a lab (idempotent;
     /// also cleans up after a crashed `up`).
     Down(cluster::StateArgs),
+    /// Restart the lab's supervisor (API objects are kept: saved on stop, restored on start).
+    Restart(cluster::StateArgs),
     /// The lab's long-running process (started by `lab up`; not for direct use).
     #[command(hide = true)]
     Supervise(cluster::StateArgs),
@@ -46,6 +51,7 @@ pub async fn run(args: LabArgs) -> Result<(), Box<dyn std::error::Error + Send +
         LabCommand::Up(a) => tokio::task::spawn_blocking(move || cluster::up(a)).await?,
         LabCommand::Status(a) => tokio::task::spawn_blocking(move || cluster::status(a)).await?,
         LabCommand::Down(a) => tokio::task::spawn_blocking(move || cluster::down(a)).await?,
+        LabCommand::Restart(a) => tokio::task::spawn_blocking(move || cluster::restart(a)).await?,
         LabCommand::Supervise(a) => supervisor::run(&a.absolute()?).await,
     }
 }

@@ -31,6 +31,14 @@ const UNDERLAY_V6_PREFIX: u8 = 64;
 const NODE_CIDR_V4: u8 = 24;
 const NODE_CIDR_V6: u8 = 64;
 pub const MAX_NODES: usize = 200;
+/// The "outside" host's underlay address: the last of the /16, far from the nodes' (.2, .3, ...).
+pub const OUTSIDE_IPV4: Ipv4Addr = Ipv4Addr::new(172, 18, 255, 254);
+/// The "outside" host's address with the underlay's prefix length.
+pub fn outside_cidr() -> String {
+    format!("{OUTSIDE_IPV4}/{UNDERLAY_V4_PREFIX}")
+}
+/// Its server's port (HTTP over TCP, echo over UDP).
+pub const OUTSIDE_PORT: u16 = 80;
 
 #[derive(Clone, Debug, thiserror::Error, PartialEq)]
 pub enum PlanError {
@@ -121,6 +129,10 @@ pub struct LabPlan {
     /// Every namespace is `<prefix>-<role>`.
     pub prefix: String,
     pub underlay_netns: String,
+    /// A host on the underlay that is not a node ("outside the cluster"), with a server on
+    /// [`OUTSIDE_PORT`] at [`OUTSIDE_IPV4`].
+    #[serde(default)]
+    pub outside_netns: String,
     /// `<bpffs>/beeline-lab/<id>`: every node's bpf-root is below it.
     pub pin_root: PathBuf,
     pub nodes: Vec<NodePlan>,
@@ -246,6 +258,7 @@ impl LabPlan {
             id,
             state_dir: req.state_dir.clone(),
             underlay_netns: format!("{prefix}-underlay"),
+            outside_netns: format!("{prefix}-outside"),
             prefix,
             pin_root,
             nodes,
