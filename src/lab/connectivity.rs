@@ -285,7 +285,9 @@ async fn run_checks(client: &Client, args: &TestArgs, two_nodes: bool) -> Vec<Ou
     let netns = client_pod.as_ref().and_then(|p| p.annotations().get(super::kubelet::NETNS_ANNOTATION).cloned());
     let client_ip = client_pod.as_ref().and_then(pod_ip);
     let port = ECHO_PORT;
-    let mut targets: Vec<(String, Option<SocketAddr>, Vec<String>, Option<IpAddr>)> = Vec::new();
+    // (check name, address to reach, pods that may answer, client address the server should see)
+    type Target = (String, Option<SocketAddr>, Vec<String>, Option<IpAddr>);
+    let mut targets: Vec<Target> = Vec::new();
     for (check, prefix) in
         [("pod-to-pod (same node)", "echo-same-node"), ("pod-to-pod (across nodes)", "echo-other-node")]
     {
