@@ -7,4 +7,3 @@ pub mod remote_endpoints;
 pub mod remote_nodes;
 pub mod services;
 pub mod services_watch;
-pub mod watch;

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::remote_endpoints;
 use super::remote_nodes::{self, RemoteNodesConfig};
-use super::watch::{snapshot, WatchError, Watches};
+use crate::controllers::watch::{snapshot, WatchError, Watches};
 use crate::crds::{CiliumEndpoint, CiliumNode};
 use crate::datapath::manager::maps::{Ipcache, TunnelMap};
 use crate::datapath::manager::{Owner, TableHandle};
@@ -102,7 +102,7 @@ pub async fn run_nodes(
 ) -> Result<(), WatchError> {
     let mut watches = Watches::new(NODES_OWNER);
     let nodes = watches.add("CiliumNode", Api::<CiliumNode>::all(client), watcher::Config::default());
-    watches.run(debounce, shutdown, || sync.sync(&snapshot(&nodes), &node_name)).await
+    watches.run(debounce, shutdown, || std::future::ready(sync.sync(&snapshot(&nodes), &node_name))).await
 }
 
 /// The remote-endpoints controller's state between passes.
@@ -153,7 +153,7 @@ pub async fn run_endpoints(
         .run(debounce, shutdown, || {
             let own = snapshot(&nodes).into_iter().next();
             sync.sync(&snapshot(&endpoints), own.as_ref());
-            None
+            std::future::ready(None)
         })
         .await
 }

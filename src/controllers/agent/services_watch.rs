@@ -1,6 +1,6 @@
 //! The services controller's watch loop: reflectors over Services, EndpointSlices, this node's Node
 //! and the Pods on this node (for hostPorts) feed full passes of [`ServicesSync::sync`], with the
-//! listing and batching rules of [`super::watch`]. Each pass recomputes everything from the caches
+//! listing and batching rules of [`crate::controllers::watch`]. Each pass recomputes everything from the caches
 //! ([`crate::services::desired_state`] is pure and cheap next to a kernel write).
 
 use std::time::Duration;
@@ -13,7 +13,7 @@ use kube::Client;
 use tokio_util::sync::CancellationToken;
 
 use super::services::ServicesSync;
-use super::watch::{snapshot, WatchError, Watches};
+use crate::controllers::watch::{snapshot, WatchError, Watches};
 use crate::services::Inputs;
 
 /// Runs until `shutdown`. `sync` is the only writer of the services owner's rows.
@@ -42,7 +42,7 @@ pub async fn run(
                 backends = desired.backends.len(),
                 "services pass submitted"
             );
-            None
+            std::future::ready(None)
         })
         .await
 }

@@ -1,4 +1,4 @@
-//! The agent controllers' watch loop: reflectors keep caches of the kinds a controller reads, and
+//! The watch loop of controllers that recompute a whole desired state per pass: reflectors keep caches of the kinds a controller reads, and
 //! full passes over those caches run
 //! - only after every reflector has listed once: a controller's first pass is what lets the map
 //!   manager prune rows nobody wants, so a pass over a partial view would tear down live state;
@@ -68,14 +68,19 @@ impl Watches {
         store
     }
 
-    /// Runs passes until `shutdown`. `pass` returns when it wants to run again without a change
-    /// (a retry), if at all.
-    pub async fn run(
+    /// Runs passes until `shutdown`. A pass resolves to when it wants to run again without a
+    /// change (a retry, or a periodic pass), if at all; changes arriving before then do not run it
+    /// earlier.
+    pub async fn run<F, Fut>(
         mut self,
         debounce: Duration,
         shutdown: CancellationToken,
-        mut pass: impl FnMut() -> Option<Duration>,
-    ) -> Result<(), WatchError> {
+        mut pass: F,
+    ) -> Result<(), WatchError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<Duration>>,
+    {
         let mut listed = vec![false; self.kinds.len()];
         let mut pass_at: Option<Instant> = None;
         loop {
@@ -100,7 +105,7 @@ impl Watches {
                     }
                 },
                 _ = timer, if all_listed => {
-                    pass_at = pass().map(|retry| Instant::now() + retry);
+                    pass_at = pass().await.map(|retry| Instant::now() + retry);
                 }
             }
         }
