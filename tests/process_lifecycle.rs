@@ -14,6 +14,8 @@ mod integration;
 
 use integration::{free_port, write_kubeconfig, BpffsDir};
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
 const BIN: &str = env!("CARGO_BIN_EXE_beeline");
 
 /// The in-memory Kubernetes API on 127.0.0.1, on its own runtime; stops when dropped.
@@ -31,10 +33,8 @@ impl TestApiServer {
         let server = beeline_apiserver::ApiServer::default();
         // As in a cluster, the CRDs exist before agents start (the operator installs them): the
         // agent's remote controllers watch CiliumNodes and CiliumEndpoints.
-        let crds: kube::Api<
-            k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-        > = kube::Api::all(server.client());
         runtime.block_on(async {
+            let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(server.client());
             for crd in beeline::crds::all() {
                 crds.create(&Default::default(), &crd).await.expect("create CRD");
             }
