@@ -411,7 +411,7 @@ impl NodeControllers {
             pod_mtu: devices::pod_mtu(UNDERLAY_MTU, Some(tunnel)),
         };
         NodeControllers {
-            nodes: RemoteNodesSync::new(nodes_owner, tables.clone(), cfg, Box::new(IpRouteTable)),
+            nodes: RemoteNodesSync::new(nodes_owner, tables.clone(), cfg, Box::new(IpRouteTable), Default::default()),
             endpoints: RemoteEndpointsSync::new(endpoints_owner, tables.ipcache),
             writer: group.build(),
             manager,

@@ -140,6 +140,7 @@ fn agent_serves_health_and_api_then_stops_on_sigterm() {
     let metrics = wait_for_status(health_port, "/metrics", 200);
     assert!(metrics.contains("# EOF"), "OpenMetrics output expected: {metrics}");
     assert!(metrics.contains("beeline_agent_bpf_map_sync_pass_seconds"), "map manager metrics expected: {metrics}");
+    assert!(metrics.contains("beeline_agent_remote_routes_desired"), "remote-nodes metrics expected: {metrics}");
     // The agent created its LB and remote maps in its own bpffs directory.
     for map in [
         "beeline_lb4_services",

@@ -88,6 +88,7 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
         &pin_dir,
         &node_name,
         client.clone(),
+        &telemetry,
         &mut runner,
     )?;
     maps::start_readiness(&manager, &telemetry, &mut runner);

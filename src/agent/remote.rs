@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::controllers::agent::remote::{self, RemoteEndpointsSync, RemoteNodesSync, RemoteTables};
+use crate::controllers::agent::remote::{self, RemoteEndpointsSync, RemoteMetrics, RemoteNodesSync, RemoteTables};
 use crate::controllers::agent::remote_nodes::RemoteNodesConfig;
 use crate::datapath::manager::backend::BackendError;
 use crate::datapath::manager::kernel::{KernelLpmMap, KernelMap};
@@ -15,6 +15,7 @@ use crate::datapath::manager::maps::{Ipcache, TunnelMap, REMOTE_GROUP};
 use crate::datapath::manager::writer::WriterOptions;
 use crate::datapath::manager::{MapManager, Owner};
 use crate::datapath::routes::IpRouteTable;
+use crate::runtime::health::Telemetry;
 use crate::runtime::runner::Runner;
 
 /// How long the remote controllers batch changes into one pass.
@@ -31,6 +32,7 @@ pub fn start(
     pin_dir: &Path,
     node_name: &str,
     client: kube::Client,
+    telemetry: &Telemetry,
     runner: &mut Runner,
 ) -> Result<(), BackendError> {
     let (name, order) = REMOTE_GROUP;
@@ -43,7 +45,9 @@ pub fn start(
     let writer = group.build();
     let cfg = RemoteNodesConfig::from_config(config);
     tracing::info!(tunnel = ?cfg.tunnel, auto_direct_node_routes = cfg.auto_direct_node_routes, pod_mtu = cfg.pod_mtu, "remote datapath");
-    let nodes = RemoteNodesSync::new(nodes_owner, tables.clone(), cfg, Box::new(IpRouteTable));
+    let metrics = RemoteMetrics::default();
+    metrics.register(&mut telemetry.registry.write().expect("registry lock"));
+    let nodes = RemoteNodesSync::new(nodes_owner, tables.clone(), cfg, Box::new(IpRouteTable), metrics);
     let endpoints = RemoteEndpointsSync::new(endpoints_owner, tables.ipcache);
 
     let token = runner.shutdown_token();

@@ -15,6 +15,8 @@ use std::time::Duration;
 use kube::api::Api;
 use kube::runtime::watcher;
 use kube::Client;
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
+use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use super::remote_endpoints;
@@ -34,6 +36,39 @@ pub const ROUTE_RETRY: Duration = Duration::from_secs(2);
 /// How often to look again for the node devices while routes cannot be programmed.
 pub const DEVICE_RECHECK: Duration = Duration::from_secs(30);
 
+/// The remote-nodes controller's route and node metrics (`<process>_remote_*`); the map rows are
+/// counted by the map manager's `bpf_map_*` metrics.
+#[derive(Clone, Debug, Default)]
+pub struct RemoteMetrics {
+    /// Remote nodes in the last pass (CiliumNodes other than ours).
+    pub nodes: Gauge,
+    /// Routes to remote pod CIDRs wanted in the last pass.
+    pub routes_desired: Gauge,
+    pub route_changes: Counter,
+    pub route_failures: Counter,
+    /// Desired routes left alone because another protocol's route covers the prefix.
+    pub foreign_routes: Gauge,
+}
+
+impl RemoteMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("remote");
+        r.register("nodes", "Remote nodes (CiliumNodes other than this node's)", self.nodes.clone());
+        r.register("routes_desired", "Routes to remote pod CIDRs this node wants", self.routes_desired.clone());
+        r.register(
+            "route_changes",
+            "Routes to remote pod CIDRs added, replaced or removed",
+            self.route_changes.clone(),
+        );
+        r.register("route_failures", "Route changes (or listings) that failed", self.route_failures.clone());
+        r.register(
+            "foreign_routes",
+            "Wanted pod CIDR routes covered by a route beeline did not create",
+            self.foreign_routes.clone(),
+        );
+    }
+}
+
 /// The tables of the `remote` group.
 #[derive(Clone)]
 pub struct RemoteTables {
@@ -47,14 +82,21 @@ pub struct RemoteNodesSync {
     tables: RemoteTables,
     cfg: RemoteNodesConfig,
     routes: Box<dyn RouteTable>,
+    metrics: RemoteMetrics,
     passes: u64,
     /// Why routes were last skipped, to log a change of reason once.
     routes_skipped: Option<String>,
 }
 
 impl RemoteNodesSync {
-    pub fn new(owner: Owner, tables: RemoteTables, cfg: RemoteNodesConfig, routes: Box<dyn RouteTable>) -> Self {
-        Self { owner, tables, cfg, routes, passes: 0, routes_skipped: None }
+    pub fn new(
+        owner: Owner,
+        tables: RemoteTables,
+        cfg: RemoteNodesConfig,
+        routes: Box<dyn RouteTable>,
+        metrics: RemoteMetrics,
+    ) -> Self {
+        Self { owner, tables, cfg, routes, metrics, passes: 0, routes_skipped: None }
     }
 
     /// One full pass over every CiliumNode; returns when to run again without a change (routes
@@ -74,6 +116,12 @@ impl RemoteNodesSync {
         self.passes += 1;
 
         let report = routes::reconcile(self.routes.as_mut(), &desired.routes);
+        let remote = nodes.iter().filter(|n| n.metadata.name.as_deref() != Some(own_node)).count();
+        self.metrics.nodes.set(remote as i64);
+        self.metrics.routes_desired.set(desired.routes.len() as i64);
+        self.metrics.route_changes.inc_by((report.replaced + report.deleted) as u64);
+        self.metrics.route_failures.inc_by(report.failed as u64);
+        self.metrics.foreign_routes.set(report.foreign as i64);
         if report.skipped != self.routes_skipped {
             match &report.skipped {
                 Some(reason) => tracing::info!(%reason, "not programming routes to remote pod CIDRs"),

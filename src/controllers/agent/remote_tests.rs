@@ -157,7 +157,8 @@ async fn nodes_and_endpoints_reach_the_remote_maps_and_routes() {
         native_routing_cidr: None,
         pod_mtu: 1450,
     };
-    let nodes_sync = RemoteNodesSync::new(nodes_owner, tables.clone(), cfg, Box::new(routes.clone()));
+    let nodes_sync =
+        RemoteNodesSync::new(nodes_owner, tables.clone(), cfg, Box::new(routes.clone()), RemoteMetrics::default());
     let endpoints_sync = RemoteEndpointsSync::new(endpoints_owner, tables.ipcache.clone());
 
     let api: Api<CiliumNode> = Api::all(client.clone());
@@ -237,7 +238,8 @@ async fn routes_wait_for_the_node_devices() {
         native_routing_cidr: None,
         pod_mtu: 1450,
     };
-    let mut sync = RemoteNodesSync::new(owner, tables.clone(), cfg, Box::new(routes.clone()));
+    let metrics = RemoteMetrics::default();
+    let mut sync = RemoteNodesSync::new(owner, tables.clone(), cfg, Box::new(routes.clone()), metrics.clone());
     let nodes = [
         cilium_node("a", "192.168.0.1", "10.0.0.1", "10.0.0.0/24"),
         cilium_node("b", "192.168.0.2", "10.0.1.1", "10.0.1.0/24"),
@@ -248,4 +250,5 @@ async fn routes_wait_for_the_node_devices() {
     *routes.unavailable.lock().unwrap() = false;
     assert_eq!(sync.sync(&nodes, "a"), None);
     assert_eq!(routes.prefixes(), vec!["10.0.1.0/24 196"]);
+    assert_eq!((metrics.nodes.get(), metrics.routes_desired.get(), metrics.route_changes.get()), (1, 1, 1));
 }
