@@ -10,6 +10,7 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -104,6 +105,8 @@ pub struct Config {
     pub skip_crd_creation: bool,
     /// The operator's LB-IPAM controller (Cilium's `enable-lb-ipam`, on by default).
     pub enable_lb_ipam: bool,
+    pub identity_gc_interval: Duration,
+    pub identity_heartbeat_timeout: Duration,
 }
 
 /// Every key beeline understands, with its default. Keys are Cilium's spelling; the few
@@ -146,6 +149,11 @@ const KNOWN_KEYS: &[(&str, &str)] = &[
     ("operator-health-addr", "127.0.0.1:9234"),
     // The operator installs the cilium.io CRDs at start unless this is set (Cilium's key).
     ("skip-crd-creation", "false"),
+    // Operator identity GC (CRD mode): how often unused CiliumIdentities are looked for, and how
+    // long one must have been unused before it is deleted. Cilium's defaults (kvstore lease TTL
+    // and twice that).
+    ("identity-gc-interval", "15m0s"),
+    ("identity-heartbeat-timeout", "30m0s"),
 ];
 
 /// Keys of Cilium's rendered ConfigMap that beeline accepts but does not act on (yet), so that a
@@ -186,8 +194,6 @@ const ACCEPTED_CILIUM_KEYS: &[&str] = &[
     "hubble-listen-address",
     "hubble-socket-path",
     "identity-allocation-mode",
-    "identity-gc-interval",
-    "identity-heartbeat-timeout",
     "install-no-conntrack-iptables-rules",
     "ipam-cilium-node-update-rate",
     "k8s-client-burst",
@@ -366,6 +372,8 @@ impl Config {
             operator_health_addr: v.socket_addr("operator-health-addr")?,
             skip_crd_creation: v.bool("skip-crd-creation")?,
             enable_lb_ipam: v.bool("enable-lb-ipam")?,
+            identity_gc_interval: v.duration("identity-gc-interval")?,
+            identity_heartbeat_timeout: v.duration("identity-heartbeat-timeout")?,
         };
         cfg.check_consistency()?;
         Ok(cfg)
@@ -526,9 +534,42 @@ impl Values<'_> {
         Ok((parse(a)?, parse(b)?))
     }
 
+    /// A Go duration as Cilium's flags take them: `15m0s`, `1h`, `90s`, `500ms` (no sign).
+    fn duration(&self, key: &str) -> Result<Duration, ConfigError> {
+        parse_go_duration(self.get(key)).ok_or_else(|| self.invalid(key, "expected a duration like 15m0s, 1h or 30s"))
+    }
+
     fn socket_addr(&self, key: &str) -> Result<SocketAddr, ConfigError> {
         self.get(key).parse().map_err(|_| self.invalid(key, "expected host:port"))
     }
+}
+
+/// Parses a Go duration (`1h30m`, `15m0s`, `250ms`, `0`); `None` when malformed.
+pub fn parse_go_duration(text: &str) -> Option<Duration> {
+    if text == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut rest = text;
+    let mut total = Duration::ZERO;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let value: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "h" => Duration::from_secs(3600),
+            "m" => Duration::from_secs(60),
+            "s" => Duration::from_secs(1),
+            "ms" => Duration::from_millis(1),
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total = total.checked_add(unit.checked_mul(u32::try_from(value).ok()?)?)?;
+    }
+    Some(total)
 }
 
 /// The closest known key by edit distance, for typos like `routing-mod`.
@@ -625,6 +666,33 @@ mod tests {
         assert_eq!(cfg.routing_mode, RoutingMode::Native);
         assert!(cfg.kube_proxy_replacement && cfg.auto_direct_node_routes);
         assert_eq!(cfg.cluster_pool_ipv4_cidr.len(), 2);
+    }
+
+    #[test]
+    fn go_durations() {
+        let cases = [
+            ("15m0s", Some(900)),
+            ("30m", Some(1800)),
+            ("1h30m", Some(5400)),
+            ("90s", Some(90)),
+            ("0", Some(0)),
+            ("", None),
+            ("15", None),
+            ("5d", None),
+            ("-1s", None),
+        ];
+        for (text, secs) in cases {
+            assert_eq!(parse_go_duration(text), secs.map(Duration::from_secs), "{text:?}");
+        }
+        assert_eq!(parse_go_duration("250ms"), Some(Duration::from_millis(250)));
+        let cfg = Config::from_raw(&RawConfig::new()).unwrap();
+        assert_eq!(
+            (cfg.identity_gc_interval, cfg.identity_heartbeat_timeout),
+            (Duration::from_secs(900), Duration::from_secs(1800)),
+            "Cilium's defaults"
+        );
+        let err = Config::from_raw(&raw(&[("identity-gc-interval", "soon")])).unwrap_err();
+        assert!(err.to_string().contains("`identity-gc-interval`"), "{err}");
     }
 
     #[test]

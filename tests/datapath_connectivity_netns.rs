@@ -19,9 +19,26 @@ use std::{
 };
 
 use beeline::{
+    controllers::agent::{
+        remote::{self, RemoteEndpointsSync, RemoteNodesSync, RemoteTables},
+        remote_nodes::RemoteNodesConfig,
+    },
+    crds::{
+        cilium_endpoint::{AddressPair, EndpointIdentity, EndpointNetworking, EndpointStatus},
+        cilium_node::{CiliumNodeSpec, IpamSpec, NodeAddress},
+        CiliumEndpoint, CiliumNode,
+    },
     datapath::{
         devices::{self, NodeDevicesSpec, TunnelProtocol},
         loader::programs::{FROM_CONTAINER, FROM_OVERLAY},
+        manager::{
+            backend::MapBackend,
+            kernel::{KernelLpmMap, KernelMap},
+            maps::{Ipcache, TunnelMap, REMOTE_GROUP},
+            writer::GroupWriter,
+            ManagerOptions, MapManager,
+        },
+        routes::IpRouteTable,
         tables, AttachMode,
     },
     lab::topology::RoutedPod,
@@ -30,6 +47,7 @@ use beeline_common::{
     datapath::{DatapathConfig, TUNNEL_GENEVE, TUNNEL_VXLAN},
     endpoint::EndpointInfo,
     ipcache::RemoteEndpointInfo,
+    tunnel::{TunnelKey, TunnelValue},
 };
 use integration::{ifindex_in, require_root, traffic, BpffsDir, Datapath, Direction, NetNs, Topology};
 
@@ -58,6 +76,13 @@ struct Cluster {
 
 impl Cluster {
     fn new(label: &str, tunnel: TunnelProtocol, net: u8) -> Cluster {
+        let cluster = Cluster::without_peers(label, tunnel, net);
+        cluster.learn_peers_directly(tunnel);
+        cluster
+    }
+
+    /// Both nodes with their devices, programs and local pods, but knowing nothing of each other.
+    fn without_peers(label: &str, tunnel: TunnelProtocol, net: u8) -> Cluster {
         require_root();
         let mut topo = Topology::new(label);
         let mtu = devices::pod_mtu(UNDERLAY_MTU, Some(tunnel));
@@ -119,6 +144,13 @@ impl Cluster {
             let pod_cidr = format!("10.{net}.{n}.0/24").parse().unwrap();
             nodes.push(Node { ns, ip: node_ip, router, pod_cidr, bpffs, _datapath: datapath, pods });
         }
+        Cluster { nodes, topo }
+    }
+
+    /// Writes the remote rows and routes directly, as the controllers would.
+    fn learn_peers_directly(&self, tunnel: TunnelProtocol) {
+        let mtu = devices::pod_mtu(UNDERLAY_MTU, Some(tunnel));
+        let nodes = &self.nodes;
         // Each node learns the other's pods: the /32s with identity and tunnel endpoint in the
         // ipcache (what the CiliumEndpoint controller will write), the pod CIDR in the tunnel map
         // and a route via cilium_host (what the CiliumNode controller will write).
@@ -137,7 +169,6 @@ impl Cluster {
             let route = devices::tunnel_route(peer.pod_cidr, node.router, mtu);
             node.ns.run(|| devices::replace_route(&route)).unwrap().unwrap();
         }
-        Cluster { nodes, topo }
     }
 
     fn pod(&self, node: usize, pod: usize) -> &Pod {
@@ -352,4 +383,136 @@ fn pods_reach_each_other_on_one_node_and_across_nodes_over_vxlan() {
 #[ignore = "needs a kernel with CONFIG_GENEVE (not available on the CI machine's kernel)"]
 fn pods_reach_each_other_on_one_node_and_across_nodes_over_geneve() {
     run_scenario("conn-geneve", TunnelProtocol::Geneve, 62);
+}
+
+/// One node's remote controllers over its real pinned maps and its namespace's routes, driven
+/// pass by pass (the watch loops around them are covered by the in-memory API tests).
+struct NodeControllers {
+    nodes: RemoteNodesSync,
+    endpoints: RemoteEndpointsSync,
+    writer: GroupWriter,
+    manager: MapManager,
+}
+
+impl NodeControllers {
+    fn start(pin_dir: &std::path::Path, tunnel: TunnelProtocol) -> NodeControllers {
+        let manager = MapManager::new(ManagerOptions::default());
+        let nodes_owner = manager.register_owner(remote::NODES_OWNER);
+        let endpoints_owner = manager.register_owner(remote::ENDPOINTS_OWNER);
+        let mut group = manager.group(REMOTE_GROUP.0, REMOTE_GROUP.1);
+        let tables = RemoteTables {
+            tunnel: group.add::<TunnelMap>(KernelMap::open_or_create::<TunnelMap>(pin_dir).unwrap()).unwrap(),
+            ipcache: group.add::<Ipcache>(KernelLpmMap::open_or_create::<Ipcache>(pin_dir).unwrap()).unwrap(),
+        };
+        let cfg = RemoteNodesConfig {
+            tunnel: Some(tunnel),
+            auto_direct_node_routes: false,
+            native_routing_cidr: None,
+            pod_mtu: devices::pod_mtu(UNDERLAY_MTU, Some(tunnel)),
+        };
+        NodeControllers {
+            nodes: RemoteNodesSync::new(nodes_owner, tables.clone(), cfg, Box::new(IpRouteTable), Default::default()),
+            endpoints: RemoteEndpointsSync::new(endpoints_owner, tables.ipcache),
+            writer: group.build(),
+            manager,
+        }
+    }
+
+    /// A pass of both controllers (routes in `ns`) and of the writer.
+    fn sync(&mut self, ns: &NetNs, own: &str, nodes: &[CiliumNode], endpoints: &[CiliumEndpoint]) {
+        let retry = ns.run(|| self.nodes.sync(nodes, own)).unwrap();
+        assert_eq!(retry, None, "routes programmed without failures");
+        self.endpoints.sync(endpoints, nodes.iter().find(|n| n.metadata.name.as_deref() == Some(own)));
+        let report = self.writer.sync_once(std::time::Instant::now());
+        assert_eq!(report.failed_ops, 0, "{report:?}");
+        assert!(self.manager.status().ready, "{:?}", self.manager.status());
+    }
+}
+
+fn cilium_node(name: &str, node: &Node) -> CiliumNode {
+    CiliumNode::new(
+        name,
+        CiliumNodeSpec {
+            addresses: vec![
+                NodeAddress { address_type: "InternalIP".into(), ip: node.ip.to_string() },
+                NodeAddress { address_type: "CiliumInternalIP".into(), ip: node.router.to_string() },
+            ],
+            ipam: Some(IpamSpec { pod_cidrs: vec![node.pod_cidr.to_string()], ..Default::default() }),
+            ..Default::default()
+        },
+    )
+}
+
+fn endpoints_of(node: &Node) -> Vec<CiliumEndpoint> {
+    node.pods
+        .iter()
+        .map(|p| {
+            CiliumEndpoint::new(
+                "default",
+                &format!("pod-{}", p.pod.addr),
+                EndpointStatus {
+                    identity: Some(EndpointIdentity { id: i64::from(p.identity), labels: vec![] }),
+                    networking: Some(EndpointNetworking {
+                        addressing: vec![AddressPair { ipv4: Some(p.pod.addr.to_string()), ipv6: None }],
+                        node: Some(node.ip.to_string()),
+                    }),
+                    ..Default::default()
+                },
+            )
+        })
+        .collect()
+}
+
+fn routes_in(ns: &NetNs) -> String {
+    let out = ns.command("ip").unwrap().args(["route", "show", "proto", "196"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The remote-nodes and remote-endpoints controllers, instead of direct writes: before a node's
+/// CiliumNode exists its pods are unreachable; once it is added the pods reach each other over
+/// VXLAN with the route via cilium_host in place; once removed, its rows and route are gone and
+/// traffic to it stops.
+#[test]
+fn a_node_added_later_becomes_reachable_and_a_removed_node_stops_being_routed() {
+    let tunnel = TunnelProtocol::Vxlan;
+    let cluster = Cluster::without_peers("conn-ctl", tunnel, 63);
+    let names = ["node-1", "node-2"];
+    let cns: Vec<CiliumNode> = cluster.nodes.iter().zip(names).map(|(n, name)| cilium_node(name, n)).collect();
+    let ceps: Vec<Vec<CiliumEndpoint>> = cluster.nodes.iter().map(endpoints_of).collect();
+    let mut ctl: Vec<NodeControllers> =
+        cluster.nodes.iter().map(|n| NodeControllers::start(&n.bpffs.pin_dir(), tunnel)).collect();
+
+    // Each node knows only itself.
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        ctl[i].sync(&node.ns, names[i], &cns[i..=i], &ceps[i]);
+    }
+    let (a, b) = (cluster.pod(0, 0), cluster.pod(1, 1));
+    // (ping keeps sending until its deadline when nothing answers: only the replies count.)
+    let (tx, rx) = traffic::ping(&a.pod.ns, IpAddr::V4(b.pod.addr), 1).unwrap();
+    assert!(tx >= 1 && rx == 0, "node-2 is not known yet: {tx} sent, {rx} answered");
+    assert_eq!(routes_in(&cluster.nodes[0].ns), "");
+
+    // node-2 is added (and its endpoints published).
+    let all_ceps: Vec<CiliumEndpoint> = ceps.concat();
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        ctl[i].sync(&node.ns, names[i], &cns, &all_ceps);
+    }
+    let routes = routes_in(&cluster.nodes[0].ns);
+    assert!(routes.contains("10.63.2.0/24 via 10.63.1.1 dev cilium_host"), "{routes}");
+    assert!(routes.contains("mtu 1450"), "{routes}");
+    assert_ping(a, b);
+    assert_ping(b, a);
+    assert_tcp(cluster.pod(1, 0), cluster.pod(0, 1), 8082, 100_000);
+
+    // node-2 is removed: node-1 forgets it.
+    ctl[0].sync(&cluster.nodes[0].ns, names[0], &cns[0..1], &ceps[0]);
+    assert_eq!(routes_in(&cluster.nodes[0].ns), "", "the route to node-2's pod CIDR is removed");
+    let mut tunnel_map =
+        KernelMap::<TunnelKey, TunnelValue>::open_pinned::<TunnelMap>(&cluster.nodes[0].bpffs.pin_dir()).unwrap();
+    let tunnel_rows = tunnel_map.dump().unwrap();
+    assert!(tunnel_rows.is_empty(), "{tunnel_rows:?}");
+    let (tx, rx) = traffic::ping(&a.pod.ns, IpAddr::V4(b.pod.addr), 1).unwrap();
+    assert!(tx >= 1 && rx == 0, "node-2 is no longer routed: {tx} sent, {rx} answered");
+    let (tx, rx) = traffic::ping(&a.pod.ns, IpAddr::V4(cluster.pod(0, 1).pod.addr), 2).unwrap();
+    assert_eq!((tx, rx), (2, 2), "local pods are unaffected");
 }

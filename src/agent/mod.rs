@@ -4,6 +4,8 @@
 pub mod api;
 pub mod ipam_api;
 pub mod lb;
+pub mod maps;
+pub mod remote;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,9 +74,24 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
         token.clone(),
     );
     runner.spawn("cni-install", async move { Ok(cni.await?) });
-    // The LB maps outlive the agent like the datapath's other pins: a restart restores their rows
-    // and prunes only after the services controller's first full pass.
-    lb::start(&config, &config.pin_dir(), &node_name, client.clone(), &telemetry, &mut runner)?;
+    // The maps outlive the agent like the datapath's other pins: a restart restores their rows and
+    // prunes only after every controller's first full pass. Owners first, then the writers.
+    let manager = maps::manager(&telemetry);
+    let owners = maps::Owners::register(&manager);
+    let pin_dir = config.pin_dir();
+    lb::start(&config, &manager, owners.services, &pin_dir, &node_name, client.clone(), &mut runner)?;
+    remote::start(
+        &config,
+        &manager,
+        owners.remote_nodes,
+        owners.remote_endpoints,
+        &pin_dir,
+        &node_name,
+        client.clone(),
+        &telemetry,
+        &mut runner,
+    )?;
+    maps::start_readiness(&manager, &telemetry, &mut runner);
     runner.spawn("apiserver-connectivity", connectivity::watch_apiserver(client, telemetry.health.clone(), token));
     tracing::info!(node = %node_name, routing_mode = ?config.routing_mode, "agent started");
     runner.run().await?;

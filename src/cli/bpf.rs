@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use super::{print_structured, Output};
 use crate::datapath::manager::backend::MapBackend;
-use crate::datapath::manager::kernel::KernelMap;
-use crate::datapath::manager::maps::{Lb4Backends, Lb4RevNat, Lb4Services};
+use crate::datapath::manager::kernel::{KernelLpmMap, KernelMap, LpmKey};
+use crate::datapath::manager::maps::{Ipcache, Lb4Backends, Lb4RevNat, Lb4Services, TunnelMap};
 use crate::datapath::manager::MapDef;
 
 #[derive(Debug, clap::Args)]
@@ -37,6 +37,16 @@ pub enum BpfMap {
         #[command(subcommand)]
         verb: Verb,
     },
+    /// The IP cache: prefix → identity and tunnel endpoint (`cilium bpf ipcache list`).
+    Ipcache {
+        #[command(subcommand)]
+        verb: Verb,
+    },
+    /// Remote pod CIDR → node IP (`cilium bpf tunnel list`).
+    Tunnel {
+        #[command(subcommand)]
+        verb: Verb,
+    },
     /// Per-endpoint packet counters of `from_container`, by host-side veth.
     #[command(name = "ep-stats")]
     EpStats {
@@ -57,9 +67,22 @@ pub enum Verb {
 /// Every row of the pinned map `M`, rendered by the map's definition.
 pub fn rows<M: MapDef>(pin_dir: &Path) -> Result<Vec<serde_json::Value>, Box<dyn std::error::Error + Send + Sync>> {
     let mut map = KernelMap::<M::Key, M::Value>::open_pinned::<M>(pin_dir)?;
-    let mut entries = map.dump()?;
+    Ok(render_rows::<M>(map.dump()?))
+}
+
+/// Every row of the pinned LPM trie `M`.
+pub fn lpm_rows<M: MapDef>(pin_dir: &Path) -> Result<Vec<serde_json::Value>, Box<dyn std::error::Error + Send + Sync>>
+where
+    M::Key: LpmKey + Send,
+    <M::Key as LpmKey>::Data: Send,
+{
+    let mut map = KernelLpmMap::<M::Key, M::Value>::open_pinned::<M>(pin_dir)?;
+    Ok(render_rows::<M>(map.dump()?))
+}
+
+fn render_rows<M: MapDef>(mut entries: Vec<(M::Key, M::Value)>) -> Vec<serde_json::Value> {
     entries.sort_by_key(|row| row.0);
-    Ok(entries.iter().map(|(k, v)| M::row_json(k, v)).collect())
+    entries.iter().map(|(k, v)| M::row_json(k, v)).collect()
 }
 
 /// A plain text table: the columns are the keys of the first row.
@@ -92,6 +115,8 @@ pub async fn run(args: BpfArgs) -> Result<(), Box<dyn std::error::Error + Send +
         BpfMap::Lb { verb: Verb::List } => rows::<Lb4Services>(&args.pin_dir)?,
         BpfMap::Backend { verb: Verb::List } => rows::<Lb4Backends>(&args.pin_dir)?,
         BpfMap::Revnat { verb: Verb::List } => rows::<Lb4RevNat>(&args.pin_dir)?,
+        BpfMap::Ipcache { verb: Verb::List } => lpm_rows::<Ipcache>(&args.pin_dir)?,
+        BpfMap::Tunnel { verb: Verb::List } => rows::<TunnelMap>(&args.pin_dir)?,
         BpfMap::EpStats { verb: Verb::List } => {
             ep_stats_rows(&crate::datapath::loader::read_pinned_endpoint_stats(&args.pin_dir)?)
         }

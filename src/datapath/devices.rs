@@ -199,7 +199,7 @@ pub enum DeviceError {
     Missing(&'static str),
 }
 
-fn run_ip(args: &[String]) -> Result<String, DeviceError> {
+pub(crate) fn run_ip(args: &[String]) -> Result<String, DeviceError> {
     let out = Command::new("ip").args(args).output().map_err(DeviceError::Spawn)?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
