@@ -88,7 +88,7 @@ impl Cluster {
                         TunnelProtocol::Geneve => TUNNEL_GENEVE,
                     },
                     pod_cidr_prefix_len: 24,
-                    flags: 0,
+                    ..Default::default()
                 },
             )
             .unwrap();
