@@ -499,3 +499,62 @@ fn native_routing_across_nodes_and_masquerading_to_outside_the_cluster() {
         assert!(!tables::list_snat(&node.bpffs.pin_dir()).unwrap().is_empty(), "SNAT rows on {}", node.ns.name());
     }
 }
+
+/// The agent's node set-up (`datapath::agent`) in a node namespace: with `devices` it creates the
+/// node devices, attaches the tunnel and uplink programs and writes the config map with the
+/// uplink's address as node IP; without `devices` it touches no link at all (what lets tests run
+/// the real agent in the host namespace).
+#[test]
+fn agent_node_setup_creates_devices_and_attaches_only_with_devices_configured() {
+    use beeline::{
+        config::Sources,
+        datapath::{agent, attach},
+    };
+    require_root();
+    let mut topo = Topology::new("agent-setup");
+    let node = topo.namespace("node").unwrap();
+    topo.connect_to_underlay(&node, UPLINK, &["192.168.64.1/24"]).unwrap();
+    let bare = topo.namespace("bare").unwrap();
+    let load = |sets: &[&str]| {
+        Sources { sets: sets.iter().map(|s| s.to_string()).collect(), ..Default::default() }.load().unwrap()
+    };
+    let router = Ipv4Addr::new(10, 64, 1, 1);
+
+    // Without `devices`: only the config map.
+    let bpffs = BpffsDir::new("agent-setup-bare");
+    let (dp, _) = agent::start(&Default::default(), &bpffs.pin_dir()).unwrap();
+    let setup = bare.run(|| dp.setup_node(&load(&[]), router)).unwrap().unwrap();
+    assert!(setup.devices.is_none() && setup.attachments.is_empty());
+    assert_eq!(bare.run(attach::interface_names).unwrap(), vec!["lo".to_string()], "no link created");
+    assert_eq!(tables::read_config(&bpffs.pin_dir()).unwrap().router_ip, tables::be(router));
+
+    // With `devices`: devices, attachments, node IP from the uplink.
+    let bpffs = BpffsDir::new("agent-setup-node");
+    let (dp, _) = agent::start(&Default::default(), &bpffs.pin_dir()).unwrap();
+    let config = load(&["devices=eth0", "enable-bpf-masquerade=true"]);
+    for round in 0..2 {
+        let setup = node.run(|| dp.setup_node(&config, router)).unwrap().unwrap();
+        let devs = setup.devices.expect("devices");
+        let row = tables::read_config(&bpffs.pin_dir()).unwrap();
+        assert_eq!(row, setup.config);
+        assert_eq!((row.router_ip, row.node_ip), (tables::be(router), tables::be(Ipv4Addr::new(192, 168, 64, 1))));
+        assert_eq!((row.tunnel_proto, row.tunnel_ifindex), (TUNNEL_VXLAN, devs.tunnel.unwrap()));
+        assert_eq!(row.flags & CONFIG_F_MASQUERADE, CONFIG_F_MASQUERADE);
+        assert_eq!(setup.attachments.len(), 3, "round {round}: {:?}", setup.attachments);
+        for (program, ifname, direction) in [
+            (FROM_OVERLAY, devices::CILIUM_VXLAN, Direction::Ingress),
+            (FROM_NETDEV, UPLINK, Direction::Ingress),
+            (TO_NETDEV, UPLINK, Direction::Egress),
+        ] {
+            let attached = node.run(|| attach::tcx_programs(ifname, direction)).unwrap().unwrap();
+            assert_eq!(attached.len(), 1, "round {round}: one program on {ifname} {direction:?}: {attached:?}");
+            assert_eq!(attached[0].name, program, "round {round}");
+        }
+    }
+    // The CNI side attaches pods' programs through the same handle.
+    let pod = topo.routed_pod(&node, "pod", "lxcagent", Ipv4Addr::new(10, 64, 1, 11), router, 1450).unwrap();
+    let attachment = node.run(|| dp.attach_endpoint(&pod.host_if)).unwrap().unwrap();
+    assert_eq!(attachment.program, FROM_CONTAINER);
+    drop(dp);
+    drop(bpffs);
+}

@@ -105,3 +105,43 @@ pub struct DropStats {
     pub packets: u64,
     pub bytes: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn be(a: [u8; 4]) -> u32 {
+        u32::from_ne_bytes(a)
+    }
+
+    #[test]
+    fn native_cidr_membership() {
+        let cfg = DatapathConfig { native_cidr: be([10, 0, 0, 0]), native_cidr_prefix_len: 8, ..Default::default() };
+        assert!(cfg.in_native_cidr(be([10, 200, 1, 2])));
+        assert!(!cfg.in_native_cidr(be([11, 0, 0, 1])));
+        let unset = DatapathConfig::default();
+        assert!(!unset.in_native_cidr(be([10, 0, 0, 1])), "no CIDR configured: nothing is inside");
+        let host = DatapathConfig { native_cidr: be([10, 0, 0, 7]), native_cidr_prefix_len: 32, ..Default::default() };
+        assert!(host.in_native_cidr(be([10, 0, 0, 7])) && !host.in_native_cidr(be([10, 0, 0, 8])));
+    }
+
+    #[test]
+    fn every_reason_has_ciliums_name_and_fits_the_counter_array() {
+        // Numbers and texts checked against Cilium's bpf/lib/common.h and pkg/monitor/api/drop.go.
+        let want = [
+            (132, "Invalid source ip"),
+            (134, "Invalid packet"),
+            (141, "Error writing to packet"),
+            (157, "IP fragmentation not supported"),
+            (160, "No tunnel/encapsulation endpoint (datapath BUG!)"),
+            (167, "No mapping for NAT masquerade"),
+            (168, "Unsupported protocol for NAT masquerade"),
+        ];
+        assert_eq!(drop_reason::ALL.len(), want.len());
+        for (code, name) in want {
+            assert!(drop_reason::ALL.contains(&code), "{code}");
+            assert_eq!(drop_reason::name(code), name);
+            assert!(code < drop_reason::MAX);
+        }
+    }
+}
