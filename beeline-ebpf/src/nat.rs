@@ -124,7 +124,7 @@ pub fn snat_v4(ctx: &TcContext, ip: &Ipv4Hdr, target: &SnatTarget) -> Result<(),
     }
     let (tuple, l4) = tuple_v4(ctx, ip, NAT_DIR_EGRESS)?;
     // SAFETY: copied out at once.
-    let entry = match unsafe { SNAT_V4.get(&tuple) } {
+    let entry = match unsafe { SNAT_V4.get(tuple) } {
         Some(entry) => *entry,
         None => new_mapping(&tuple, target)?,
     };
@@ -142,7 +142,7 @@ pub fn rev_snat_v4(ctx: &TcContext, ip: &Ipv4Hdr) -> Result<Option<u32>, u32> {
         return Ok(None);
     };
     // SAFETY: copied out at once.
-    let Some(entry) = (unsafe { SNAT_V4.get(&tuple) }).copied() else {
+    let Some(entry) = (unsafe { SNAT_V4.get(tuple) }).copied() else {
         return Ok(None);
     };
     rewrite(ctx, &l4, IPV4_DADDR_OFF, (tuple.daddr, entry.to_addr), l4.dport_off, (tuple.dport, entry.to_port))?;
@@ -168,10 +168,10 @@ fn new_mapping(tuple: &NatTuple, target: &SnatTarget) -> Result<NatEntry, u32> {
     let back = NatEntry { created: now, to_addr: tuple.saddr, to_port: tuple.sport, pad: 0 };
     for _ in 0..NAT_COLLISION_RETRIES {
         let reply = tuple.reply_after_snat(target.addr_be, port.to_be());
-        if SNAT_V4.insert(&reply, &back, u64::from(BPF_NOEXIST)).is_ok() {
+        if SNAT_V4.insert(reply, back, u64::from(BPF_NOEXIST)).is_ok() {
             let out = NatEntry { created: now, to_addr: target.addr_be, to_port: port.to_be(), pad: 0 };
-            if SNAT_V4.insert(tuple, &out, 0).is_err() {
-                let _ = SNAT_V4.remove(&reply);
+            if SNAT_V4.insert(tuple, out, 0).is_err() {
+                let _ = SNAT_V4.remove(reply);
                 return Err(drop_reason::NAT_NO_MAPPING);
             }
             return Ok(out);
