@@ -192,6 +192,18 @@ fn spoofed_and_unregistered_sources_are_dropped_as_invalid_source_ip() {
         assert_eq!(f.drops(), vec![(drop_reason::INVALID_SIP, i as u64 + 1)], "{name}");
     }
     assert_eq!(drop_reason::name(drop_reason::INVALID_SIP), "Invalid source ip");
+
+    // `beeline bpf drops list` reads the same counters from the pin, with Cilium's names.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_beeline"))
+        .args(["bpf", "drops", "list", "-o", "json", "--pin-dir"])
+        .arg(f.bpffs.pin_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["reason"], 132, "{rows}");
+    assert_eq!(rows[0]["description"], "Invalid source ip");
+    assert_eq!(rows[0]["packets"], 3);
 }
 
 #[test]
