@@ -31,8 +31,14 @@ pub fn handle(ctx: &TcContext, ifindex: u32) -> i32 {
         return TC_ACT_OK;
     }
     let eth = EthHdr { dst: req.sha, src: ep.node_mac, proto: ETH_P_ARP.to_be_bytes() };
-    let reply =
-        ArpHdr { op: ARPOP_REPLY.to_be_bytes(), sha: ep.node_mac, spa: req.tpa, tha: req.sha, tpa: req.spa, ..req };
+    let reply = ArpHdr {
+        op: ARPOP_REPLY.to_be_bytes(),
+        sha: ep.node_mac,
+        spa: req.tpa,
+        tha: req.sha,
+        tpa: req.spa,
+        ..req
+    };
     if ctx.store(0, &eth, 0).is_err() || ctx.store(ETH_HLEN, &reply, 0).is_err() {
         return drop(ctx, drop_reason::WRITE_ERROR);
     }

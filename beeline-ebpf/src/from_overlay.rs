@@ -22,8 +22,9 @@ pub fn from_overlay(ctx: TcContext) -> i32 {
     // SAFETY: an all-zero bpf_tunnel_key is valid; the helper fills it.
     let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
     // SAFETY: `key` lives on the stack for the call.
-    let ret =
-        unsafe { bpf_skb_get_tunnel_key(ctx.skb.skb, &mut key, core::mem::size_of::<bpf_tunnel_key>() as u32, 0) };
+    let ret = unsafe {
+        bpf_skb_get_tunnel_key(ctx.skb.skb, &mut key, core::mem::size_of::<bpf_tunnel_key>() as u32, 0)
+    };
     if ret < 0 {
         // Not from a tunnel (no metadata): not ours to decide.
         return TC_ACT_OK;
