@@ -87,6 +87,14 @@ pub struct Config {
     pub enable_ipv6: bool,
     pub enable_ipv4_masquerade: bool,
     pub enable_ipv6_masquerade: bool,
+    /// Masquerade in BPF (`to_netdev`) rather than iptables; beeline has no iptables mode, so
+    /// without it pod egress is not masqueraded at all.
+    pub enable_bpf_masquerade: bool,
+    /// The node's external devices (Cilium's `devices`): `from_netdev`/`to_netdev` attach there,
+    /// the first one's IPv4 address is the node IP masquerading uses. Empty = the agent manages no
+    /// links at all (see docs/decisions.md: no auto-detection; tests run agents in the host
+    /// namespace).
+    pub devices: Vec<String>,
     pub cluster_pool_ipv4_cidr: Vec<Ipv4Net>,
     pub cluster_pool_ipv4_mask_size: u8,
     pub cluster_pool_ipv6_cidr: Vec<Ipv6Net>,
@@ -127,6 +135,8 @@ const KNOWN_KEYS: &[(&str, &str)] = &[
     ("enable-ipv6", "false"),
     ("enable-ipv4-masquerade", "true"),
     ("enable-ipv6-masquerade", "true"),
+    ("enable-bpf-masquerade", "false"),
+    ("devices", ""),
     ("cluster-pool-ipv4-cidr", "10.0.0.0/8"),
     ("cluster-pool-ipv4-mask-size", "24"),
     ("cluster-pool-ipv6-cidr", "fd00::/104"),
@@ -175,7 +185,6 @@ const ACCEPTED_CILIUM_KEYS: &[&str] = &[
     "cni-log-file",
     "custom-cni-conf",
     "enable-bpf-clock-probe",
-    "enable-bpf-masquerade",
     "enable-endpoint-health-checking",
     "enable-health-check-nodeport",
     "enable-health-checking",
@@ -354,6 +363,14 @@ impl Config {
             enable_ipv6: v.bool("enable-ipv6")?,
             enable_ipv4_masquerade: v.bool("enable-ipv4-masquerade")?,
             enable_ipv6_masquerade: v.bool("enable-ipv6-masquerade")?,
+            enable_bpf_masquerade: v.bool("enable-bpf-masquerade")?,
+            // Cilium accepts space- or comma-separated device names.
+            devices: v
+                .string("devices")
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|d| !d.is_empty())
+                .map(str::to_string)
+                .collect(),
             cluster_pool_ipv4_cidr: v.net_list("cluster-pool-ipv4-cidr")?,
             cluster_pool_ipv4_mask_size: v.parse_num("cluster-pool-ipv4-mask-size", 1, 32)?,
             cluster_pool_ipv6_cidr: v.net_list("cluster-pool-ipv6-cidr")?,

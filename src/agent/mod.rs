@@ -8,6 +8,8 @@ pub mod maps;
 pub mod remote;
 
 use std::sync::Arc;
+
+use futures::TryFutureExt;
 use std::time::Duration;
 
 use crate::controllers::agent::{ipam_state::NodeIpam, node_ipam};
@@ -36,7 +38,9 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
     };
     // Before anything else: a restarted agent swaps its programs in while traffic keeps flowing on
     // the pinned links and maps. Held (not detached) until exit; the pins outlive the process.
-    let _datapath = crate::datapath::agent::start(&args.datapath, &config.pin_dir())?;
+    // Loaded always; links (node devices, uplink/tunnel programs) only with `devices` set — see
+    // `datapath::agent`. `datapath` is what the CNI handler attaches pods' programs with.
+    let (datapath, _attachments) = crate::datapath::agent::start(&args.datapath, &config.pin_dir())?;
     let client = kubeclient::client(args.config.kubeconfig.as_deref(), "agent").await?;
     let telemetry = health::Telemetry::new("beeline_agent");
     telemetry.health.register(connectivity::CHECK);
@@ -55,6 +59,11 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
         ipam.clone(),
         Duration::from_secs(5),
         token.clone(),
+    );
+    runner.spawn(
+        "datapath-node",
+        crate::datapath::agent::run_node_setup(datapath.clone(), config.clone(), ipam.clone(), token.clone())
+            .map_err(Into::into),
     );
     let api_state = Arc::new(api::ApiState {
         node_name: node_name.clone(),

@@ -53,6 +53,17 @@ pub enum BpfMap {
         #[command(subcommand)]
         verb: Verb,
     },
+    /// Drop counters per reason (summed over CPUs), with Cilium's reason names — what
+    /// `cilium-dbg bpf metrics list` shows for drops.
+    Drops {
+        #[command(subcommand)]
+        verb: Verb,
+    },
+    /// Masquerading / SNAT translations, both directions (`cilium-dbg bpf nat list`).
+    Nat {
+        #[command(subcommand)]
+        verb: Verb,
+    },
     /// Not a map: detach every beeline program (unpin its links, remove clsact filters) and
     /// remove the pin directory with its maps. Stop the agent first.
     Uninstall,
@@ -120,6 +131,8 @@ pub async fn run(args: BpfArgs) -> Result<(), Box<dyn std::error::Error + Send +
         BpfMap::EpStats { verb: Verb::List } => {
             ep_stats_rows(&crate::datapath::loader::read_pinned_endpoint_stats(&args.pin_dir)?)
         }
+        BpfMap::Drops { verb: Verb::List } => drop_rows(&crate::datapath::tables::read_drops(&args.pin_dir)?),
+        BpfMap::Nat { verb: Verb::List } => nat_rows(&crate::datapath::tables::list_snat(&args.pin_dir)?),
         BpfMap::Uninstall => return uninstall(&args.pin_dir),
     };
     if !print_structured(args.output, &rows)? {
@@ -142,6 +155,51 @@ fn ep_stats_rows(stats: &std::collections::BTreeMap<u32, beeline_common::Endpoin
             })
         })
         .collect()
+}
+
+/// One row per drop reason seen, by reason code.
+fn drop_rows(drops: &std::collections::BTreeMap<u32, beeline_common::datapath::DropStats>) -> Vec<serde_json::Value> {
+    use beeline_common::datapath::drop_reason;
+    drops
+        .iter()
+        .map(|(reason, s)| {
+            serde_json::json!({
+                "reason": reason,
+                "description": drop_reason::name(*reason),
+                "packets": s.packets,
+                "bytes": s.bytes,
+            })
+        })
+        .collect()
+}
+
+/// SNAT rows like `cilium-dbg bpf nat list`: the tuple as the packet carries it, then where it is
+/// translated to.
+fn nat_rows(rows: &[(beeline_common::nat::NatTuple, beeline_common::nat::NatEntry)]) -> Vec<serde_json::Value> {
+    use crate::datapath::tables::from_be;
+    use beeline_common::nat::NAT_DIR_EGRESS;
+    let mut out: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|(t, e)| {
+            let proto = match t.nexthdr {
+                1 => "ICMP".to_string(),
+                6 => "TCP".to_string(),
+                17 => "UDP".to_string(),
+                other => other.to_string(),
+            };
+            let (direction, rewrites) =
+                if t.flags == NAT_DIR_EGRESS { ("OUT", "source") } else { ("IN", "destination") };
+            serde_json::json!({
+                "proto": proto,
+                "direction": direction,
+                "from": format!("{}:{}", from_be(t.saddr), u16::from_be(t.sport)),
+                "to": format!("{}:{}", from_be(t.daddr), u16::from_be(t.dport)),
+                "xlate": format!("{rewrites} {}:{}", from_be(e.to_addr), u16::from_be(e.to_port)),
+            })
+        })
+        .collect();
+    out.sort_by_key(|r| r.to_string());
+    out
 }
 
 fn uninstall(pin_dir: &Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -191,5 +249,44 @@ mod tests {
         assert_eq!(rows[0], json!({"ifindex": 1, "ifname": "lo", "packets": 3, "bytes": 294}));
         assert_eq!(rows[1]["ifname"], serde_json::Value::Null);
         assert!(render(&rows).lines().nth(1).unwrap().contains("lo"));
+    }
+
+    #[test]
+    fn drop_rows_carry_ciliums_reason_names() {
+        use beeline_common::datapath::{drop_reason, DropStats};
+        let drops = [
+            (drop_reason::INVALID_SIP, DropStats { packets: 2, bytes: 120 }),
+            (drop_reason::NAT_NO_MAPPING, DropStats { packets: 1, bytes: 60 }),
+        ]
+        .into_iter()
+        .collect();
+        let rows = drop_rows(&drops);
+        assert_eq!(rows[0], json!({"reason": 132, "description": "Invalid source ip", "packets": 2, "bytes": 120}));
+        assert_eq!(rows[1]["description"], "No mapping for NAT masquerade");
+        assert!(render(&rows).contains("Invalid source ip"));
+    }
+
+    #[test]
+    fn nat_rows_show_both_directions() {
+        use crate::datapath::tables::be;
+        use beeline_common::nat::{NatEntry, NatTuple, NAT_DIR_EGRESS, NAT_DIR_INGRESS};
+        let ip = |s: &str| be(s.parse().unwrap());
+        let out = NatTuple {
+            saddr: ip("10.0.1.2"),
+            daddr: ip("1.1.1.1"),
+            sport: 40000u16.to_be(),
+            dport: 443u16.to_be(),
+            nexthdr: 6,
+            flags: NAT_DIR_EGRESS,
+            ..Default::default()
+        };
+        let xlate = NatEntry { to_addr: ip("192.168.0.1"), to_port: 50000u16.to_be(), ..Default::default() };
+        let back = out.reply_after_snat(xlate.to_addr, xlate.to_port);
+        let orig = NatEntry { to_addr: out.saddr, to_port: out.sport, ..Default::default() };
+        assert_eq!(back.flags, NAT_DIR_INGRESS);
+        let rows = nat_rows(&[(out, xlate), (back, orig)]);
+        let text = render(&rows);
+        assert!(text.contains("10.0.1.2:40000") && text.contains("source 192.168.0.1:50000"), "{text}");
+        assert!(text.contains("1.1.1.1:443") && text.contains("destination 10.0.1.2:40000"), "{text}");
     }
 }

@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use beeline_common::{datapath, endpoint, ipcache, map_names, tunnel};
+use beeline_common::{datapath, endpoint, ipcache, map_names, nat, tunnel};
 
 /// Every map the loader pins, so a restarted agent (and the CLI) find the same kernel maps.
 pub const PINNED_MAPS: &[&str] = &[
@@ -23,6 +23,7 @@ pub const PINNED_MAPS: &[&str] = &[
     tunnel::MAP_NAME,
     datapath::CONFIG_MAP_NAME,
     datapath::DROPS_MAP_NAME,
+    nat::SNAT_MAP_NAME,
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
