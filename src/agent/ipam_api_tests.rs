@@ -32,6 +32,13 @@ pub(crate) fn serve_test_agent() -> TestAgent {
         config: crate::config::Config::from_raw(&Default::default()).unwrap(),
         health: crate::runtime::health::Telemetry::new("test").health,
         ipam: ipam.clone(),
+        endpoints: Arc::new(crate::agent::endpoints::EndpointManager::new(
+            &dir.path().join("state"),
+            Arc::new(crate::agent::endpoints::fake::FakeDatapath::default()),
+            ipam.clone(),
+            Arc::new(crate::agent::ipam_expiry::SystemClock),
+        )),
+        endpoint_kube: None,
     });
     let token = CancellationToken::new();
     let server = api::serve(&socket, state, token.clone()).unwrap();

@@ -2,7 +2,12 @@
 //! local API to the CNI plugin and the CLI, and runs the node's controllers.
 
 pub mod api;
+pub mod endpoint_api;
+pub mod endpoint_core;
+pub mod endpoint_kube;
+pub mod endpoints;
 pub mod ipam_api;
+pub mod ipam_expiry;
 pub mod lb;
 
 use std::sync::Arc;
@@ -34,7 +39,12 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
     };
     // Before anything else: a restarted agent swaps its programs in while traffic keeps flowing on
     // the pinned links and maps. Held (not detached) until exit; the pins outlive the process.
-    let _datapath = crate::datapath::agent::start(&args.datapath, &config.pin_dir())?;
+    // The loaded datapath (if start-up loaded it) goes to the endpoint manager, which attaches
+    // `from_container` to each pod's veth; otherwise it loads at the first endpoint.
+    let (loaded, _attachments) = match crate::datapath::agent::start(&args.datapath, &config.pin_dir())? {
+        Some((datapath, attachments)) => (Some(datapath), attachments),
+        None => (None, Vec::new()),
+    };
     let client = kubeclient::client(args.config.kubeconfig.as_deref(), "agent").await?;
     let telemetry = health::Telemetry::new("beeline_agent");
     telemetry.health.register(connectivity::CHECK);
@@ -54,11 +64,36 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
         Duration::from_secs(5),
         token.clone(),
     );
+    let datapath = Arc::new(endpoints::KernelDatapath::new(&config.pin_dir(), args.datapath.attach_mode, loaded));
+    let endpoint_manager = Arc::new(endpoints::EndpointManager::new(
+        &config.state_dir,
+        datapath,
+        ipam.clone(),
+        Arc::new(ipam_expiry::SystemClock),
+    ));
+    let restore = endpoint_manager.clone();
+    for warning in tokio::task::spawn_blocking(move || restore.restore()).await? {
+        tracing::warn!("{warning}");
+    }
+    runner.spawn("endpoint-expiry", {
+        let manager = endpoint_manager.clone();
+        let token = token.clone();
+        async move {
+            manager.run_expiry(Duration::from_secs(30), token).await;
+            Ok(())
+        }
+    });
     let api_state = Arc::new(api::ApiState {
         node_name: node_name.clone(),
         config: config.clone(),
         health: telemetry.health.clone(),
         ipam: ipam.clone(),
+        endpoints: endpoint_manager,
+        endpoint_kube: Some(Arc::new(endpoint_kube::EndpointKube::new(
+            client.clone(),
+            &node_name,
+            &config.cluster_name,
+        ))),
     });
     let api = api::serve(&config.agent_socket_path, api_state, token.clone())?;
     runner.spawn("agent-api", async move { Ok(api.await?) });
