@@ -183,12 +183,25 @@ fn io_error(msg: impl Into<String>, details: impl Into<String>) -> CniError {
     CniError::new(ErrorCode::IO_FAILURE, msg, details)
 }
 
+/// The `ip` binary: found on `PATH`, or in the usual system directories when the runtime runs
+/// the plugin without one.
+fn ip_binary() -> std::path::PathBuf {
+    if std::env::var_os("PATH").is_some_and(|p| !p.is_empty()) {
+        return "ip".into();
+    }
+    ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| "ip".into())
+}
+
 /// Runs `ip <args>` (optionally with batch lines on stdin), in `ns` when given; stdout on success.
 fn run_ip(ns: Option<&NetNs>, args: &[&str], stdin: Option<&[String]>) -> Result<String, String> {
     use std::io::Write;
     let mut cmd = match ns {
-        Some(ns) => ns.command("ip").map_err(|e| format!("entering {}: {e}", ns.name()))?,
-        None => Command::new("ip"),
+        Some(ns) => ns.command(ip_binary()).map_err(|e| format!("entering {}: {e}", ns.name()))?,
+        None => Command::new(ip_binary()),
     };
     cmd.args(args).stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());

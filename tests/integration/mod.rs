@@ -132,3 +132,49 @@ pub fn ifindex_in(ns: &NetNs, ifname: &str) -> u32 {
         .expect("enter namespace")
         .unwrap_or_else(|| panic!("no interface {ifname} in {}", ns.name()))
 }
+
+/// The in-memory Kubernetes API on 127.0.0.1, on its own runtime; stops when dropped.
+pub struct TestApiServer {
+    pub port: u16,
+    pub server: beeline_apiserver::ApiServer,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl TestApiServer {
+    pub fn start() -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = beeline_apiserver::ApiServer::default();
+        let serving = server.clone();
+        runtime.spawn(async move { serving.serve(listener).await });
+        Self { port, server, _runtime: runtime }
+    }
+}
+
+/// Kills the child if the test fails before it stopped it.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    pub fn sigterm_and_wait(&mut self) -> std::process::ExitStatus {
+        // SAFETY: plain kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill(SIGTERM) failed");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "process did not stop within 15 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
