@@ -5,44 +5,15 @@
 //! The API server is beeline's in-memory Kubernetes API served over HTTP on loopback.
 
 use std::{
-    net::TcpListener,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 mod integration;
 
-use integration::{free_port, write_kubeconfig, BpffsDir};
-
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use integration::{free_port, write_kubeconfig, BpffsDir, Proc, TestApiServer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_beeline");
-
-/// The in-memory Kubernetes API on 127.0.0.1, on its own runtime; stops when dropped.
-struct TestApiServer {
-    port: u16,
-    _runtime: tokio::runtime::Runtime,
-}
-
-impl TestApiServer {
-    fn start() -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = beeline_apiserver::ApiServer::default();
-        // As in a cluster, the CRDs exist before agents start (the operator installs them): the
-        // agent's remote controllers watch CiliumNodes and CiliumEndpoints.
-        runtime.block_on(async {
-            let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(server.client());
-            for crd in beeline::crds::all() {
-                crds.create(&Default::default(), &crd).await.expect("create CRD");
-            }
-        });
-        runtime.spawn(async move { server.serve(listener).await });
-        Self { port, _runtime: runtime }
-    }
-}
 
 /// `GET path` on 127.0.0.1:port; `None` while nothing listens.
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
@@ -63,32 +34,6 @@ fn wait_for_status(port: u16, path: &str, want: u16) -> String {
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("{path} on port {port} never answered {want}; last answer: {last:?}");
-}
-
-/// Kills the child if the test fails before it stopped it.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    fn sigterm_and_wait(&mut self) -> std::process::ExitStatus {
-        // SAFETY: plain kill(2) on our own child's pid.
-        let rc = unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill(SIGTERM) failed");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "process did not stop within 15 s of SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
 }
 
 fn spawn(args: &[&str]) -> Proc {

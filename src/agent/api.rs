@@ -41,10 +41,17 @@ pub struct ApiState {
     pub config: crate::config::Config,
     pub health: Health,
     pub ipam: Arc<crate::controllers::agent::ipam_state::NodeIpam>,
+    pub endpoints: Arc<super::endpoints::EndpointManager>,
+    /// Identities and CiliumEndpoints; `None` runs endpoints without the API server (identity `init`).
+    pub endpoint_kube: Option<Arc<super::endpoint_kube::EndpointKube>>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
-    Router::new().route("/v1/status", get(status)).merge(super::ipam_api::routes()).with_state(state)
+    Router::new()
+        .route("/v1/status", get(status))
+        .merge(super::ipam_api::routes())
+        .merge(super::endpoint_api::routes())
+        .with_state(state)
 }
 
 async fn status(State(s): State<Arc<ApiState>>) -> Json<StatusResponse> {

@@ -36,6 +36,9 @@ pub struct AllocateRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AllocateResponse {
     pub ips: Vec<AllocatedIp>,
+    /// The MTU the pod's interface gets (the node's, minus the tunnel overhead in tunnel mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,11 +57,11 @@ pub struct ApiError {
 
 type ApiResult<T> = Result<Json<T>, (StatusCode, Json<ApiError>)>;
 
-fn error(status: StatusCode, code: &str, message: String, retryable: bool) -> (StatusCode, Json<ApiError>) {
+pub(super) fn error(status: StatusCode, code: &str, message: String, retryable: bool) -> (StatusCode, Json<ApiError>) {
     (status, Json(ApiError { code: code.into(), message, retryable }))
 }
 
-fn map_error(e: NodeIpamError) -> (StatusCode, Json<ApiError>) {
+pub(super) fn map_error(e: NodeIpamError) -> (StatusCode, Json<ApiError>) {
     let message = e.to_string();
     match e {
         NodeIpamError::NotReady(_) => error(StatusCode::SERVICE_UNAVAILABLE, "not-ready", message, true),
@@ -83,7 +86,7 @@ async fn allocate(State(s): State<Arc<ApiState>>, Json(req): Json<AllocateReques
     match s.ipam.allocate(&owner, req.family) {
         Ok(ips) => {
             tracing::info!(ips = ?ips.iter().map(|i| i.ip).collect::<Vec<_>>(), "allocated");
-            Ok(Json(AllocateResponse { ips }))
+            Ok(Json(AllocateResponse { ips, mtu: Some(pod_mtu(&s.config)) }))
         }
         Err(e) => {
             tracing::warn!(error = %e, "allocation refused");
@@ -92,10 +95,30 @@ async fn allocate(State(s): State<Arc<ApiState>>, Json(req): Json<AllocateReques
     }
 }
 
+/// The pod MTU: `mtu` from the configuration (0: the usual 1500-byte underlay) minus the
+/// encapsulation overhead in tunnel mode.
+pub fn pod_mtu(config: &crate::config::Config) -> u32 {
+    let underlay = if config.mtu == 0 { crate::cni::plugin::DEFAULT_MTU } else { config.mtu };
+    let tunnel = (config.routing_mode == crate::config::RoutingMode::Tunnel).then_some(match config.tunnel_protocol {
+        crate::config::TunnelProtocol::Geneve => crate::datapath::devices::TunnelProtocol::Geneve,
+        crate::config::TunnelProtocol::Vxlan => crate::datapath::devices::TunnelProtocol::Vxlan,
+    });
+    crate::datapath::devices::pod_mtu(underlay, tunnel)
+}
+
 async fn release(
     State(s): State<Arc<ApiState>>,
     Path((container_id, ifname)): Path<(String, String)>,
 ) -> ApiResult<ReleaseResponse> {
+    // An address still used by a registered endpoint stays: DEL removes the endpoint first.
+    if s.endpoints.holds(&container_id, &ifname) {
+        return Err(error(
+            StatusCode::CONFLICT,
+            "in-use",
+            format!("container {container_id} ({ifname}) is a registered endpoint; remove the endpoint first"),
+            false,
+        ));
+    }
     let released = s.ipam.release(&container_id, &ifname).map_err(map_error)?;
     if !released.is_empty() {
         tracing::info!(%container_id, %ifname, ?released, "released");

@@ -2,7 +2,12 @@
 //! local API to the CNI plugin and the CLI, and runs the node's controllers.
 
 pub mod api;
+pub mod endpoint_api;
+pub mod endpoint_core;
+pub mod endpoint_kube;
+pub mod endpoints;
 pub mod ipam_api;
+pub mod ipam_expiry;
 pub mod lb;
 pub mod maps;
 pub mod remote;
@@ -39,7 +44,7 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
     // Before anything else: a restarted agent swaps its programs in while traffic keeps flowing on
     // the pinned links and maps. Held (not detached) until exit; the pins outlive the process.
     // Loaded always; links (node devices, uplink/tunnel programs) only with `devices` set — see
-    // `datapath::agent`. `datapath` is what the CNI handler attaches pods' programs with.
+    // `datapath::agent`. `datapath` is what the endpoint manager attaches pods' `from_container` with.
     let (datapath, _attachments) = crate::datapath::agent::start(&args.datapath, &config.pin_dir())?;
     let client = kubeclient::client(args.config.kubeconfig.as_deref(), "agent").await?;
     let telemetry = health::Telemetry::new("beeline_agent");
@@ -65,11 +70,36 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
         crate::datapath::agent::run_node_setup(datapath.clone(), config.clone(), ipam.clone(), token.clone())
             .map_err(Into::into),
     );
+    let endpoint_datapath = Arc::new(endpoints::KernelDatapath::new(datapath.clone()));
+    let endpoint_manager = Arc::new(endpoints::EndpointManager::new(
+        &config.state_dir,
+        endpoint_datapath,
+        ipam.clone(),
+        Arc::new(ipam_expiry::SystemClock),
+    ));
+    let restore = endpoint_manager.clone();
+    for warning in tokio::task::spawn_blocking(move || restore.restore()).await? {
+        tracing::warn!("{warning}");
+    }
+    runner.spawn("endpoint-expiry", {
+        let manager = endpoint_manager.clone();
+        let token = token.clone();
+        async move {
+            manager.run_expiry(Duration::from_secs(30), token).await;
+            Ok(())
+        }
+    });
     let api_state = Arc::new(api::ApiState {
         node_name: node_name.clone(),
         config: config.clone(),
         health: telemetry.health.clone(),
         ipam: ipam.clone(),
+        endpoints: endpoint_manager,
+        endpoint_kube: Some(Arc::new(endpoint_kube::EndpointKube::new(
+            client.clone(),
+            &node_name,
+            &config.cluster_name,
+        ))),
     });
     let api = api::serve(&config.agent_socket_path, api_state, token.clone())?;
     runner.spawn("agent-api", async move { Ok(api.await?) });
