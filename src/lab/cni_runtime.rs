@@ -164,6 +164,12 @@ impl Runtime {
         Ok((path, list))
     }
 
+    /// Whether a usable network configuration exists (checked before a sandbox is made, as a
+    /// kubelet waits for `NetworkReady` before creating pod sandboxes).
+    pub fn check_config(&self) -> Result<(), CniFailure> {
+        self.load_list().map(|_| ())
+    }
+
     fn cache_file(&self, container_id: &str) -> PathBuf {
         self.dirs.cache_dir.join(format!("{container_id}.json"))
     }

@@ -217,6 +217,14 @@ pub async fn run(args: ConnectivityArgs) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// One traffic check: where to send, who may answer, which client address the server must see.
+struct Target {
+    name: String,
+    addr: Option<SocketAddr>,
+    expected: Vec<String>,
+    client_ip: Option<IpAddr>,
+}
+
 async fn run_checks(client: &Client, args: &TestArgs, two_nodes: bool) -> Vec<Outcome> {
     let pods_api = Api::<Pod>::namespaced(client.clone(), &args.namespace);
     let wanted = if two_nodes { 3 } else { 2 };
@@ -285,8 +293,6 @@ async fn run_checks(client: &Client, args: &TestArgs, two_nodes: bool) -> Vec<Ou
     let netns = client_pod.as_ref().and_then(|p| p.annotations().get(super::kubelet::NETNS_ANNOTATION).cloned());
     let client_ip = client_pod.as_ref().and_then(pod_ip);
     let port = ECHO_PORT;
-    // (check name, address to reach, pods that may answer, client address the server should see)
-    type Target = (String, Option<SocketAddr>, Vec<String>, Option<IpAddr>);
     let mut targets: Vec<Target> = Vec::new();
     for (check, prefix) in
         [("pod-to-pod (same node)", "echo-same-node"), ("pod-to-pod (across nodes)", "echo-other-node")]
@@ -301,23 +307,33 @@ async fn run_checks(client: &Client, args: &TestArgs, two_nodes: bool) -> Vec<Ou
         }
         let pod = find(prefix);
         let addr = pod.as_ref().and_then(pod_ip).map(|ip| SocketAddr::new(ip, port));
-        targets.push((check.into(), addr, pod.map(|p| p.name_any()).into_iter().collect(), client_ip));
+        targets.push(Target {
+            name: check.into(),
+            addr,
+            expected: pod.map(|p| p.name_any()).into_iter().collect(),
+            client_ip,
+        });
     }
     let service = Api::<Service>::namespaced(client.clone(), &args.namespace).get("echo").await.ok();
     let cluster_ip = service.and_then(|s| s.spec?.cluster_ip?.parse::<IpAddr>().ok());
     let echo_pods: Vec<String> =
         pods.iter().filter(|p| p.name_any().starts_with("echo-")).map(|p| p.name_any()).collect();
-    targets.push((
-        "pod-to-service (ClusterIP)".into(),
-        cluster_ip.map(|ip| SocketAddr::new(ip, port)),
-        echo_pods,
+    targets.push(Target {
+        name: "pod-to-service (ClusterIP)".into(),
+        addr: cluster_ip.map(|ip| SocketAddr::new(ip, port)),
+        expected: echo_pods,
         client_ip,
-    ));
+    });
     let outside = SocketAddr::new(IpAddr::V4(super::plan::OUTSIDE_IPV4), super::plan::OUTSIDE_PORT);
     // Leaving the cluster is masqueraded to the node's address: the client address is not checked.
-    targets.push(("pod-to-outside".into(), Some(outside), vec!["outside".into()], None));
+    targets.push(Target {
+        name: "pod-to-outside".into(),
+        addr: Some(outside),
+        expected: vec!["outside".into()],
+        client_ip: None,
+    });
 
-    for (name, addr, expected, expect_client) in targets {
+    for Target { name, addr, expected, client_ip: expect_client } in targets {
         let failure = match (&netns, addr) {
             (None, _) => Some("the client pod has no sandbox (not running)".to_string()),
             (_, None) => Some("the target has no address (its pod is not running)".to_string()),

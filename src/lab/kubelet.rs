@@ -349,6 +349,7 @@ impl Kubelet {
 
 /// Creates the pod namespace and runs CNI ADD; on failure nothing is left behind.
 fn sandbox_up(runtime: &Runtime, netns: &str, att: &Attachment) -> Result<Value, String> {
+    runtime.check_config().map_err(|e| e.to_string())?;
     if Path::new(NETNS_RUN_DIR).join(netns).exists() {
         // Left by a supervisor that did not shut down cleanly: release and start afresh.
         let _ = runtime.del(att);
@@ -401,6 +402,48 @@ mod tests {
             "spec": {"nodeName": "kind-worker", "containers": [{"name": "web", "image": "echo"}]}
         }))
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn without_a_cni_configuration_a_pod_stays_pending_with_an_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = crate::lab::plan::LabPlan::new(&crate::lab::plan::LabRequest {
+            name: "kind".into(),
+            nodes: 2,
+            state_dir: dir.path().to_path_buf(),
+            bpffs: "/sys/fs/bpf".into(),
+            values: Default::default(),
+        })
+        .unwrap();
+        let server = beeline_apiserver::ApiServer::default();
+        let client = server.client();
+        let pods = Api::<Pod>::namespaced(client.clone(), "default");
+        let mut spec = pod();
+        spec.metadata.uid = None;
+        pods.create(&PostParams::default(), &spec).await.unwrap();
+        // The worker's agent has written no conflist: no sandbox is attempted.
+        let mut kubelet = Kubelet::new(client.clone(), plan.nodes[1].clone(), &plan.prefix);
+        kubelet.pass().await.unwrap();
+        let p = pods.get("web-1").await.unwrap();
+        assert_eq!(p.status.as_ref().unwrap().phase.as_deref(), Some("Pending"));
+        assert!(!super::super::workloads::is_ready(&p));
+        assert!(p.finalizers().iter().any(|f| f == FINALIZER));
+        let events = Api::<Event>::namespaced(client.clone(), "default").list(&ListParams::default()).await.unwrap();
+        let e = &events.items[0];
+        assert_eq!(e.reason.as_deref(), Some("FailedCreatePodSandBox"));
+        let message = e.message.clone().unwrap();
+        assert!(message.contains("network is not ready: no CNI configuration file"), "{message}");
+        assert_eq!(e.involved_object.uid, p.metadata.uid);
+        // A second pass within the back-off neither retries nor repeats the Event.
+        kubelet.pass().await.unwrap();
+        assert_eq!(
+            Api::<Event>::namespaced(client, "default").list(&ListParams::default()).await.unwrap().items.len(),
+            1
+        );
+        // Deleting it: the kubelet never ran it, so it only releases its finalizer.
+        pods.delete("web-1", &Default::default()).await.unwrap();
+        kubelet.pass().await.unwrap();
+        assert!(pods.get_opt("web-1").await.unwrap().is_none());
     }
 
     #[test]

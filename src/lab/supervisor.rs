@@ -244,3 +244,51 @@ impl Supervised {
         let _ = child.wait();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Service;
+
+    fn plan(state_dir: &Path) -> LabPlan {
+        LabPlan::new(&super::super::plan::LabRequest {
+            name: "kind".into(),
+            nodes: 2,
+            state_dir: state_dir.to_path_buf(),
+            bpffs: "/sys/fs/bpf".into(),
+            values: Default::default(),
+        })
+        .unwrap()
+    }
+
+    fn service(name: &str) -> Service {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name}, "spec": {"type": "NodePort", "ports": [{"port": 80}]}
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_restarted_supervisor_keeps_every_object_and_allocates_past_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = plan(dir.path());
+        let snapshot = snapshot_file(&plan);
+        let first = start_api(&plan, &snapshot).await.unwrap();
+        let services: Api<Service> = Api::default_namespaced(first.client());
+        let before = services.create(&PostParams::default(), &service("kept")).await.unwrap();
+        first.save(&snapshot).unwrap();
+
+        // Started again over the snapshot: Node registration does not conflict, objects are back.
+        let second = start_api(&plan, &snapshot).await.unwrap();
+        let nodes: Api<Node> = Api::all(second.client());
+        assert_eq!(nodes.list(&Default::default()).await.unwrap().items.len(), 2);
+        let services: Api<Service> = Api::default_namespaced(second.client());
+        let kept = services.get("kept").await.unwrap();
+        assert_eq!(kept.metadata.uid, before.metadata.uid);
+        // A new Service gets neither the kept one's ClusterIP nor its NodePort.
+        let new = services.create(&PostParams::default(), &service("new")).await.unwrap();
+        let (a, b) = (kept.spec.unwrap(), new.spec.unwrap());
+        assert_ne!(a.cluster_ip, b.cluster_ip);
+        assert_ne!(a.ports.unwrap()[0].node_port, b.ports.unwrap()[0].node_port);
+    }
+}
