@@ -11,6 +11,7 @@ pub mod addr;
 pub mod cluster_pool;
 pub mod index_set;
 pub mod lbipam;
+pub mod multi_pool;
 pub mod node_alloc;
 pub mod podcidr;
 
