@@ -239,17 +239,11 @@ impl MultiPools {
             let mut messages = Vec::new();
             for family in [Family::V4, Family::V6] {
                 let Some(spec) = pool.family(family) else { continue };
-                match self.build_one(pool, family, spec) {
-                    Ok(alloc) => {
-                        allocators.insert((pool.name.clone(), family), alloc);
-                    }
-                    Err((e, alloc)) => {
-                        messages.push(e.to_string());
-                        if let Some(alloc) = alloc {
-                            allocators.insert((pool.name.clone(), family), alloc);
-                        }
-                    }
+                let (alloc, error) = self.build_one(pool, family, spec);
+                if let Some(alloc) = alloc {
+                    allocators.insert((pool.name.clone(), family), alloc);
                 }
+                messages.extend(error.map(|e| e.to_string()));
             }
             if !messages.is_empty() {
                 errors.insert(pool.name.clone(), messages.join("; "));
@@ -258,35 +252,37 @@ impl MultiPools {
         allocators
     }
 
-    /// The allocator of one pool family. A changed mask is an error that still yields an allocator
-    /// with the accepted mask, so the pool keeps serving its nodes.
-    #[allow(clippy::type_complexity)]
+    /// The allocator of one pool family, and what is wrong with its spec. A changed mask is an
+    /// error that still yields an allocator with the accepted mask, so the pool keeps serving.
     fn build_one(
         &mut self,
         pool: &PoolSpec,
         family: Family,
         spec: &FamilySpec,
-    ) -> Result<ClusterCidrPool, (MultiPoolError, Option<ClusterCidrPool>)> {
+    ) -> (Option<ClusterCidrPool>, Option<MultiPoolError>) {
         let mut cidrs = Vec::with_capacity(spec.cidrs.len());
         for text in &spec.cidrs {
             match text.parse::<IpNet>() {
                 Ok(c) => cidrs.push(c),
                 Err(_) => {
                     let e = MultiPoolError::InvalidCidr { pool: pool.name.clone(), family, text: text.clone() };
-                    return Err((e, None));
+                    return (None, Some(e));
                 }
             }
         }
         let key = (pool.name.clone(), family);
         let accepted = *self.accepted_masks.entry(key).or_insert(spec.mask_size);
-        let alloc = ClusterCidrPool::new(family, &cidrs, accepted)
-            .map_err(|source| (MultiPoolError::Pool { pool: pool.name.clone(), source }, None))?;
-        if accepted != spec.mask_size {
-            let e =
-                MultiPoolError::MaskChanged { pool: pool.name.clone(), family, accepted, requested: spec.mask_size };
-            return Err((e, Some(alloc)));
-        }
-        Ok(alloc)
+        let alloc = match ClusterCidrPool::new(family, &cidrs, accepted) {
+            Ok(alloc) => alloc,
+            Err(source) => return (None, Some(MultiPoolError::Pool { pool: pool.name.clone(), source })),
+        };
+        let error = (accepted != spec.mask_size).then(|| MultiPoolError::MaskChanged {
+            pool: pool.name.clone(),
+            family,
+            accepted,
+            requested: spec.mask_size,
+        });
+        (Some(alloc), error)
     }
 }
 

@@ -2,3 +2,4 @@
 
 pub mod cluster_pool;
 pub mod lb_ipam;
+pub mod multi_pool;
