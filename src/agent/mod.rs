@@ -8,7 +8,7 @@ pub mod lb;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::controllers::agent::{ipam_state::NodeIpam, node_ipam};
+use crate::controllers::agent::{ipam_state::NodeIpam, multi_pool, node_ipam};
 
 use crate::runtime::{args::ConfigArgs, connectivity, health, kubeclient, runner::Runner, shutdown};
 
@@ -54,11 +54,13 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
         Duration::from_secs(5),
         token.clone(),
     );
+    let multi_pool = multi_pool::start(&config, &client, &node_name, &mut runner, token.clone());
     let api_state = Arc::new(api::ApiState {
         node_name: node_name.clone(),
         config: config.clone(),
         health: telemetry.health.clone(),
         ipam: ipam.clone(),
+        multi_pool,
     });
     let api = api::serve(&config.agent_socket_path, api_state, token.clone())?;
     runner.spawn("agent-api", async move { Ok(api.await?) });

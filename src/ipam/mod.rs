@@ -12,6 +12,7 @@ pub mod cluster_pool;
 pub mod index_set;
 pub mod lbipam;
 pub mod multi_pool;
+pub mod multi_pool_agent;
 pub mod node_alloc;
 pub mod podcidr;
 

@@ -207,7 +207,7 @@ fn allocated_of(pools: &IpamPoolSpec) -> Vec<PoolCidrs> {
 
 /// Whether resourceVersion `seen` is at least `written` (numeric when both are, as the API server
 /// and the in-memory one issue them; otherwise only equality counts).
-fn caught_up(seen: &str, written: &str) -> bool {
+pub(crate) fn caught_up(seen: &str, written: &str) -> bool {
     match (seen.parse::<u64>(), written.parse::<u64>()) {
         (Ok(s), Ok(w)) => s >= w,
         _ => seen == written,
