@@ -433,6 +433,19 @@ impl Config {
                 }
             }
         }
+        if self.ipam == IpamMode::MultiPool {
+            // Cilium supports multi-pool only with native routing: a node's pod addresses come from
+            // several CIDRs in several pools, which the tunnel datapath cannot route.
+            if self.routing_mode == RoutingMode::Tunnel {
+                return Err(ConfigError::Inconsistent(
+                    "`ipam: multi-pool` requires `routing-mode: native` (with `auto-direct-node-routes` or \
+                     routes from the underlay); tunnel mode is not supported with multi-pool IPAM"
+                        .into(),
+                ));
+            }
+            crate::ipam::multi_pool::parse_auto_create(&self.auto_create_cilium_pod_ip_pools)
+                .map_err(|e| ConfigError::Inconsistent(e.to_string()))?;
+        }
         if self.routing_mode == RoutingMode::Native
             && self.enable_ipv4
             && self.enable_ipv4_masquerade
@@ -644,6 +657,18 @@ mod tests {
     }
 
     #[test]
+    fn multi_pool_with_native_routing_is_accepted() {
+        let cfg = Config::from_raw(&raw(&[
+            ("ipam", "multi-pool"),
+            ("routing-mode", "native"),
+            ("ipv4-native-routing-cidr", "10.0.0.0/8"),
+            ("auto-create-cilium-pod-ip-pools", "default=ipv4-cidrs:10.10.0.0/16;ipv4-mask-size:24"),
+        ]))
+        .unwrap();
+        assert_eq!(cfg.ipam, IpamMode::MultiPool);
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[("routing-mod", "native")], "`routing-mod` (did you mean `routing-mode`?)"),
@@ -661,6 +686,16 @@ mod tests {
             (&[("routing-mode", "native")], "needs `ipv4-native-routing-cidr`"),
             (&[("cluster-pool-ipv4-cidr", "10.0.0.0/16"), ("cluster-pool-ipv4-mask-size", "8")], "shorter than"),
             (&[("kube-proxy-replacement", "partial")], "`kube-proxy-replacement`"),
+            (&[("ipam", "multi-pool")], "`ipam: multi-pool` requires `routing-mode: native`"),
+            (
+                &[
+                    ("ipam", "multi-pool"),
+                    ("routing-mode", "native"),
+                    ("ipv4-native-routing-cidr", "10.0.0.0/8"),
+                    ("auto-create-cilium-pod-ip-pools", "default=ipv4-cidrs:10.10.0.0/16"),
+                ],
+                "auto-create-cilium-pod-ip-pools: pool default: ipv4-cidrs and ipv4-mask-size must be given together",
+            ),
         ];
         for (pairs, needle) in cases {
             let err = Config::from_raw(&raw(pairs)).expect_err(&format!("{pairs:?} must be refused"));

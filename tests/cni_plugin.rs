@@ -74,6 +74,7 @@ async fn fixture() -> Fixture {
         ipam: ipam.clone(),
         endpoints: endpoints.clone(),
         endpoint_kube: None,
+        multi_pool: None,
     });
     let token = CancellationToken::new();
     tokio::spawn(api::serve(&socket, state, token.clone()).unwrap());

@@ -17,7 +17,10 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::api::ApiState;
+use tracing::Instrument;
+
 use crate::controllers::agent::ipam_state::{AllocatedIp, IpamListing, NodeIpamError};
+use crate::controllers::agent::multi_pool::AllocateError;
 use crate::ipam::{Family, IpamError, Owner};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,15 +85,25 @@ async fn allocate(State(s): State<Arc<ApiState>>, Json(req): Json<AllocateReques
     }
     let owner = Owner::endpoint(&req.namespace, &req.pod, &req.container_id, &req.ifname);
     let span = tracing::info_span!("ipam_allocate", pod = %format!("{}/{}", req.namespace, req.pod), container = %req.container_id);
+    let result = match &s.multi_pool {
+        Some(mp) => mp.allocate(&owner, &req.namespace, &req.pod, req.family).instrument(span.clone()).await,
+        None => s.ipam.allocate(&owner, req.family).map_err(AllocateError::from),
+    };
     let _enter = span.enter();
-    match s.ipam.allocate(&owner, req.family) {
+    match result {
         Ok(ips) => {
             tracing::info!(ips = ?ips.iter().map(|i| i.ip).collect::<Vec<_>>(), "allocated");
             Ok(Json(AllocateResponse { ips, mtu: Some(pod_mtu(&s.config)) }))
         }
         Err(e) => {
             tracing::warn!(error = %e, "allocation refused");
-            Err(map_error(e))
+            Err(match e {
+                AllocateError::Ipam(e) => map_error(e),
+                AllocateError::Choice(e) => error(StatusCode::BAD_REQUEST, "invalid", e.to_string(), false),
+                AllocateError::Lookup { .. } => {
+                    error(StatusCode::SERVICE_UNAVAILABLE, "not-ready", e.to_string(), true)
+                }
+            })
         }
     }
 }
@@ -119,7 +132,10 @@ async fn release(
             false,
         ));
     }
-    let released = s.ipam.release(&container_id, &ifname).map_err(map_error)?;
+    let mut released = s.ipam.release(&container_id, &ifname).map_err(map_error)?;
+    if let Some(mp) = &s.multi_pool {
+        released.extend(mp.ipam.release(&container_id, &ifname));
+    }
     if !released.is_empty() {
         tracing::info!(%container_id, %ifname, ?released, "released");
     }
@@ -127,7 +143,15 @@ async fn release(
 }
 
 async fn list(State(s): State<Arc<ApiState>>) -> Json<IpamListing> {
-    Json(s.ipam.listing())
+    Json(listing_of(&s))
+}
+
+/// The listing of whichever allocator serves this node.
+pub fn listing_of(s: &ApiState) -> IpamListing {
+    match &s.multi_pool {
+        Some(mp) => mp.ipam.listing(),
+        None => s.ipam.listing(),
+    }
 }
 
 #[cfg(test)]

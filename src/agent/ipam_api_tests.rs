@@ -41,6 +41,7 @@ pub(crate) fn serve_test_agent() -> TestAgent {
             Arc::new(crate::agent::ipam_expiry::SystemClock),
         )),
         endpoint_kube: None,
+        multi_pool: None,
     });
     let token = CancellationToken::new();
     let server = api::serve(&socket, state, token.clone()).unwrap();

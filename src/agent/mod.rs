@@ -17,7 +17,7 @@ use std::sync::Arc;
 use futures::TryFutureExt;
 use std::time::Duration;
 
-use crate::controllers::agent::{ipam_state::NodeIpam, node_ipam};
+use crate::controllers::agent::{ipam_state::NodeIpam, multi_pool, node_ipam};
 
 use crate::runtime::{args::ConfigArgs, connectivity, health, kubeclient, runner::Runner, shutdown};
 
@@ -89,6 +89,7 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
             Ok(())
         }
     });
+    let multi_pool = multi_pool::start(&config, &client, &node_name, &mut runner, token.clone());
     let api_state = Arc::new(api::ApiState {
         node_name: node_name.clone(),
         config: config.clone(),
@@ -100,6 +101,7 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
             &node_name,
             &config.cluster_name,
         ))),
+        multi_pool,
     });
     let api = api::serve(&config.agent_socket_path, api_state, token.clone())?;
     runner.spawn("agent-api", async move { Ok(api.await?) });

@@ -1,6 +1,7 @@
 //! The agent's reconcilers.
 
 pub mod ipam_state;
+pub mod multi_pool;
 pub mod node_ipam;
 pub mod remote;
 pub mod remote_endpoints;

@@ -3,3 +3,4 @@
 pub mod cluster_pool;
 pub mod identity_gc;
 pub mod lb_ipam;
+pub mod multi_pool;
