@@ -219,6 +219,7 @@ fn the_map_manager_and_the_object_agree_on_the_shape_of_the_lb_maps() {
     check::<maps::Lb4RevNat>(&pin);
     check::<maps::LbAffinityMatch>(&pin);
     check::<maps::Lb4Maglev>(&pin);
+    check::<maps::Lb4SourceRange>(&pin);
 }
 
 #[test]

@@ -201,6 +201,15 @@ pub struct Lb4SrcRangeData {
     pub address: u32,
 }
 
+/// The whole LPM key of the source-range map as userspace writes it (what aya-ebpf's
+/// `Key<Lb4SrcRangeData>` is in the datapath).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lb4SrcRangeKey {
+    pub prefixlen: u32,
+    pub data: Lb4SrcRangeData,
+}
+
 /// Bits of the source-range key before the address.
 pub const SRC_RANGE_STATIC_PREFIX: u32 = 32;
 
@@ -282,6 +291,7 @@ mod pod_impls {
     unsafe impl aya::Pod for LbAffinityMatchKey {}
     unsafe impl aya::Pod for LbMaglevKey {}
     unsafe impl aya::Pod for Lb4SrcRangeData {}
+    unsafe impl aya::Pod for Lb4SrcRangeKey {}
     unsafe impl aya::Pod for LbConfig {}
     unsafe impl aya::Pod for Ct4Tuple {}
     unsafe impl aya::Pod for Ct4Entry {}
@@ -306,6 +316,7 @@ mod tests {
         assert_eq!(size_of::<LbAffinityMatchKey>(), 8);
         assert_eq!(size_of::<LbMaglevKey>(), 8);
         assert_eq!(size_of::<Lb4SrcRangeData>(), 8);
+        assert_eq!(size_of::<Lb4SrcRangeKey>(), 12);
         assert_eq!(size_of::<LbConfig>(), 8);
         assert_eq!(size_of::<Ct4Tuple>(), 16);
         assert_eq!(size_of::<Ct4Entry>(), 32);

@@ -12,7 +12,9 @@ use crate::controllers::agent::services_watch;
 use crate::datapath::lb_tables;
 use crate::datapath::manager::backend::BackendError;
 use crate::datapath::manager::kernel::KernelMap;
-use crate::datapath::manager::maps::{self, Lb4Backends, Lb4Maglev, Lb4RevNat, Lb4Services, LbAffinityMatch};
+use crate::datapath::manager::maps::{
+    self, Lb4Backends, Lb4Maglev, Lb4RevNat, Lb4Services, Lb4SourceRange, LbAffinityMatch,
+};
 use crate::datapath::manager::writer::WriterOptions;
 use crate::datapath::manager::{ManagerOptions, MapManager};
 use crate::runtime::health::{Health, Telemetry};
@@ -46,6 +48,7 @@ pub fn start(
         services: group.add::<Lb4Services>(KernelMap::open_or_create::<Lb4Services>(pin_dir)?)?,
         affinity_match: group.add::<LbAffinityMatch>(KernelMap::open_or_create::<LbAffinityMatch>(pin_dir)?)?,
         maglev: group.add::<Lb4Maglev>(KernelMap::open_or_create::<Lb4Maglev>(pin_dir)?)?,
+        source_ranges: group.add::<Lb4SourceRange>(KernelMap::open_or_create::<Lb4SourceRange>(pin_dir)?)?,
     };
     let writer = group.build();
     let services_config = ServicesConfig::from_config(config, node_name);

@@ -1,20 +1,14 @@
-//! Typed access to the load balancer's datapath-side maps through their pins: the node LB settings,
-//! `loadBalancerSourceRanges` (an LPM trie, which the map manager does not handle yet), and the maps
-//! only the datapath writes — conntrack and ClientIP affinity — for `beeline bpf ct list` and tests.
-//! The rows maps (services, backends, rev-NAT, affinity-match, Maglev) belong to the map manager.
+//! Typed access to the load balancer's datapath-side maps through their pins: the node LB settings
+//! and the maps only the datapath writes — conntrack and ClientIP affinity — for `beeline bpf ct
+//! list` and tests. The rows maps (services, backends, rev-NAT, affinity-match, Maglev, source
+//! ranges) belong to the map manager.
 
 use std::path::Path;
 
-use aya::maps::{
-    lpm_trie::{Key as LpmKey, LpmTrie},
-    Array, HashMap, Map, MapData,
-};
-use beeline_common::lb::{
-    map_names, Ct4Entry, Ct4Tuple, Lb4AffinityKey, Lb4SrcRangeData, LbAffinityValue, LbConfig, SRC_RANGE_STATIC_PREFIX,
-};
-use ipnet::Ipv4Net;
+use aya::maps::{Array, HashMap, Map, MapData};
+use beeline_common::lb::{map_names, Ct4Entry, Ct4Tuple, Lb4AffinityKey, LbAffinityValue, LbConfig};
 
-use super::{loader::DatapathError, pins::PinLayout, tables::be};
+use super::{loader::DatapathError, pins::PinLayout};
 
 fn open(pin_dir: &Path, name: &'static str) -> Result<MapData, DatapathError> {
     MapData::from_pin(PinLayout::new(pin_dir).map(name)).map_err(|e| DatapathError::map(name, e))
@@ -35,27 +29,6 @@ pub fn read_lb_config(pin_dir: &Path) -> Result<LbConfig, DatapathError> {
     let name = map_names::LB_CONFIG;
     let map: Array<MapData, LbConfig> = Array::try_from(Map::Array(open(pin_dir, name)?)).map_err(map_err(name))?;
     map.get(&0, 0).map_err(map_err(name))
-}
-
-fn source_range_key(rev_nat_id: u16, cidr: Ipv4Net) -> LpmKey<Lb4SrcRangeData> {
-    let data = Lb4SrcRangeData { rev_nat_id, pad: 0, address: be(cidr.network()) };
-    LpmKey::new(SRC_RANGE_STATIC_PREFIX + u32::from(cidr.prefix_len()), data)
-}
-
-fn source_ranges(pin_dir: &Path) -> Result<LpmTrie<MapData, Lb4SrcRangeData, u8>, DatapathError> {
-    let name = map_names::LB4_SOURCE_RANGE;
-    LpmTrie::try_from(Map::LpmTrie(open(pin_dir, name)?)).map_err(map_err(name))
-}
-
-/// Allows (or, for a deny-list service, denies) clients in `cidr` for the frontend `rev_nat_id`.
-pub fn upsert_source_range(pin_dir: &Path, rev_nat_id: u16, cidr: Ipv4Net) -> Result<(), DatapathError> {
-    source_ranges(pin_dir)?
-        .insert(&source_range_key(rev_nat_id, cidr), 0, 0)
-        .map_err(map_err(map_names::LB4_SOURCE_RANGE))
-}
-
-pub fn remove_source_range(pin_dir: &Path, rev_nat_id: u16, cidr: Ipv4Net) -> Result<(), DatapathError> {
-    source_ranges(pin_dir)?.remove(&source_range_key(rev_nat_id, cidr)).map_err(map_err(map_names::LB4_SOURCE_RANGE))
 }
 
 fn dump<K: aya::Pod, V: aya::Pod>(pin_dir: &Path, name: &'static str) -> Result<Vec<(K, V)>, DatapathError> {

@@ -29,6 +29,7 @@ pub fn pinned_spec(path: &Path, name: &'static str) -> Result<MapSpec, BackendEr
     let kind = match info.map_type() {
         Ok(aya::maps::MapType::Hash) => super::MapKind::Hash,
         Ok(aya::maps::MapType::LruHash) => super::MapKind::LruHash,
+        Ok(aya::maps::MapType::LpmTrie) => super::MapKind::LpmTrie,
         other => return Err(err(name, "map info", format!("unsupported map type {other:?}"))),
     };
     Ok(MapSpec {
@@ -85,7 +86,13 @@ pub struct KernelMap<K, V> {
 
 impl<K: aya::Pod, V: aya::Pod> KernelMap<K, V> {
     fn from_data(name: &'static str, path: PathBuf, data: MapData) -> Result<Self, BackendError> {
-        let map = Map::from_map_data(data).map_err(|e| err(name, "open", e))?;
+        let map = match Map::from_map_data(data).map_err(|e| err(name, "open", e))? {
+            // An LPM trie answers the same element syscalls (update, delete, lookup, next key) with
+            // exact keys (prefix length included), which is all the manager does; aya's hash map
+            // wrapper only checks the key and value sizes.
+            Map::LpmTrie(data) => Map::HashMap(data),
+            map => map,
+        };
         let map = HashMap::try_from(map).map_err(|e| err(name, "open", e))?;
         Ok(Self { name, path, map, _types: PhantomData })
     }

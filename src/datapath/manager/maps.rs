@@ -5,8 +5,8 @@
 use beeline_common::{
     endpoint::{self, EndpointInfo, EndpointKey},
     lb::{
-        self, Lb4Backend, Lb4BackendKey, Lb4Key, Lb4RevNatKey, Lb4ReverseNat, Lb4Service, LbAffinityMatchKey,
-        LbMaglevKey,
+        self, Lb4Backend, Lb4BackendKey, Lb4Key, Lb4RevNatKey, Lb4ReverseNat, Lb4Service, Lb4SrcRangeKey,
+        LbAffinityMatchKey, LbMaglevKey,
     },
     tunnel::{self, TunnelKey, TunnelValue},
 };
@@ -117,6 +117,25 @@ impl MapDef for Lb4Maglev {
 
     fn row_json(k: &LbMaglevKey, v: &u32) -> serde_json::Value {
         json!({ "rev_nat_index": k.rev_nat_id, "index": k.index, "backend_id": v })
+    }
+}
+
+/// `loadBalancerSourceRanges` (Cilium's `cilium_lb4_source_range`), an LPM trie keyed by rev-NAT ID
+/// and CIDR. Phase 0: written before the master entry whose `SOURCE_RANGE` flag makes the datapath
+/// consult it, so a new service never denies everyone for a moment.
+pub struct Lb4SourceRange;
+
+impl MapDef for Lb4SourceRange {
+    type Key = Lb4SrcRangeKey;
+    type Value = u8;
+    const NAME: &'static str = lb::map_names::LB4_SOURCE_RANGE;
+    const KIND: MapKind = MapKind::LpmTrie;
+    const MAX_ENTRIES: u32 = 65536;
+    const FLAGS: u32 = BPF_F_NO_PREALLOC;
+
+    fn row_json(k: &Lb4SrcRangeKey, _v: &u8) -> serde_json::Value {
+        let len = k.prefixlen.saturating_sub(lb::SRC_RANGE_STATIC_PREFIX);
+        json!({ "rev_nat_index": k.data.rev_nat_id, "cidr": format!("{}/{len}", ipv4(k.data.address)) })
     }
 }
 

@@ -5,10 +5,10 @@ use std::path::Path;
 
 use beeline_common::lb::{LbAffinityMatchKey, LbMaglevKey};
 
-use crate::datapath::lb_tables;
+use crate::controllers::agent::services::source_range_key;
 use crate::datapath::manager::backend::MapBackend;
 use crate::datapath::manager::kernel::KernelMap;
-use crate::datapath::manager::maps::{Lb4Backends, Lb4Maglev, Lb4RevNat, Lb4Services, LbAffinityMatch};
+use crate::datapath::manager::maps::{Lb4Backends, Lb4Maglev, Lb4RevNat, Lb4Services, Lb4SourceRange, LbAffinityMatch};
 use crate::services::DesiredLb;
 
 /// Writes every row of `desired` (in the manager's order: backends, rev-NAT, affinity-match and
@@ -35,8 +35,9 @@ pub fn program(pin_dir: &Path, desired: &DesiredLb) {
             maglev.upsert(&key, backend_id).expect("Maglev row");
         }
     }
+    let mut ranges = KernelMap::open_pinned::<Lb4SourceRange>(pin_dir).expect("source-range map");
     for range in &desired.source_ranges {
-        lb_tables::upsert_source_range(pin_dir, range.rev_nat_id, range.cidr).expect("source range");
+        ranges.upsert(&source_range_key(range), &0).expect("source range");
     }
     let mut services = KernelMap::open_pinned::<Lb4Services>(pin_dir).expect("services map");
     let (masters, slots): (Vec<_>, Vec<_>) = desired.services.iter().partition(|(k, _)| k.backend_slot == 0);
@@ -66,7 +67,8 @@ pub fn replace(pin_dir: &Path, old: &DesiredLb, new: &DesiredLb) {
         let key = LbAffinityMatchKey { backend_id: m.backend_id, rev_nat_id: m.rev_nat_id, pad: 0 };
         affinity.delete(&key).expect("delete affinity-match row");
     }
+    let mut ranges = KernelMap::open_pinned::<Lb4SourceRange>(pin_dir).expect("source-range map");
     for range in old.source_ranges.difference(&new.source_ranges) {
-        lb_tables::remove_source_range(pin_dir, range.rev_nat_id, range.cidr).expect("remove source range");
+        ranges.delete(&source_range_key(range)).expect("remove source range");
     }
 }
