@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use beeline::config::LbAlgorithm;
+use beeline::datapath::manager::{backend::MapBackend, kernel::KernelMap, maps::Lb4Maglev};
 use beeline::datapath::{
     lb_tables,
     loader::programs::FROM_CONTAINER,
@@ -29,7 +30,10 @@ use beeline::services::{desired_state, DesiredLb, Inputs, LbIds, ServicesConfig}
 use beeline_common::{
     datapath::{drop_reason, DatapathConfig, TUNNEL_VXLAN},
     endpoint::EndpointInfo,
-    lb::{Lb4AffinityKey, LbAffinityValue, TUPLE_F_OUT, TUPLE_F_SERVICE},
+    lb::{
+        ct_flags, Lb4AffinityKey, LbAffinityValue, LbConfig, LbMaglevKey, CT_CLOSE_TIMEOUT, TUPLE_F_OUT,
+        TUPLE_F_SERVICE,
+    },
 };
 use integration::{require_root, BpffsDir};
 use k8s_openapi::api::core::v1::Service;
@@ -476,4 +480,63 @@ fn load_balancer_source_ranges_admit_listed_clients_only() {
     assert_eq!(f.drops(), vec![(drop_reason::NOT_IN_SRC_RANGE, 1)]);
     // The ClusterIP of the same Service is not subject to the ranges (LoadBalancer frontends only).
     assert_eq!(f.tcp_from_client(vip(), 48002, tcp_flags::SYN), (ip("10.0.1.3"), 8080));
+}
+
+#[test]
+fn maglev_services_pick_backends_from_their_lookup_table() {
+    let mut f = Fixture::new("lb-maglev");
+    let mut svc = load_balancer(json!({}));
+    svc.metadata.annotations = Some([("service.cilium.io/lb-algorithm".to_string(), "maglev".to_string())].into());
+    let desired = f.services(svc, endpoints(&ready(&["10.0.1.3", "10.0.1.4", "10.0.1.5"])));
+    let lb_id = desired.frontends.iter().find(|fe| fe.addr.ip == lb_ip() && fe.addr.port == 80).unwrap().id;
+    let table = &desired.maglev[&lb_id];
+    assert_eq!(table.len(), 251, "the configured table size");
+    lb_tables::write_lb_config(&f.bpffs.pin_dir(), &LbConfig { algorithm: 0, maglev_table_size: 251 }).unwrap();
+
+    // Point every entry of the table at one backend: if the datapath consults the table, every new
+    // flow lands there although the service has three active slots.
+    let only = f.backend_id("10.0.1.4");
+    let mut maglev = KernelMap::open_pinned::<Lb4Maglev>(&f.bpffs.pin_dir()).unwrap();
+    for index in 0..table.len() as u32 {
+        maglev.upsert(&LbMaglevKey { rev_nat_id: lb_id, pad: 0, index }, &only).unwrap();
+    }
+    for p in 49000..49030u16 {
+        assert_eq!(f.tcp_from_client(lb_ip(), p, tcp_flags::SYN).0, ip("10.0.1.4"), "flow {p}");
+    }
+    // The ClusterIP of the same Service has no table (Cilium builds none for ClusterIPs): random.
+    let chosen: BTreeSet<Ipv4Addr> = (49100..49148u16).map(|p| f.tcp_from_client(vip(), p, tcp_flags::SYN).0).collect();
+    assert_eq!(chosen, local_backend_ips());
+}
+
+#[test]
+fn closing_tcp_connections_get_the_short_lifetime() {
+    let mut f = Fixture::new("lb-ct-close");
+    f.services(web(json!({}), json!({})), endpoints(&ready(&["10.0.1.3"])));
+    let backend = ip("10.0.1.3");
+    let backend_mac = LOCAL_BACKENDS[0].2;
+    f.tcp_from_client(vip(), 50000, tcp_flags::SYN);
+    f.tcp_from_client(vip(), 50000, tcp_flags::ACK);
+    let connection = |f: &Fixture| {
+        let ct = lb_tables::list_ct(&f.bpffs.pin_dir()).unwrap();
+        ct.into_iter().find(|(t, _)| t.flags == TUPLE_F_OUT).unwrap().1
+    };
+    let now = lb_tables::monotonic_secs() as i64;
+    let established = i64::from(connection(&f).lifetime) - now;
+    assert!(established > 3600, "established TCP lives for hours: {established}s");
+
+    f.tcp_from_client(vip(), 50000, tcp_flags::FIN | tcp_flags::ACK);
+    f.endpoint(client(), CLIENT_IFINDEX, CLIENT_MAC);
+    f.endpoint(backend, LOOPBACK, backend_mac);
+    let fin = FrameBuilder::new(backend_mac, lxc_mac(backend_mac))
+        .ipv4(backend, client())
+        .tcp(8080, 50000, tcp_flags::FIN | tcp_flags::ACK)
+        .build();
+    assert_eq!(f.run(&fin).0, TC_ACT_REDIRECT);
+    let closing = connection(&f);
+    assert_eq!(
+        closing.flags & (ct_flags::RX_CLOSING | ct_flags::TX_CLOSING),
+        ct_flags::RX_CLOSING | ct_flags::TX_CLOSING
+    );
+    let left = i64::from(closing.lifetime) - lb_tables::monotonic_secs() as i64;
+    assert!((0..=CT_CLOSE_TIMEOUT as i64).contains(&left), "closed connections expire within 10 s: {left}s");
 }
