@@ -436,7 +436,7 @@ fn vxlan_config() -> DatapathConfig {
         tunnel_ifindex: 77,
         tunnel_proto: TUNNEL_VXLAN,
         pod_cidr_prefix_len: 24,
-        flags: 0,
+        ..Default::default()
     }
 }
 

@@ -14,6 +14,8 @@ mod integration;
 
 use integration::{free_port, write_kubeconfig, BpffsDir};
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
 const BIN: &str = env!("CARGO_BIN_EXE_beeline");
 
 /// The in-memory Kubernetes API on 127.0.0.1, on its own runtime; stops when dropped.
@@ -29,6 +31,14 @@ impl TestApiServer {
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = beeline_apiserver::ApiServer::default();
+        // As in a cluster, the CRDs exist before agents start (the operator installs them): the
+        // agent's remote controllers watch CiliumNodes and CiliumEndpoints.
+        runtime.block_on(async {
+            let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(server.client());
+            for crd in beeline::crds::all() {
+                crds.create(&Default::default(), &crd).await.expect("create CRD");
+            }
+        });
         runtime.spawn(async move { server.serve(listener).await });
         Self { port, _runtime: runtime }
     }
@@ -130,8 +140,15 @@ fn agent_serves_health_and_api_then_stops_on_sigterm() {
     let metrics = wait_for_status(health_port, "/metrics", 200);
     assert!(metrics.contains("# EOF"), "OpenMetrics output expected: {metrics}");
     assert!(metrics.contains("beeline_agent_bpf_map_sync_pass_seconds"), "map manager metrics expected: {metrics}");
-    // The agent created its LB maps in its own bpffs directory.
-    for map in ["beeline_lb4_services", "beeline_lb4_backends", "beeline_lb4_reverse_nat"] {
+    assert!(metrics.contains("beeline_agent_remote_routes_desired"), "remote-nodes metrics expected: {metrics}");
+    // The agent created its LB and remote maps in its own bpffs directory.
+    for map in [
+        "beeline_lb4_services",
+        "beeline_lb4_backends",
+        "beeline_lb4_reverse_nat",
+        "beeline_ipcache",
+        "beeline_tunnel_map",
+    ] {
         assert!(bpf.pin_dir().join(map).exists(), "{map} not pinned under {}", bpf.path().display());
     }
 
@@ -181,7 +198,12 @@ fn agent_reports_a_vanished_api_server_as_not_ready() {
     assert_eq!(wait_for_status(health_port, "/healthz", 200), "ok\n");
     let body = wait_for_status(health_port, "/readyz", 503);
     assert!(body.contains("[-]kubernetes failed: API server unreachable"), "{body}");
-    assert!(body.contains("[-]datapath-maps failed: waiting for the first full pass of: services"), "{body}");
+    assert!(
+        body.contains(
+            "[-]datapath-maps failed: waiting for the first full pass of: remote-endpoints, remote-nodes, services"
+        ),
+        "{body}"
+    );
     assert!(agent.sigterm_and_wait().success());
 }
 

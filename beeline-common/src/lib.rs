@@ -9,6 +9,7 @@ pub mod datapath;
 pub mod endpoint;
 pub mod ipcache;
 pub mod lb;
+pub mod nat;
 pub mod tunnel;
 
 /// Names of the pinned maps. Every map is pinned under the agent's bpffs directory with this name.
@@ -47,6 +48,8 @@ mod pod_impls {
     unsafe impl aya::Pod for crate::tunnel::TunnelValue {}
     unsafe impl aya::Pod for crate::datapath::DatapathConfig {}
     unsafe impl aya::Pod for crate::datapath::DropStats {}
+    unsafe impl aya::Pod for crate::nat::NatTuple {}
+    unsafe impl aya::Pod for crate::nat::NatEntry {}
 }
 
 #[cfg(test)]
@@ -67,7 +70,7 @@ mod tests {
         assert_eq!(size_of::<ipcache::RemoteEndpointInfo>(), 12);
         assert_eq!(size_of::<tunnel::TunnelKey>(), 20);
         assert_eq!(size_of::<tunnel::TunnelValue>(), 20);
-        assert_eq!(size_of::<datapath::DatapathConfig>(), 24);
+        assert_eq!(size_of::<datapath::DatapathConfig>(), 36);
         assert_eq!(size_of::<datapath::DropStats>(), 16);
     }
 

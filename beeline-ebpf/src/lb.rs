@@ -39,7 +39,7 @@ use crate::{
     conntrack::{self, Dir},
     drop::drop,
     icmp,
-    parse::{Ipv4Hdr, IPPROTO_TCP, IPPROTO_UDP, IPV4_CSUM_OFF, IPV4_DADDR_OFF, IPV4_SADDR_OFF},
+    parse::{Ipv4Hdr, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IPV4_CSUM_OFF, IPV4_DADDR_OFF, IPV4_SADDR_OFF},
 };
 
 // Shapes (type, size, flags) match the map manager's definitions (`src/datapath/manager/maps.rs`),
@@ -98,10 +98,10 @@ struct Flow {
 impl Flow {
     #[inline(always)]
     fn parse(ctx: &TcContext, ip: &Ipv4Hdr) -> Option<Flow> {
-        if ip.is_later_fragment() {
+        if ip.fragment_offset() != 0 {
             return None;
         }
-        let l4_offset = ip.l4_offset();
+        let l4_offset = ETH_HLEN + ip.header_len();
         let (csum_offset, csum_flags, tcp_flags) = match ip.protocol {
             IPPROTO_TCP => (l4_offset + 16, 0, ctx.load::<u8>(l4_offset + 13).ok()?),
             IPPROTO_UDP => (l4_offset + 6, u64::from(BPF_F_MARK_MANGLED_0), 0),

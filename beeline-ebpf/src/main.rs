@@ -5,6 +5,7 @@
 mod arp;
 mod conntrack;
 mod drop;
+mod fib;
 mod forward;
 mod from_container;
 mod from_overlay;
@@ -12,6 +13,8 @@ mod icmp;
 mod lb;
 mod lookup;
 mod maps;
+mod nat;
+mod netdev;
 mod parse;
 
 #[cfg(not(test))]

@@ -4,12 +4,13 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use beeline_common::{
     datapath::{drop_reason, DatapathConfig, DropStats},
     endpoint::{self, EndpointInfo, EndpointKey},
     ipcache::{self, IpcacheLpmData, RemoteEndpointInfo},
+    nat::{self, NatEntry, NatTuple},
     tunnel::{self, TunnelKey, TunnelValue},
 };
 
@@ -34,3 +35,8 @@ pub static CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
 /// Drop counters indexed by reason; per CPU, so counting never contends.
 #[map(name = "beeline_drops")]
 pub static DROPS: PerCpuArray<DropStats> = PerCpuArray::with_max_entries(drop_reason::MAX, 0);
+
+/// Masquerading (and later NodePort SNAT) translations, both directions (`cilium_snat_v4_external`).
+/// LRU: idle flows age out without a garbage collector.
+#[map(name = "beeline_snat_v4")]
+pub static SNAT_V4: LruHashMap<NatTuple, NatEntry> = LruHashMap::with_max_entries(nat::SNAT_MAX_ENTRIES, 0);

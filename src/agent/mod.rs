@@ -4,8 +4,12 @@
 pub mod api;
 pub mod ipam_api;
 pub mod lb;
+pub mod maps;
+pub mod remote;
 
 use std::sync::Arc;
+
+use futures::TryFutureExt;
 use std::time::Duration;
 
 use crate::controllers::agent::{ipam_state::NodeIpam, node_ipam};
@@ -34,7 +38,9 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
     };
     // Before anything else: a restarted agent swaps its programs in while traffic keeps flowing on
     // the pinned links and maps. Held (not detached) until exit; the pins outlive the process.
-    let _datapath = crate::datapath::agent::start(&args.datapath, &config.pin_dir())?;
+    // Loaded always; links (node devices, uplink/tunnel programs) only with `devices` set — see
+    // `datapath::agent`. `datapath` is what the CNI handler attaches pods' programs with.
+    let (datapath, _attachments) = crate::datapath::agent::start(&args.datapath, &config.pin_dir())?;
     let client = kubeclient::client(args.config.kubeconfig.as_deref(), "agent").await?;
     let telemetry = health::Telemetry::new("beeline_agent");
     telemetry.health.register(connectivity::CHECK);
@@ -54,6 +60,11 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
         Duration::from_secs(5),
         token.clone(),
     );
+    runner.spawn(
+        "datapath-node",
+        crate::datapath::agent::run_node_setup(datapath.clone(), config.clone(), ipam.clone(), token.clone())
+            .map_err(Into::into),
+    );
     let api_state = Arc::new(api::ApiState {
         node_name: node_name.clone(),
         config: config.clone(),
@@ -72,9 +83,24 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
         token.clone(),
     );
     runner.spawn("cni-install", async move { Ok(cni.await?) });
-    // The LB maps outlive the agent like the datapath's other pins: a restart restores their rows
-    // and prunes only after the services controller's first full pass.
-    lb::start(&config, &config.pin_dir(), &node_name, client.clone(), &telemetry, &mut runner)?;
+    // The maps outlive the agent like the datapath's other pins: a restart restores their rows and
+    // prunes only after every controller's first full pass. Owners first, then the writers.
+    let manager = maps::manager(&telemetry);
+    let owners = maps::Owners::register(&manager);
+    let pin_dir = config.pin_dir();
+    lb::start(&config, &manager, owners.services, &pin_dir, &node_name, client.clone(), &mut runner)?;
+    remote::start(
+        &config,
+        &manager,
+        owners.remote_nodes,
+        owners.remote_endpoints,
+        &pin_dir,
+        &node_name,
+        client.clone(),
+        &telemetry,
+        &mut runner,
+    )?;
+    maps::start_readiness(&manager, &telemetry, &mut runner);
     runner.spawn("apiserver-connectivity", connectivity::watch_apiserver(client, telemetry.health.clone(), token));
     tracing::info!(node = %node_name, routing_mode = ?config.routing_mode, "agent started");
     runner.run().await?;

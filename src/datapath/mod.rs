@@ -7,6 +7,7 @@ pub mod lb_tables;
 pub mod loader;
 pub mod netns;
 pub mod pins;
+pub mod routes;
 pub mod tables;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

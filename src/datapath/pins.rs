@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use beeline_common::{datapath, endpoint, ipcache, lb, map_names, tunnel};
+use beeline_common::{datapath, endpoint, ipcache, lb, map_names, nat, tunnel};
 
 /// Every map the loader pins, so a restarted agent (and the CLI) find the same kernel maps.
 pub const PINNED_MAPS: &[&str] = &[
@@ -34,6 +34,7 @@ pub const PINNED_MAPS: &[&str] = &[
     lb::map_names::LB4_SOURCE_RANGE,
     lb::map_names::LB_CONFIG,
     lb::map_names::CT4,
+    nat::SNAT_MAP_NAME,
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -7,7 +7,7 @@ use beeline_common::lb::{LbAffinityMatchKey, LbMaglevKey};
 
 use crate::controllers::agent::services::source_range_key;
 use crate::datapath::manager::backend::MapBackend;
-use crate::datapath::manager::kernel::KernelMap;
+use crate::datapath::manager::kernel::{KernelLpmMap, KernelMap};
 use crate::datapath::manager::maps::{Lb4Backends, Lb4Maglev, Lb4RevNat, Lb4Services, Lb4SourceRange, LbAffinityMatch};
 use crate::services::DesiredLb;
 
@@ -35,7 +35,7 @@ pub fn program(pin_dir: &Path, desired: &DesiredLb) {
             maglev.upsert(&key, backend_id).expect("Maglev row");
         }
     }
-    let mut ranges = KernelMap::open_pinned::<Lb4SourceRange>(pin_dir).expect("source-range map");
+    let mut ranges = KernelLpmMap::open_pinned::<Lb4SourceRange>(pin_dir).expect("source-range map");
     for range in &desired.source_ranges {
         ranges.upsert(&source_range_key(range), &0).expect("source range");
     }
@@ -67,7 +67,7 @@ pub fn replace(pin_dir: &Path, old: &DesiredLb, new: &DesiredLb) {
         let key = LbAffinityMatchKey { backend_id: m.backend_id, rev_nat_id: m.rev_nat_id, pad: 0 };
         affinity.delete(&key).expect("delete affinity-match row");
     }
-    let mut ranges = KernelMap::open_pinned::<Lb4SourceRange>(pin_dir).expect("source-range map");
+    let mut ranges = KernelLpmMap::open_pinned::<Lb4SourceRange>(pin_dir).expect("source-range map");
     for range in old.source_ranges.difference(&new.source_ranges) {
         ranges.delete(&source_range_key(range)).expect("remove source range");
     }
