@@ -30,6 +30,8 @@ enum Command {
     Status(cli::status::StatusArgs),
     /// List the local agent's pod address allocations.
     Ipam(cli::ipam::IpamArgs),
+    /// The services the datapath balances (`beeline service list`), from the pinned LB maps.
+    Service(cli::service::ServiceArgs),
     /// Read the pinned BPF maps directly (`beeline bpf lb list`) and remove the datapath.
     Bpf(cli::bpf::BpfArgs),
     /// A cluster on this machine out of network namespaces (root).
@@ -84,6 +86,7 @@ fn main() {
             Command::Operator(args) => operator::run(args).await,
             Command::Status(args) => cli::status::run(args).await,
             Command::Bpf(args) => cli::bpf::run(args).await,
+            Command::Service(args) => cli::service::run(args).await,
             Command::Lab(args) => lab::run(args).await,
             Command::Connectivity(args) => lab::connectivity::run(args).await,
             Command::Ipam(args) => cli::ipam::run(args).await,

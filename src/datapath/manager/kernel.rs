@@ -176,6 +176,18 @@ impl LpmKey for beeline_common::ipcache::IpcacheKey {
     }
 }
 
+impl LpmKey for beeline_common::lb::Lb4SrcRangeKey {
+    type Data = beeline_common::lb::Lb4SrcRangeData;
+
+    fn to_lpm(&self) -> lpm_trie::Key<Self::Data> {
+        lpm_trie::Key::new(self.prefixlen, self.data)
+    }
+
+    fn from_lpm(key: &lpm_trie::Key<Self::Data>) -> Self {
+        Self { prefixlen: key.prefix_len(), data: key.data() }
+    }
+}
+
 /// A typed pinned LPM trie.
 pub struct KernelLpmMap<K: LpmKey, V> {
     name: &'static str,
