@@ -2,8 +2,8 @@
 //! (`../shared/baselines/kube-proxy/`, invoked as is), side by side in one run on this machine.
 //!
 //! ```text
-//! sudo cargo bench --bench services                 # ~6-8 min; results in target/bench-results/services/<stamp>/
-//! sudo cargo bench --bench services -- --quick      # ~2 min: N=1000 programming on both sides, fewer runs
+//! sudo cargo bench --bench services                 # a few minutes; results in target/bench-results/services/<stamp>/
+//! sudo cargo bench --bench services -- --quick      # N=1000 programming on both sides, fewer runs
 //! sudo cargo bench --bench services -- --help
 //! ```
 //!
