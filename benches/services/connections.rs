@@ -229,7 +229,11 @@ pub fn measure(args: &Args, tcpbench: &Path, budget: &Budget) -> Result<Output, 
 
     let mut node = node;
     for &n in &args.dp_n {
-        budget.check("connection path")?;
+        // A stop keeps what was measured so far (the caller writes it).
+        if let Err(e) = budget.check("connection path") {
+            out.pending.push(e);
+            return Ok(out);
+        }
         let objects = Shape::new(n, args.backends).with_probe(n - 1, BACKENDS.to_vec()).objects();
         let t = node.programmer.pass(&objects)?;
         eprintln!("    N={n}: programmed in {:.1} ms", t.total() * 1e3);
@@ -262,7 +266,10 @@ pub fn measure(args: &Args, tcpbench: &Path, budget: &Budget) -> Result<Output, 
     let (mut pod, mut svc) = (Vec::new(), Vec::new());
     let mut notes: (Option<String>, Option<String>) = (None, None);
     for _ in 0..args.throughput_reps {
-        budget.check("throughput")?;
+        if let Err(e) = budget.check("throughput") {
+            out.pending.push(e);
+            break;
+        }
         match node.bulk(BACKENDS[0], args.throughput_secs) {
             Ok(g) => pod.push(g),
             Err(e) => notes.0 = Some(format!("failed: {e}")),
