@@ -46,6 +46,10 @@ pub mod drop_reason {
     pub const WRITE_ERROR: u32 = 141;
     /// Tunnel mode, remote destination known, but the tunnel device is not configured.
     pub const NO_TUNNEL_ENDPOINT: u32 = 160;
+    /// A service frontend without any backend (answered with ICMP port unreachable when possible).
+    pub const NO_SERVICE: u32 = 158;
+    /// A client outside the frontend's `loadBalancerSourceRanges`.
+    pub const NOT_IN_SRC_RANGE: u32 = 177;
     /// Size of the drop counter array: every reason is below it.
     pub const MAX: u32 = 256;
 
@@ -55,6 +59,8 @@ pub mod drop_reason {
             INVALID => "Invalid packet",
             WRITE_ERROR => "Error writing to packet",
             NO_TUNNEL_ENDPOINT => "No tunnel/encapsulation endpoint",
+            NO_SERVICE => "Service backend not found",
+            NOT_IN_SRC_RANGE => "Source IP not in load balancer source ranges",
             _ => "Unknown",
         }
     }

@@ -2,7 +2,8 @@
 //!
 //! 1. count the packet per endpoint (`beeline_ep_stats`);
 //! 2. ARP → the gateway responder ([`crate::arp`]);
-//! 3. IPv4 → validate, check the source belongs to this veth, then forward: a local destination
+//! 3. IPv4 → validate, check the source belongs to this veth, service translation ([`crate::lb`]:
+//!    DNAT to a backend, or reverse NAT of a local backend's reply), then forward: a local destination
 //!    straight to its pod, a remote pod into the tunnel (VNI = source identity), anything else to
 //!    the host stack (native routing, the node itself, the outside world);
 //! 4. other ethertypes (IPv6 for now) → the stack.
@@ -15,7 +16,9 @@ use beeline_common::{datapath::drop_reason, endpoint::ENDPOINT_F_HOST, EndpointS
 use crate::{
     arp,
     drop::drop,
-    forward, lookup,
+    forward,
+    lb::{self, Next},
+    lookup,
     parse::{self, Malformed, ETH_P_ARP, ETH_P_IP},
 };
 
@@ -53,8 +56,11 @@ fn ipv4(ctx: &TcContext, ifindex: u32) -> i32 {
     if src.ifindex != ifindex {
         return drop(ctx, drop_reason::INVALID_SIP);
     }
+    let dst = match lb::from_container(ctx, &ip, ifindex) {
+        Next::Forward(dst) => dst,
+        Next::Verdict(verdict) => return verdict,
+    };
     let config = lookup::config();
-    let dst = ip.daddr_be();
     if let Some(ep) = lookup::endpoint(dst) {
         if ep.flags & ENDPOINT_F_HOST != 0 {
             return TC_ACT_OK;

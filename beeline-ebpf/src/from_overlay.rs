@@ -1,7 +1,8 @@
 //! `from_overlay`: tc ingress on `cilium_vxlan` / `cilium_geneve` (collect-metadata devices), i.e.
 //! decapsulated packets from other nodes. The VNI is the sender's security identity (for ingress
 //! policy, later); the inner destination is looked up among the local endpoints and delivered
-//! to its pod. Anything else (the node itself, unknown addresses) goes to the stack.
+//! to its pod; a remote backend's reply to a local client gets its frontend back first
+//! ([`crate::lb::from_overlay`]). Anything else (the node itself, unknown addresses) goes to the stack.
 
 use aya_ebpf::{
     bindings::{bpf_tunnel_key, TC_ACT_OK},
@@ -13,7 +14,7 @@ use beeline_common::{datapath::drop_reason, endpoint::ENDPOINT_F_HOST};
 
 use crate::{
     drop::drop,
-    forward, lookup,
+    forward, lb, lookup,
     parse::{self, ETH_P_IP},
 };
 
@@ -41,6 +42,9 @@ pub fn from_overlay(ctx: TcContext) -> i32 {
         Ok(ip) => ip,
         Err(_) => return drop(&ctx, drop_reason::INVALID),
     };
+    if let Err(verdict) = lb::from_overlay(&ctx, &ip) {
+        return verdict;
+    }
     match lookup::endpoint(ip.daddr_be()) {
         Some(ep) if ep.flags & ENDPOINT_F_HOST == 0 => forward::to_local_endpoint(&ctx, &ip, &ep, &lookup::config()),
         _ => TC_ACT_OK,

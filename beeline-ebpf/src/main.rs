@@ -3,10 +3,13 @@
 #![no_main]
 
 mod arp;
+mod conntrack;
 mod drop;
 mod forward;
 mod from_container;
 mod from_overlay;
+mod icmp;
+mod lb;
 mod lookup;
 mod maps;
 mod parse;

@@ -13,6 +13,12 @@ pub const ETH_P_ARP: u16 = 0x0806;
 /// Offset of the IPv4 checksum, TTL and protocol fields from the start of the frame.
 pub const IPV4_TTL_OFF: usize = ETH_HLEN + 8;
 pub const IPV4_CSUM_OFF: usize = ETH_HLEN + 10;
+pub const IPV4_SADDR_OFF: usize = ETH_HLEN + 12;
+pub const IPV4_DADDR_OFF: usize = ETH_HLEN + 16;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -79,6 +85,16 @@ impl Ipv4Hdr {
 
     pub fn daddr_be(&self) -> u32 {
         u32::from_ne_bytes(self.daddr)
+    }
+
+    /// Offset of the L4 header from the start of the frame.
+    pub fn l4_offset(&self) -> usize {
+        ETH_HLEN + usize::from(self.version_ihl & 0x0f) * 4
+    }
+
+    /// A fragment other than the first (no L4 header, no ports).
+    pub fn is_later_fragment(&self) -> bool {
+        u16::from_be_bytes(self.frag_off) & 0x1fff != 0
     }
 }
 

@@ -4,7 +4,10 @@
 
 use beeline_common::{
     endpoint::{self, EndpointInfo, EndpointKey},
-    lb::{self, Lb4Backend, Lb4BackendKey, Lb4Key, Lb4RevNatKey, Lb4ReverseNat, Lb4Service},
+    lb::{
+        self, Lb4Backend, Lb4BackendKey, Lb4Key, Lb4RevNatKey, Lb4ReverseNat, Lb4Service, LbAffinityMatchKey,
+        LbMaglevKey,
+    },
     tunnel::{self, TunnelKey, TunnelValue},
 };
 use serde_json::json;
@@ -80,6 +83,40 @@ impl MapDef for Lb4RevNat {
             "rev_nat_index": k.rev_nat_index,
             "frontend": format!("{}:{}", ipv4(v.address), u16::from_be(v.port)),
         })
+    }
+}
+
+/// Which backends a stored ClientIP affinity may still point at, per service (Cilium's
+/// `cilium_lb_affinity_match`); the value is unused.
+pub struct LbAffinityMatch;
+
+/// Flat Maglev lookup tables: (rev-NAT ID, index) → backend ID. Written in phase 0 with the slots,
+/// so a master entry never names a table that is not there yet.
+pub struct Lb4Maglev;
+
+impl MapDef for LbAffinityMatch {
+    type Key = LbAffinityMatchKey;
+    type Value = u8;
+    const NAME: &'static str = lb::map_names::LB_AFFINITY_MATCH;
+    const KIND: MapKind = MapKind::Hash;
+    const MAX_ENTRIES: u32 = 65536;
+    const FLAGS: u32 = BPF_F_NO_PREALLOC;
+
+    fn row_json(k: &LbAffinityMatchKey, _v: &u8) -> serde_json::Value {
+        json!({ "backend_id": k.backend_id, "rev_nat_index": k.rev_nat_id })
+    }
+}
+
+impl MapDef for Lb4Maglev {
+    type Key = LbMaglevKey;
+    type Value = u32;
+    const NAME: &'static str = lb::map_names::LB4_MAGLEV;
+    const KIND: MapKind = MapKind::Hash;
+    const MAX_ENTRIES: u32 = 1 << 20;
+    const FLAGS: u32 = BPF_F_NO_PREALLOC;
+
+    fn row_json(k: &LbMaglevKey, v: &u32) -> serde_json::Value {
+        json!({ "rev_nat_index": k.rev_nat_id, "index": k.index, "backend_id": v })
     }
 }
 
