@@ -89,6 +89,12 @@ impl Node {
             ..Default::default()
         };
         tables::write_config(&pin, &config).map_err(|e| format!("datapath config: {e}"))?;
+        // The node's LB settings, as the agent writes them (random selection by default).
+        let lb_config = beeline_common::lb::LbConfig {
+            algorithm: beeline_common::lb::LB_ALG_RANDOM,
+            maglev_table_size: beeline::services::frontends::DEFAULT_MAGLEV_TABLE_SIZE,
+        };
+        beeline::datapath::lb_tables::write_lb_config(&pin, &lb_config).map_err(|e| format!("LB config: {e}"))?;
         let mut pods = Vec::new();
         for (i, addr) in std::iter::once(CLIENT).chain(BACKENDS).enumerate() {
             let host_if = format!("lxc{i}");

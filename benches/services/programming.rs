@@ -11,7 +11,7 @@ use beeline::bench::report::{ProgCell, ProgOp, BEELINE};
 use beeline::config::LbAlgorithm;
 use beeline::controllers::agent::services::{LbTables, ServicesSync};
 use beeline::datapath::manager::kernel::KernelMap;
-use beeline::datapath::manager::maps::{self, Lb4Backends, Lb4RevNat, Lb4Services};
+use beeline::datapath::manager::maps::{self, Lb4Backends, Lb4Maglev, Lb4RevNat, Lb4Services, LbAffinityMatch};
 use beeline::datapath::manager::writer::GroupWriter;
 use beeline::datapath::manager::{backend::MapBackend, ManagerOptions, MapManager};
 use beeline::services::{Inputs, ServicesConfig};
@@ -67,6 +67,12 @@ impl Programmer {
                 .map_err(|x| e(&x))?,
             services: group
                 .add::<Lb4Services>(KernelMap::open_or_create::<Lb4Services>(pin_dir).map_err(|x| e(&x))?)
+                .map_err(|x| e(&x))?,
+            affinity_match: group
+                .add::<LbAffinityMatch>(KernelMap::open_or_create::<LbAffinityMatch>(pin_dir).map_err(|x| e(&x))?)
+                .map_err(|x| e(&x))?,
+            maglev: group
+                .add::<Lb4Maglev>(KernelMap::open_or_create::<Lb4Maglev>(pin_dir).map_err(|x| e(&x))?)
                 .map_err(|x| e(&x))?,
         };
         let writer = group.build();
