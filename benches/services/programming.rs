@@ -9,9 +9,9 @@ use std::time::Instant;
 use beeline::bench::fixtures::{Objects, Shape};
 use beeline::bench::report::{ProgCell, ProgOp, BEELINE};
 use beeline::config::LbAlgorithm;
-use beeline::controllers::agent::services::{LbTables, ServicesSync};
+use beeline::controllers::agent::services::ServicesSync;
 use beeline::datapath::manager::kernel::KernelMap;
-use beeline::datapath::manager::maps::{self, Lb4Backends, Lb4Maglev, Lb4RevNat, Lb4Services, LbAffinityMatch};
+use beeline::datapath::manager::maps::{Lb4Backends, Lb4RevNat, Lb4Services};
 use beeline::datapath::manager::writer::GroupWriter;
 use beeline::datapath::manager::{backend::MapBackend, ManagerOptions, MapManager};
 use beeline::services::{Inputs, ServicesConfig};
@@ -55,27 +55,8 @@ impl Programmer {
     pub fn open(pin_dir: &Path) -> Result<Programmer, String> {
         let manager = MapManager::new(ManagerOptions::default());
         let owner = manager.register_owner("services");
-        let (name, order) = maps::LB_GROUP;
-        let mut group = manager.group(name, order);
-        let e = |e: &dyn std::fmt::Display| format!("opening the LB maps under {}: {e}", pin_dir.display());
-        let tables = LbTables {
-            backends: group
-                .add::<Lb4Backends>(KernelMap::open_or_create::<Lb4Backends>(pin_dir).map_err(|x| e(&x))?)
-                .map_err(|x| e(&x))?,
-            rev_nat: group
-                .add::<Lb4RevNat>(KernelMap::open_or_create::<Lb4RevNat>(pin_dir).map_err(|x| e(&x))?)
-                .map_err(|x| e(&x))?,
-            services: group
-                .add::<Lb4Services>(KernelMap::open_or_create::<Lb4Services>(pin_dir).map_err(|x| e(&x))?)
-                .map_err(|x| e(&x))?,
-            affinity_match: group
-                .add::<LbAffinityMatch>(KernelMap::open_or_create::<LbAffinityMatch>(pin_dir).map_err(|x| e(&x))?)
-                .map_err(|x| e(&x))?,
-            maglev: group
-                .add::<Lb4Maglev>(KernelMap::open_or_create::<Lb4Maglev>(pin_dir).map_err(|x| e(&x))?)
-                .map_err(|x| e(&x))?,
-        };
-        let writer = group.build();
+        let (tables, writer) = beeline::agent::lb::open_tables(&manager, pin_dir)
+            .map_err(|e| format!("opening the LB maps under {}: {e}", pin_dir.display()))?;
         Ok(Programmer { sync: ServicesSync::new(owner, tables, config()), writer })
     }
 
