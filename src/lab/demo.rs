@@ -71,6 +71,8 @@ pub fn run(args: DemoArgs) -> DemoResult<()> {
         layout.log().display()
     );
     cleanup.agent = Some(agent);
+    // What the CNI ADD would have told the agent: which pod sits behind the veth.
+    pair.register_endpoint(&topo, &layout.pin_dir())?;
     let first = show_attached(&pair.node, &pair.host_if)?;
     println!("  pinned link {}", layout.from_container_link(&pair.host_if).display());
     let link_pin = layout.from_container_link(&pair.host_if);

@@ -170,6 +170,28 @@ pub struct PodOnNode {
     pub pod_addr: IpAddr,
 }
 
+impl PodOnNode {
+    /// Registers the pod as the endpoint behind its host-side veth (`beeline_lxc` under
+    /// `pin_dir`), as the agent does at CNI ADD: `from_container` drops sources it does not know
+    /// ("Invalid source ip"), and its ARP responder answers with the host veth's MAC.
+    pub fn register_endpoint(&self, topo: &Topology, pin_dir: &std::path::Path) -> io::Result<()> {
+        let IpAddr::V4(addr) = self.pod_addr else {
+            return Err(io::Error::other(format!("IPv4 pods only: {}", self.pod_addr)));
+        };
+        let ifindex = self
+            .node
+            .run(|| crate::datapath::attach::ifindex(&self.host_if))?
+            .ok_or_else(|| io::Error::other(format!("no interface {} in {}", self.host_if, self.node.name())))?;
+        let info = beeline_common::endpoint::EndpointInfo {
+            ifindex,
+            mac: topo.mac(&self.pod, &self.pod_if)?,
+            node_mac: topo.mac(&self.node, &self.host_if)?,
+            ..Default::default()
+        };
+        crate::datapath::tables::upsert_endpoint(pin_dir, addr, &info).map_err(io::Error::other)
+    }
+}
+
 impl Topology {
     /// Builds [`PodOnNode`] with IPv4 `subnet_base` like `10.200.0` (.1 node side, .2 pod side).
     pub fn pod_on_node(&mut self, subnet_base: &str) -> io::Result<PodOnNode> {

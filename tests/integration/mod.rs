@@ -133,18 +133,10 @@ pub fn ifindex_in(ns: &NetNs, ifname: &str) -> u32 {
         .unwrap_or_else(|| panic!("no interface {ifname} in {}", ns.name()))
 }
 
-/// Registers the pod of `pair` as the endpoint behind its host-side veth (`beeline_lxc`), as the
-/// CNI does before attaching: `from_container` drops sources it does not know ("Invalid source
-/// ip"), and its ARP responder answers with the host veth's MAC.
+/// Registers the pod of `pair` as the endpoint behind its host-side veth (see
+/// [`PodOnNode::register_endpoint`]).
 pub fn register_pod_endpoint(topo: &Topology, pin_dir: &Path, pair: &PodOnNode) {
-    let std::net::IpAddr::V4(addr) = pair.pod_addr else { panic!("IPv4 pods only: {}", pair.pod_addr) };
-    let info = beeline_common::endpoint::EndpointInfo {
-        ifindex: ifindex_in(&pair.node, &pair.host_if),
-        mac: topo.mac(&pair.pod, &pair.pod_if).expect("pod MAC"),
-        node_mac: topo.mac(&pair.node, &pair.host_if).expect("host veth MAC"),
-        ..Default::default()
-    };
-    beeline::datapath::tables::upsert_endpoint(pin_dir, addr, &info).expect("register the pod's endpoint");
+    pair.register_endpoint(topo, pin_dir).expect("register the pod's endpoint");
 }
 
 /// The in-memory Kubernetes API on 127.0.0.1, on its own runtime; stops when dropped.
