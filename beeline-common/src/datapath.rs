@@ -40,10 +40,14 @@ pub struct DatapathConfig {
 pub mod drop_reason {
     /// Source IP does not belong to the endpoint it came from (spoofing).
     pub const INVALID_SIP: u32 = 132;
+    /// Policy enforced and no entry allows the packet (default deny).
+    pub const POLICY: u32 = 133;
     /// Malformed packet: truncated headers, bad IPv4 version/IHL/length, bad ARP.
     pub const INVALID: u32 = 134;
     /// A packet rewrite or helper call failed.
     pub const WRITE_ERROR: u32 = 141;
+    /// An explicit deny entry matched (`ingressDeny` / `egressDeny`).
+    pub const POLICY_DENY: u32 = 181;
     /// Tunnel mode, remote destination known, but the tunnel device is not configured.
     pub const NO_TUNNEL_ENDPOINT: u32 = 160;
     /// Size of the drop counter array: every reason is below it.
@@ -52,9 +56,11 @@ pub mod drop_reason {
     pub fn name(reason: u32) -> &'static str {
         match reason {
             INVALID_SIP => "Invalid source ip",
+            POLICY => "Policy denied",
             INVALID => "Invalid packet",
             WRITE_ERROR => "Error writing to packet",
             NO_TUNNEL_ENDPOINT => "No tunnel/encapsulation endpoint",
+            POLICY_DENY => "Policy denied by denylist",
             _ => "Unknown",
         }
     }

@@ -2,7 +2,8 @@
 //!
 //! 1. count the packet per endpoint (`beeline_ep_stats`);
 //! 2. ARP → the gateway responder ([`crate::arp`]);
-//! 3. IPv4 → validate, check the source belongs to this veth, then forward: a local destination
+//! 3. IPv4 → validate, check the source belongs to this veth, apply the source's egress policy
+//!    (and a local destination's ingress policy), then forward: a local destination
 //!    straight to its pod, a remote pod into the tunnel (VNI = source identity), anything else to
 //!    the host stack (native routing, the node itself, the outside world);
 //! 4. other ethertypes (IPv6 for now) → the stack.
@@ -17,6 +18,7 @@ use crate::{
     drop::drop,
     forward, lookup,
     parse::{self, Malformed, ETH_P_ARP, ETH_P_IP},
+    policy,
 };
 
 /// Keyed by the ingress ifindex (the host-side veth), so one pinned map serves every endpoint.
@@ -55,9 +57,16 @@ fn ipv4(ctx: &TcContext, ifindex: u32) -> i32 {
     }
     let config = lookup::config();
     let dst = ip.daddr_be();
-    if let Some(ep) = lookup::endpoint(dst) {
+    let dst_ep = lookup::endpoint(dst);
+    if let Some(verdict) = policy::egress(ctx, &src, &ip, lookup::identity(dst, dst_ep.as_ref())) {
+        return verdict;
+    }
+    if let Some(ep) = dst_ep {
         if ep.flags & ENDPOINT_F_HOST != 0 {
             return TC_ACT_OK;
+        }
+        if let Some(verdict) = policy::ingress(ctx, &ep, &ip, src.sec_id) {
+            return verdict;
         }
         return forward::to_local_endpoint(ctx, &ip, &ep, &config);
     }

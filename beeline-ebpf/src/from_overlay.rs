@@ -1,7 +1,7 @@
 //! `from_overlay`: tc ingress on `cilium_vxlan` / `cilium_geneve` (collect-metadata devices), i.e.
-//! decapsulated packets from other nodes. The VNI is the sender's security identity (for ingress
-//! policy, later); the inner destination is looked up among the local endpoints and delivered
-//! to its pod. Anything else (the node itself, unknown addresses) goes to the stack.
+//! decapsulated packets from other nodes. The VNI is the sender's security identity; the inner
+//! destination is looked up among the local endpoints, its ingress policy applied with that
+//! identity, and the packet delivered to its pod. Anything else (the node itself, unknown addresses) goes to the stack.
 
 use aya_ebpf::{
     bindings::{bpf_tunnel_key, TC_ACT_OK},
@@ -15,6 +15,7 @@ use crate::{
     drop::drop,
     forward, lookup,
     parse::{self, ETH_P_IP},
+    policy,
 };
 
 #[classifier]
@@ -29,7 +30,8 @@ pub fn from_overlay(ctx: TcContext) -> i32 {
         // Not from a tunnel (no metadata): not ours to decide.
         return TC_ACT_OK;
     }
-    let _source_identity = key.tunnel_id;
+    // The VNI carries the sender's security identity (24 bits).
+    let source_identity = key.tunnel_id & 0x00ff_ffff;
     let eth = match parse::eth(&ctx) {
         Ok(eth) => eth,
         Err(_) => return drop(&ctx, drop_reason::INVALID),
@@ -42,7 +44,12 @@ pub fn from_overlay(ctx: TcContext) -> i32 {
         Err(_) => return drop(&ctx, drop_reason::INVALID),
     };
     match lookup::endpoint(ip.daddr_be()) {
-        Some(ep) if ep.flags & ENDPOINT_F_HOST == 0 => forward::to_local_endpoint(&ctx, &ip, &ep, &lookup::config()),
+        Some(ep) if ep.flags & ENDPOINT_F_HOST == 0 => {
+            if let Some(verdict) = policy::ingress(&ctx, &ep, &ip, source_identity) {
+                return verdict;
+            }
+            forward::to_local_endpoint(&ctx, &ip, &ep, &lookup::config())
+        }
         _ => TC_ACT_OK,
     }
 }

@@ -10,6 +10,7 @@ mod from_overlay;
 mod lookup;
 mod maps;
 mod parse;
+mod policy;
 
 #[cfg(not(test))]
 #[panic_handler]
