@@ -1,6 +1,9 @@
 //! The agent's reconcilers.
 
 pub mod ipam_state;
+pub mod local_endpoints;
 pub mod node_ipam;
+pub mod policy_state;
+pub mod policy_watch;
 pub mod services;
 pub mod services_watch;

@@ -35,11 +35,18 @@ pub enum Error {
 
 /// One reflector's event, reduced to what the loop needs: which cache, and whether it just finished
 /// a (re)list.
-type WatchEvent = Result<(usize, bool), String>;
+pub(super) type WatchEvent = Result<(usize, bool), String>;
 
 const WATCHED: [&str; 4] = ["Service", "EndpointSlice", "Node", "Pod"];
 
-fn reflect<K>(index: usize, api: Api<K>, config: watcher::Config) -> (Store<K>, BoxStream<'static, WatchEvent>)
+/// A reflector over `api` whose events carry `index`; errors name `kind`. Shared with the policy
+/// controller's watch loop.
+pub(super) fn reflect<K>(
+    index: usize,
+    kind: &'static str,
+    api: Api<K>,
+    config: watcher::Config,
+) -> (Store<K>, BoxStream<'static, WatchEvent>)
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
@@ -52,14 +59,13 @@ where
     )
     .default_backoff()
     .map(move |r| {
-        r.map(|event| (index, matches!(event, watcher::Event::InitDone)))
-            .map_err(|e| format!("{} watch: {e}", WATCHED[index]))
+        r.map(|event| (index, matches!(event, watcher::Event::InitDone))).map_err(|e| format!("{kind} watch: {e}"))
     })
     .boxed();
     (store, stream)
 }
 
-fn snapshot<K>(store: &Store<K>) -> Vec<K>
+pub(super) fn snapshot<K>(store: &Store<K>) -> Vec<K>
 where
     K: Resource + Clone + 'static,
     K::DynamicType: Eq + Hash + Clone,
@@ -75,12 +81,13 @@ pub async fn run(
     debounce: Duration,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let (services, s_watch) = reflect(0, Api::<Service>::all(client.clone()), watcher::Config::default());
-    let (slices, e_watch) = reflect(1, Api::<EndpointSlice>::all(client.clone()), watcher::Config::default());
+    let (services, s_watch) = reflect(0, WATCHED[0], Api::<Service>::all(client.clone()), watcher::Config::default());
+    let (slices, e_watch) =
+        reflect(1, WATCHED[1], Api::<EndpointSlice>::all(client.clone()), watcher::Config::default());
     let own_node = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
-    let (nodes, n_watch) = reflect(2, Api::<Node>::all(client.clone()), own_node);
+    let (nodes, n_watch) = reflect(2, WATCHED[2], Api::<Node>::all(client.clone()), own_node);
     let on_node = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
-    let (pods, p_watch) = reflect(3, Api::<Pod>::all(client), on_node);
+    let (pods, p_watch) = reflect(3, WATCHED[3], Api::<Pod>::all(client), on_node);
     let mut events = futures::stream::select_all([s_watch, e_watch, n_watch, p_watch]);
 
     let mut listed = [false; WATCHED.len()];

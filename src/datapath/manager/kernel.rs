@@ -29,6 +29,7 @@ pub fn pinned_spec(path: &Path, name: &'static str) -> Result<MapSpec, BackendEr
     let kind = match info.map_type() {
         Ok(aya::maps::MapType::Hash) => super::MapKind::Hash,
         Ok(aya::maps::MapType::LruHash) => super::MapKind::LruHash,
+        Ok(aya::maps::MapType::LpmTrie) => super::MapKind::LpmTrie,
         other => return Err(err(name, "map info", format!("unsupported map type {other:?}"))),
     };
     Ok(MapSpec {

@@ -40,14 +40,17 @@ use writer::{GroupWriter, MapState, Member, SyncState, TypedMember};
 pub enum MapKind {
     Hash,
     LruHash,
+    /// Longest-prefix-match trie; the key starts with a `u32` prefix length.
+    LpmTrie,
 }
 
 impl MapKind {
     /// The `bpf_map_type` number.
     pub fn bpf_type(self) -> u32 {
         match self {
-            MapKind::Hash => 1,    // BPF_MAP_TYPE_HASH
-            MapKind::LruHash => 9, // BPF_MAP_TYPE_LRU_HASH
+            MapKind::Hash => 1,     // BPF_MAP_TYPE_HASH
+            MapKind::LruHash => 9,  // BPF_MAP_TYPE_LRU_HASH
+            MapKind::LpmTrie => 11, // BPF_MAP_TYPE_LPM_TRIE
         }
     }
 }
