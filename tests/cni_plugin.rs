@@ -40,6 +40,7 @@ async fn fixture() -> Fixture {
         config: beeline::config::Config::from_raw(&Default::default()).unwrap(),
         health: beeline::runtime::health::Telemetry::new("test").health,
         ipam: ipam.clone(),
+        policy: Default::default(),
     });
     let token = CancellationToken::new();
     tokio::spawn(api::serve(&socket, state, token.clone()).unwrap());

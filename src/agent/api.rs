@@ -41,10 +41,16 @@ pub struct ApiState {
     pub config: crate::config::Config,
     pub health: Health,
     pub ipam: Arc<crate::controllers::agent::ipam_state::NodeIpam>,
+    /// What the policy controller's last pass computed (empty until it runs).
+    pub policy: crate::controllers::agent::policy_watch::SharedPolicyView,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
-    Router::new().route("/v1/status", get(status)).merge(super::ipam_api::routes()).with_state(state)
+    Router::new()
+        .route("/v1/status", get(status))
+        .merge(super::ipam_api::routes())
+        .merge(super::policy_api::routes())
+        .with_state(state)
 }
 
 async fn status(State(s): State<Arc<ApiState>>) -> Json<StatusResponse> {

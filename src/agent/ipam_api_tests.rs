@@ -32,6 +32,7 @@ pub(crate) fn serve_test_agent() -> TestAgent {
         config: crate::config::Config::from_raw(&Default::default()).unwrap(),
         health: crate::runtime::health::Telemetry::new("test").health,
         ipam: ipam.clone(),
+        policy: Default::default(),
     });
     let token = CancellationToken::new();
     let server = api::serve(&socket, state, token.clone()).unwrap();

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod ipam_api;
 pub mod lb;
+pub mod policy_api;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +60,7 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
         config: config.clone(),
         health: telemetry.health.clone(),
         ipam: ipam.clone(),
+        policy: Default::default(),
     });
     let api = api::serve(&config.agent_socket_path, api_state, token.clone())?;
     runner.spawn("agent-api", async move { Ok(api.await?) });
