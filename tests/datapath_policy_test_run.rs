@@ -269,3 +269,18 @@ fn egress_is_checked_against_the_destination_identity_from_the_ipcache() {
     f.allow(PolicyKey::l3(EP_B, ID_A, DIR_INGRESS));
     check(&f, &[("both allow", tcp_to(B, 80), TC_ACT_REDIRECT, None)]);
 }
+
+#[test]
+fn the_map_manager_and_the_object_agree_on_the_shape_of_the_policy_maps() {
+    use beeline::datapath::manager::{kernel::pinned_spec, maps, MapDef, MapSpec};
+    let f = Fixture::new("pol-shapes");
+    let pin = f.bpffs.pin_dir();
+    assert_eq!(
+        pinned_spec(&pin.join(maps::PolicyMap::NAME), maps::PolicyMap::NAME).unwrap(),
+        MapSpec::of::<maps::PolicyMap>()
+    );
+    assert_eq!(
+        pinned_spec(&pin.join(maps::PolicyEndpoints::NAME), maps::PolicyEndpoints::NAME).unwrap(),
+        MapSpec::of::<maps::PolicyEndpoints>()
+    );
+}
