@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# `make lab`: bring a lab up, show what a user would check, run the datapath demo, tear it down.
+# `make lab`: bring a lab up, apply examples/, run the connectivity test, show what a user would
+# check, run the datapath demo, tear it down. Exits non-zero when a step or a connectivity check
+# failed (the lab is torn down either way).
 #
 #   VALUES=examples/lab/native.yaml NODES=2 make lab
 #
@@ -51,5 +53,24 @@ fi
 section "lab status"
 "$BEELINE" lab status --state-dir "$STATE_DIR"
 
+section "lab apply -f examples/ (every example manifest is accepted by the lab's API)"
+"$BEELINE" lab apply -f examples/ --state-dir "$STATE_DIR"
+
+section "connectivity test"
+connectivity_rc=0
+"$BEELINE" connectivity test --state-dir "$STATE_DIR" --keep || connectivity_rc=$?
+
+if command -v kubectl >/dev/null; then
+    section "summary: pods with IPs, services and their EndpointSlices"
+    kubectl get pods -A -o wide
+    kubectl get svc -A
+    kubectl get endpointslices -A
+fi
+
 section "datapath demo: a node + pod namespace pair with the agent attaching from_container"
 "$BEELINE" lab demo
+
+if [ "$connectivity_rc" -ne 0 ]; then
+    section "connectivity test failed (exit $connectivity_rc): see its table above"
+    exit "$connectivity_rc"
+fi

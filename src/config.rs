@@ -10,6 +10,7 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -86,6 +87,14 @@ pub struct Config {
     pub enable_ipv6: bool,
     pub enable_ipv4_masquerade: bool,
     pub enable_ipv6_masquerade: bool,
+    /// Masquerade in BPF (`to_netdev`) rather than iptables; beeline has no iptables mode, so
+    /// without it pod egress is not masqueraded at all.
+    pub enable_bpf_masquerade: bool,
+    /// The node's external devices (Cilium's `devices`): `from_netdev`/`to_netdev` attach there,
+    /// the first one's IPv4 address is the node IP masquerading uses. Empty = the agent manages no
+    /// links at all (see docs/decisions.md: no auto-detection; tests run agents in the host
+    /// namespace).
+    pub devices: Vec<String>,
     pub cluster_pool_ipv4_cidr: Vec<Ipv4Net>,
     pub cluster_pool_ipv4_mask_size: u8,
     pub cluster_pool_ipv6_cidr: Vec<Ipv6Net>,
@@ -104,6 +113,8 @@ pub struct Config {
     pub skip_crd_creation: bool,
     /// The operator's LB-IPAM controller (Cilium's `enable-lb-ipam`, on by default).
     pub enable_lb_ipam: bool,
+    pub identity_gc_interval: Duration,
+    pub identity_heartbeat_timeout: Duration,
 }
 
 /// Every key beeline understands, with its default. Keys are Cilium's spelling; the few
@@ -124,6 +135,8 @@ const KNOWN_KEYS: &[(&str, &str)] = &[
     ("enable-ipv6", "false"),
     ("enable-ipv4-masquerade", "true"),
     ("enable-ipv6-masquerade", "true"),
+    ("enable-bpf-masquerade", "false"),
+    ("devices", ""),
     ("cluster-pool-ipv4-cidr", "10.0.0.0/8"),
     ("cluster-pool-ipv4-mask-size", "24"),
     ("cluster-pool-ipv6-cidr", "fd00::/104"),
@@ -146,6 +159,11 @@ const KNOWN_KEYS: &[(&str, &str)] = &[
     ("operator-health-addr", "127.0.0.1:9234"),
     // The operator installs the cilium.io CRDs at start unless this is set (Cilium's key).
     ("skip-crd-creation", "false"),
+    // Operator identity GC (CRD mode): how often unused CiliumIdentities are looked for, and how
+    // long one must have been unused before it is deleted. Cilium's defaults (kvstore lease TTL
+    // and twice that).
+    ("identity-gc-interval", "15m0s"),
+    ("identity-heartbeat-timeout", "30m0s"),
 ];
 
 /// Keys of Cilium's rendered ConfigMap that beeline accepts but does not act on (yet), so that a
@@ -167,7 +185,6 @@ const ACCEPTED_CILIUM_KEYS: &[&str] = &[
     "cni-log-file",
     "custom-cni-conf",
     "enable-bpf-clock-probe",
-    "enable-bpf-masquerade",
     "enable-endpoint-health-checking",
     "enable-health-check-nodeport",
     "enable-health-checking",
@@ -186,8 +203,6 @@ const ACCEPTED_CILIUM_KEYS: &[&str] = &[
     "hubble-listen-address",
     "hubble-socket-path",
     "identity-allocation-mode",
-    "identity-gc-interval",
-    "identity-heartbeat-timeout",
     "install-no-conntrack-iptables-rules",
     "ipam-cilium-node-update-rate",
     "k8s-client-burst",
@@ -348,6 +363,14 @@ impl Config {
             enable_ipv6: v.bool("enable-ipv6")?,
             enable_ipv4_masquerade: v.bool("enable-ipv4-masquerade")?,
             enable_ipv6_masquerade: v.bool("enable-ipv6-masquerade")?,
+            enable_bpf_masquerade: v.bool("enable-bpf-masquerade")?,
+            // Cilium accepts space- or comma-separated device names.
+            devices: v
+                .string("devices")
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|d| !d.is_empty())
+                .map(str::to_string)
+                .collect(),
             cluster_pool_ipv4_cidr: v.net_list("cluster-pool-ipv4-cidr")?,
             cluster_pool_ipv4_mask_size: v.parse_num("cluster-pool-ipv4-mask-size", 1, 32)?,
             cluster_pool_ipv6_cidr: v.net_list("cluster-pool-ipv6-cidr")?,
@@ -366,6 +389,8 @@ impl Config {
             operator_health_addr: v.socket_addr("operator-health-addr")?,
             skip_crd_creation: v.bool("skip-crd-creation")?,
             enable_lb_ipam: v.bool("enable-lb-ipam")?,
+            identity_gc_interval: v.duration("identity-gc-interval")?,
+            identity_heartbeat_timeout: v.duration("identity-heartbeat-timeout")?,
         };
         cfg.check_consistency()?;
         Ok(cfg)
@@ -407,6 +432,19 @@ impl Config {
                     )));
                 }
             }
+        }
+        if self.ipam == IpamMode::MultiPool {
+            // Cilium supports multi-pool only with native routing: a node's pod addresses come from
+            // several CIDRs in several pools, which the tunnel datapath cannot route.
+            if self.routing_mode == RoutingMode::Tunnel {
+                return Err(ConfigError::Inconsistent(
+                    "`ipam: multi-pool` requires `routing-mode: native` (with `auto-direct-node-routes` or \
+                     routes from the underlay); tunnel mode is not supported with multi-pool IPAM"
+                        .into(),
+                ));
+            }
+            crate::ipam::multi_pool::parse_auto_create(&self.auto_create_cilium_pod_ip_pools)
+                .map_err(|e| ConfigError::Inconsistent(e.to_string()))?;
         }
         if self.routing_mode == RoutingMode::Native
             && self.enable_ipv4
@@ -526,9 +564,42 @@ impl Values<'_> {
         Ok((parse(a)?, parse(b)?))
     }
 
+    /// A Go duration as Cilium's flags take them: `15m0s`, `1h`, `90s`, `500ms` (no sign).
+    fn duration(&self, key: &str) -> Result<Duration, ConfigError> {
+        parse_go_duration(self.get(key)).ok_or_else(|| self.invalid(key, "expected a duration like 15m0s, 1h or 30s"))
+    }
+
     fn socket_addr(&self, key: &str) -> Result<SocketAddr, ConfigError> {
         self.get(key).parse().map_err(|_| self.invalid(key, "expected host:port"))
     }
+}
+
+/// Parses a Go duration (`1h30m`, `15m0s`, `250ms`, `0`); `None` when malformed.
+pub fn parse_go_duration(text: &str) -> Option<Duration> {
+    if text == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut rest = text;
+    let mut total = Duration::ZERO;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let value: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "h" => Duration::from_secs(3600),
+            "m" => Duration::from_secs(60),
+            "s" => Duration::from_secs(1),
+            "ms" => Duration::from_millis(1),
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total = total.checked_add(unit.checked_mul(u32::try_from(value).ok()?)?)?;
+    }
+    Some(total)
 }
 
 /// The closest known key by edit distance, for typos like `routing-mod`.
@@ -586,6 +657,18 @@ mod tests {
     }
 
     #[test]
+    fn multi_pool_with_native_routing_is_accepted() {
+        let cfg = Config::from_raw(&raw(&[
+            ("ipam", "multi-pool"),
+            ("routing-mode", "native"),
+            ("ipv4-native-routing-cidr", "10.0.0.0/8"),
+            ("auto-create-cilium-pod-ip-pools", "default=ipv4-cidrs:10.10.0.0/16;ipv4-mask-size:24"),
+        ]))
+        .unwrap();
+        assert_eq!(cfg.ipam, IpamMode::MultiPool);
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[("routing-mod", "native")], "`routing-mod` (did you mean `routing-mode`?)"),
@@ -603,6 +686,16 @@ mod tests {
             (&[("routing-mode", "native")], "needs `ipv4-native-routing-cidr`"),
             (&[("cluster-pool-ipv4-cidr", "10.0.0.0/16"), ("cluster-pool-ipv4-mask-size", "8")], "shorter than"),
             (&[("kube-proxy-replacement", "partial")], "`kube-proxy-replacement`"),
+            (&[("ipam", "multi-pool")], "`ipam: multi-pool` requires `routing-mode: native`"),
+            (
+                &[
+                    ("ipam", "multi-pool"),
+                    ("routing-mode", "native"),
+                    ("ipv4-native-routing-cidr", "10.0.0.0/8"),
+                    ("auto-create-cilium-pod-ip-pools", "default=ipv4-cidrs:10.10.0.0/16"),
+                ],
+                "auto-create-cilium-pod-ip-pools: pool default: ipv4-cidrs and ipv4-mask-size must be given together",
+            ),
         ];
         for (pairs, needle) in cases {
             let err = Config::from_raw(&raw(pairs)).expect_err(&format!("{pairs:?} must be refused"));
@@ -625,6 +718,33 @@ mod tests {
         assert_eq!(cfg.routing_mode, RoutingMode::Native);
         assert!(cfg.kube_proxy_replacement && cfg.auto_direct_node_routes);
         assert_eq!(cfg.cluster_pool_ipv4_cidr.len(), 2);
+    }
+
+    #[test]
+    fn go_durations() {
+        let cases = [
+            ("15m0s", Some(900)),
+            ("30m", Some(1800)),
+            ("1h30m", Some(5400)),
+            ("90s", Some(90)),
+            ("0", Some(0)),
+            ("", None),
+            ("15", None),
+            ("5d", None),
+            ("-1s", None),
+        ];
+        for (text, secs) in cases {
+            assert_eq!(parse_go_duration(text), secs.map(Duration::from_secs), "{text:?}");
+        }
+        assert_eq!(parse_go_duration("250ms"), Some(Duration::from_millis(250)));
+        let cfg = Config::from_raw(&RawConfig::new()).unwrap();
+        assert_eq!(
+            (cfg.identity_gc_interval, cfg.identity_heartbeat_timeout),
+            (Duration::from_secs(900), Duration::from_secs(1800)),
+            "Cilium's defaults"
+        );
+        let err = Config::from_raw(&raw(&[("identity-gc-interval", "soon")])).unwrap_err();
+        assert!(err.to_string().contains("`identity-gc-interval`"), "{err}");
     }
 
     #[test]

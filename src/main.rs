@@ -38,6 +38,8 @@ enum Command {
     Bpf(cli::bpf::BpfArgs),
     /// A cluster on this machine out of network namespaces (root).
     Lab(lab::LabArgs),
+    /// Connectivity checks against a lab (`beeline connectivity test`), like `cilium connectivity test`.
+    Connectivity(lab::connectivity::ConnectivityArgs),
     /// Write the cilium.io CRDs generated from the Rust types (one YAML file per kind).
     Crdgen(CrdgenArgs),
 }
@@ -87,6 +89,7 @@ fn main() {
             Command::Status(args) => cli::status::run(args).await,
             Command::Bpf(args) => cli::bpf::run(args).await,
             Command::Lab(args) => lab::run(args).await,
+            Command::Connectivity(args) => lab::connectivity::run(args).await,
             Command::Ipam(args) => cli::ipam::run(args).await,
             Command::Policy(args) => cli::policy::run_policy(args).await,
             Command::Endpoint(args) => cli::policy::run_endpoint(args).await,

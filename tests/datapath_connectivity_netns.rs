@@ -4,7 +4,9 @@
 //! the router IP), the programs attached with TCX and the maps written directly (the controllers
 //! that will write them come later). Real ICMP and TCP: pod to pod on one node, and across nodes
 //! over VXLAN and over Geneve, with a capture on the underlay showing the tunnel's UDP port and
-//! the source pod's identity as VNI.
+//! the source pod's identity as VNI; in native routing (routes to the peer's pod CIDR via its node
+//! IP, autoDirectNodeRoutes style) with plain pod IPs on the underlay, and pod traffic to an
+//! "outside" namespace on the underlay masqueraded to the node IP.
 //!
 //! Everything is bounded (ping counts and deadlines, socket timeouts, a capped capture loop) and
 //! cleaned up on drop (namespaces by `Topology`, pins and links by `BpffsDir`).
@@ -19,17 +21,35 @@ use std::{
 };
 
 use beeline::{
+    controllers::agent::{
+        remote::{self, RemoteEndpointsSync, RemoteNodesSync, RemoteTables},
+        remote_nodes::RemoteNodesConfig,
+    },
+    crds::{
+        cilium_endpoint::{AddressPair, EndpointIdentity, EndpointNetworking, EndpointStatus},
+        cilium_node::{CiliumNodeSpec, IpamSpec, NodeAddress},
+        CiliumEndpoint, CiliumNode,
+    },
     datapath::{
         devices::{self, NodeDevicesSpec, TunnelProtocol},
-        loader::programs::{FROM_CONTAINER, FROM_OVERLAY},
+        loader::programs::{FROM_CONTAINER, FROM_NETDEV, FROM_OVERLAY, TO_NETDEV},
+        manager::{
+            backend::MapBackend,
+            kernel::{KernelLpmMap, KernelMap},
+            maps::{Ipcache, TunnelMap, REMOTE_GROUP},
+            writer::GroupWriter,
+            ManagerOptions, MapManager,
+        },
+        routes::IpRouteTable,
         tables, AttachMode,
     },
     lab::topology::RoutedPod,
 };
 use beeline_common::{
-    datapath::{DatapathConfig, TUNNEL_GENEVE, TUNNEL_VXLAN},
+    datapath::{DatapathConfig, CONFIG_F_MASQUERADE, TUNNEL_GENEVE, TUNNEL_NONE, TUNNEL_VXLAN},
     endpoint::EndpointInfo,
     ipcache::RemoteEndpointInfo,
+    tunnel::{TunnelKey, TunnelValue},
 };
 use integration::{ifindex_in, require_root, traffic, BpffsDir, Datapath, Direction, NetNs, Topology};
 
@@ -56,18 +76,46 @@ struct Cluster {
     topo: Topology,
 }
 
+/// How nodes reach each other's pods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Routing {
+    Tunnel(TunnelProtocol),
+    /// Native routing with masquerading to outside `10.<net>.0.0/16` (the native-routing CIDR).
+    Native,
+}
+
+impl Routing {
+    fn tunnel(self) -> Option<TunnelProtocol> {
+        match self {
+            Routing::Tunnel(t) => Some(t),
+            Routing::Native => None,
+        }
+    }
+}
+
+/// The uplink of every node.
+const UPLINK: &str = "eth0";
+
 impl Cluster {
-    fn new(label: &str, tunnel: TunnelProtocol, net: u8) -> Cluster {
+    fn new(label: &str, routing: Routing, net: u8) -> Cluster {
+        let cluster = Cluster::without_peers(label, routing, net);
+        cluster.learn_peers_directly(routing);
+        cluster
+    }
+
+    /// Both nodes with their devices, programs and local pods, but knowing nothing of each other.
+    fn without_peers(label: &str, routing: Routing, net: u8) -> Cluster {
         require_root();
         let mut topo = Topology::new(label);
-        let mtu = devices::pod_mtu(UNDERLAY_MTU, Some(tunnel));
+        let tunnel = routing.tunnel();
+        let mtu = devices::pod_mtu(UNDERLAY_MTU, tunnel);
         let mut nodes = Vec::new();
         for n in 1..=2u8 {
             let ns = topo.namespace(&format!("node{n}")).unwrap();
             let node_ip = Ipv4Addr::new(192, 168, net, n);
-            topo.connect_to_underlay(&ns, "eth0", &[&format!("{node_ip}/24")]).unwrap();
+            topo.connect_to_underlay(&ns, UPLINK, &[&format!("{node_ip}/24")]).unwrap();
             let router = Ipv4Addr::new(10, net, n, 1);
-            let spec = NodeDevicesSpec { router_ip: router, tunnel: Some(tunnel) };
+            let spec = NodeDevicesSpec { router_ip: router, tunnel };
             let (devs, _) = ns.run(|| devices::ensure(&spec)).unwrap().expect("node devices");
             // A second pass (an agent restart) finds everything in place.
             let (again, steps) = ns.run(|| devices::ensure(&spec)).unwrap().unwrap();
@@ -77,24 +125,36 @@ impl Cluster {
             let bpffs = BpffsDir::new(&format!("{label}-n{n}"));
             let mut datapath = Datapath::load(&bpffs.pin_dir()).unwrap();
             let pin = bpffs.pin_dir();
-            tables::write_config(
-                &pin,
-                &DatapathConfig {
-                    router_ip: tables::be(router),
-                    node_ip: tables::be(node_ip),
-                    tunnel_ifindex: devs.tunnel.unwrap(),
-                    tunnel_proto: match tunnel {
+            let mut config = DatapathConfig {
+                router_ip: tables::be(router),
+                node_ip: tables::be(node_ip),
+                pod_cidr_prefix_len: 24,
+                ..Default::default()
+            };
+            match routing {
+                Routing::Tunnel(t) => {
+                    config.tunnel_ifindex = devs.tunnel.unwrap();
+                    config.tunnel_proto = match t {
                         TunnelProtocol::Vxlan => TUNNEL_VXLAN,
                         TunnelProtocol::Geneve => TUNNEL_GENEVE,
-                    },
-                    pod_cidr_prefix_len: 24,
-                    flags: 0,
-                },
-            )
-            .unwrap();
-            ns.run(|| datapath.attach(FROM_OVERLAY, tunnel.device(), Direction::Ingress, AttachMode::Tcx))
-                .unwrap()
-                .expect("attach from_overlay");
+                    };
+                    ns.run(|| datapath.attach(FROM_OVERLAY, t.device(), Direction::Ingress, AttachMode::Tcx))
+                        .unwrap()
+                        .expect("attach from_overlay");
+                }
+                Routing::Native => {
+                    config.tunnel_proto = TUNNEL_NONE;
+                    config.flags = CONFIG_F_MASQUERADE;
+                    config.native_cidr = tables::be(Ipv4Addr::new(10, net, 0, 0));
+                    config.native_cidr_prefix_len = 16;
+                    for (program, direction) in [(FROM_NETDEV, Direction::Ingress), (TO_NETDEV, Direction::Egress)] {
+                        ns.run(|| datapath.attach(program, UPLINK, direction, AttachMode::Tcx))
+                            .unwrap()
+                            .unwrap_or_else(|e| panic!("attach {program}: {e}"));
+                    }
+                }
+            }
+            tables::write_config(&pin, &config).unwrap();
 
             let mut pods = Vec::new();
             for p in 1..=2u8 {
@@ -119,9 +179,17 @@ impl Cluster {
             let pod_cidr = format!("10.{net}.{n}.0/24").parse().unwrap();
             nodes.push(Node { ns, ip: node_ip, router, pod_cidr, bpffs, _datapath: datapath, pods });
         }
+        Cluster { nodes, topo }
+    }
+
+    /// Writes the remote rows and routes directly, as the controllers would.
+    fn learn_peers_directly(&self, routing: Routing) {
+        let mtu = devices::pod_mtu(UNDERLAY_MTU, routing.tunnel());
+        let nodes = &self.nodes;
         // Each node learns the other's pods: the /32s with identity and tunnel endpoint in the
-        // ipcache (what the CiliumEndpoint controller will write), the pod CIDR in the tunnel map
-        // and a route via cilium_host (what the CiliumNode controller will write).
+        // ipcache (what the CiliumEndpoint controller will write), and the pod CIDR — in tunnel
+        // mode in the tunnel map with a route via cilium_host, in native routing as a route via
+        // the peer's node IP (what the CiliumNode controller will write).
         for (i, node) in nodes.iter().enumerate() {
             let peer = &nodes[1 - i];
             let pin = node.bpffs.pin_dir();
@@ -133,11 +201,15 @@ impl Cluster {
                 };
                 tables::upsert_ipcache(&pin, ipnet::Ipv4Net::new(pod.pod.addr, 32).unwrap(), &info).unwrap();
             }
-            tables::upsert_tunnel(&pin, peer.pod_cidr, peer.ip).unwrap();
-            let route = devices::tunnel_route(peer.pod_cidr, node.router, mtu);
+            let route = match routing {
+                Routing::Tunnel(_) => {
+                    tables::upsert_tunnel(&pin, peer.pod_cidr, peer.ip).unwrap();
+                    devices::tunnel_route(peer.pod_cidr, node.router, mtu)
+                }
+                Routing::Native => devices::direct_route(peer.pod_cidr, peer.ip),
+            };
             node.ns.run(|| devices::replace_route(&route)).unwrap().unwrap();
         }
-        Cluster { nodes, topo }
     }
 
     fn pod(&self, node: usize, pod: usize) -> &Pod {
@@ -249,8 +321,8 @@ impl Capture {
         Capture { fd }
     }
 
-    /// Tunnelled packets to `port` read until the queue is empty, at most 2 s or 10 000 frames.
-    fn tunnelled(&self, port: u16) -> Vec<Tunnelled> {
+    /// Frames read until the queue is empty, at most 2 s or 10 000 frames.
+    fn frames(&self) -> Vec<Vec<u8>> {
         let mut found = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut buf = vec![0u8; 65536];
@@ -263,12 +335,35 @@ impl Capture {
             if n <= 0 {
                 break; // timeout: nothing more queued
             }
-            if let Some(t) = parse_tunnelled(&buf[..n as usize], port) {
-                found.push(t);
-            }
+            found.push(buf[..n as usize].to_vec());
         }
         found
     }
+
+    /// Tunnelled packets to `port`.
+    fn tunnelled(&self, port: u16) -> Vec<Tunnelled> {
+        self.frames().iter().filter_map(|f| parse_tunnelled(f, port)).collect()
+    }
+}
+
+/// An IPv4 packet as seen on the underlay: (protocol, source, destination, UDP destination port).
+#[derive(Debug, PartialEq, Eq)]
+struct Plain {
+    protocol: u8,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    udp_dport: Option<u16>,
+}
+
+fn parse_plain(f: &[u8]) -> Option<Plain> {
+    if f.len() < 14 + 20 + 8 || f[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let v4 = |b: &[u8]| Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+    let ihl = usize::from(f[14] & 0x0f) * 4;
+    let protocol = f[14 + 9];
+    let udp_dport = (protocol == 17).then(|| u16::from_be_bytes([f[14 + ihl + 2], f[14 + ihl + 3]]));
+    Some(Plain { protocol, src: v4(&f[26..30]), dst: v4(&f[30..34]), udp_dport })
 }
 
 fn parse_tunnelled(f: &[u8], port: u16) -> Option<Tunnelled> {
@@ -306,7 +401,7 @@ fn underlay(cluster: &Cluster) -> NetNs {
 }
 
 fn run_scenario(label: &str, tunnel: TunnelProtocol, net: u8) {
-    let cluster = Cluster::new(label, tunnel, net);
+    let cluster = Cluster::new(label, Routing::Tunnel(tunnel), net);
     let underlay = underlay(&cluster);
 
     // Same node: straight from one pod's veth to the other's.
@@ -352,4 +447,277 @@ fn pods_reach_each_other_on_one_node_and_across_nodes_over_vxlan() {
 #[ignore = "needs a kernel with CONFIG_GENEVE (not available on the CI machine's kernel)"]
 fn pods_reach_each_other_on_one_node_and_across_nodes_over_geneve() {
     run_scenario("conn-geneve", TunnelProtocol::Geneve, 62);
+}
+
+/// Native routing with autoDirectNodeRoutes: pods reach each other across nodes through the
+/// kernel's routes via the peer node IP (plain pod IPs on the underlay, no VXLAN), and reach an
+/// address outside the cluster masqueraded to their node's IP, replies finding their way back.
+#[test]
+fn native_routing_across_nodes_and_masquerading_to_outside_the_cluster() {
+    let net = 63;
+    let mut cluster = Cluster::new("conn-native", Routing::Native, net);
+    let underlay = underlay(&cluster);
+    let outside_ns = cluster.topo.namespace("outside").unwrap();
+    let outside_ip = Ipv4Addr::new(192, 168, net, 100);
+    cluster.topo.connect_to_underlay(&outside_ns, "eth0", &[&format!("{outside_ip}/24")]).unwrap();
+
+    assert_ping(cluster.pod(0, 0), cluster.pod(0, 1));
+    let capture = Capture::open(&underlay);
+    assert_ping(cluster.pod(0, 0), cluster.pod(1, 1));
+    assert_tcp(cluster.pod(1, 0), cluster.pod(0, 1), 8082, 200_000);
+    let seen: Vec<Plain> = capture.frames().iter().filter_map(|f| parse_plain(f)).collect();
+    let (a, b) = (cluster.pod(0, 0).pod.addr, cluster.pod(1, 1).pod.addr);
+    for (src, dst) in [(a, b), (b, a)] {
+        assert!(
+            seen.iter().any(|p| p.protocol == 1 && p.src == src && p.dst == dst),
+            "plain ICMP {src} -> {dst} on the underlay: {seen:?}"
+        );
+    }
+    let (c, d) = (cluster.pod(1, 0).pod.addr, cluster.pod(0, 1).pod.addr);
+    assert!(seen.iter().any(|p| p.protocol == 6 && p.src == c && p.dst == d), "plain TCP {c} -> {d}: {seen:?}");
+    let tunnelled: Vec<&Plain> =
+        seen.iter().filter(|p| matches!(p.udp_dport, Some(devices::VXLAN_PORT | devices::GENEVE_PORT))).collect();
+    assert!(tunnelled.is_empty(), "no encapsulation in native routing: {tunnelled:?}");
+
+    // To the outside world: the outside namespace only knows the underlay subnet, so a reply
+    // reaches the pod only through the node's reverse translation.
+    let outside = Pod { pod: RoutedPod { ns: outside_ns, host_if: String::new(), addr: outside_ip }, identity: 2 };
+    let capture = Capture::open(&underlay);
+    assert_ping(cluster.pod(0, 0), &outside);
+    assert_ping(cluster.pod(1, 1), &outside);
+    let seen: Vec<Plain> = capture.frames().iter().filter_map(|f| parse_plain(f)).collect();
+    let (n1, n2) = (cluster.nodes[0].ip, cluster.nodes[1].ip);
+    for node_ip in [n1, n2] {
+        assert!(
+            seen.iter().any(|p| p.protocol == 1 && p.src == node_ip && p.dst == outside_ip),
+            "echo requests leave with the node IP {node_ip}: {seen:?}"
+        );
+    }
+    let pod_ips: Vec<Ipv4Addr> = cluster.nodes.iter().flat_map(|n| n.pods.iter().map(|p| p.pod.addr)).collect();
+    let leaked: Vec<&Plain> = seen.iter().filter(|p| p.dst == outside_ip && pod_ips.contains(&p.src)).collect();
+    assert!(leaked.is_empty(), "pod addresses must not reach the outside: {leaked:?}");
+
+    // TCP: the outside server sees the node IP as its peer.
+    let server = SocketAddr::new(IpAddr::V4(outside_ip), 8443);
+    let listener = outside.pod.ns.run(|| TcpListener::bind(server)).unwrap().unwrap();
+    let accept = std::thread::spawn(move || -> std::io::Result<(SocketAddr, Vec<u8>)> {
+        let (mut conn, peer) = listener.accept()?;
+        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut buf = vec![0u8; 5];
+        conn.read_exact(&mut buf)?;
+        conn.write_all(b"world")?;
+        Ok((peer, buf))
+    });
+    let pod = cluster.pod(0, 1);
+    let mut client = pod
+        .pod
+        .ns
+        .run(|| TcpStream::connect_timeout(&server, Duration::from_secs(5)))
+        .unwrap()
+        .unwrap_or_else(|e| panic!("connect {} -> {server}: {e}", pod.pod.addr));
+    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    client.write_all(b"hello").unwrap();
+    let mut reply = [0u8; 5];
+    client.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"world");
+    let (peer, got) = accept.join().unwrap().unwrap();
+    assert_eq!(got, b"hello");
+    assert_eq!(peer.ip(), IpAddr::V4(n1), "the outside server sees the node IP, not the pod's");
+
+    for node in &cluster.nodes {
+        let drops = tables::read_drops(&node.bpffs.pin_dir()).unwrap();
+        assert!(drops.is_empty(), "no drops expected on {}: {drops:?}", node.ns.name());
+        assert!(!tables::list_snat(&node.bpffs.pin_dir()).unwrap().is_empty(), "SNAT rows on {}", node.ns.name());
+    }
+}
+
+/// The agent's node set-up (`datapath::agent`) in a node namespace: with `devices` it creates the
+/// node devices, attaches the tunnel and uplink programs and writes the config map with the
+/// uplink's address as node IP; without `devices` it touches no link at all (what lets tests run
+/// the real agent in the host namespace).
+#[test]
+fn agent_node_setup_creates_devices_and_attaches_only_with_devices_configured() {
+    use beeline::{
+        config::Sources,
+        datapath::{agent, attach},
+    };
+    require_root();
+    let mut topo = Topology::new("agent-setup");
+    let node = topo.namespace("node").unwrap();
+    topo.connect_to_underlay(&node, UPLINK, &["192.168.64.1/24"]).unwrap();
+    let bare = topo.namespace("bare").unwrap();
+    let load = |sets: &[&str]| {
+        Sources { sets: sets.iter().map(|s| s.to_string()).collect(), ..Default::default() }.load().unwrap()
+    };
+    let router = Ipv4Addr::new(10, 64, 1, 1);
+
+    // Without `devices`: only the config map.
+    let bpffs = BpffsDir::new("agent-setup-bare");
+    let (dp, _) = agent::start(&Default::default(), &bpffs.pin_dir()).unwrap();
+    let setup = bare.run(|| dp.setup_node(&load(&[]), router)).unwrap().unwrap();
+    assert!(setup.devices.is_none() && setup.attachments.is_empty());
+    assert_eq!(bare.run(attach::interface_names).unwrap(), vec!["lo".to_string()], "no link created");
+    assert_eq!(tables::read_config(&bpffs.pin_dir()).unwrap().router_ip, tables::be(router));
+
+    // With `devices`: devices, attachments, node IP from the uplink.
+    let bpffs = BpffsDir::new("agent-setup-node");
+    let (dp, _) = agent::start(&Default::default(), &bpffs.pin_dir()).unwrap();
+    let config = load(&["devices=eth0", "enable-bpf-masquerade=true"]);
+    for round in 0..2 {
+        let setup = node.run(|| dp.setup_node(&config, router)).unwrap().unwrap();
+        let devs = setup.devices.expect("devices");
+        let row = tables::read_config(&bpffs.pin_dir()).unwrap();
+        assert_eq!(row, setup.config);
+        assert_eq!((row.router_ip, row.node_ip), (tables::be(router), tables::be(Ipv4Addr::new(192, 168, 64, 1))));
+        assert_eq!((row.tunnel_proto, row.tunnel_ifindex), (TUNNEL_VXLAN, devs.tunnel.unwrap()));
+        assert_eq!(row.flags & CONFIG_F_MASQUERADE, CONFIG_F_MASQUERADE);
+        assert_eq!(setup.attachments.len(), 3, "round {round}: {:?}", setup.attachments);
+        for (program, ifname, direction) in [
+            (FROM_OVERLAY, devices::CILIUM_VXLAN, Direction::Ingress),
+            (FROM_NETDEV, UPLINK, Direction::Ingress),
+            (TO_NETDEV, UPLINK, Direction::Egress),
+        ] {
+            let attached = node.run(|| attach::tcx_programs(ifname, direction)).unwrap().unwrap();
+            assert_eq!(attached.len(), 1, "round {round}: one program on {ifname} {direction:?}: {attached:?}");
+            assert_eq!(attached[0].name, program, "round {round}");
+        }
+    }
+    // The CNI side attaches pods' programs through the same handle.
+    let pod = topo.routed_pod(&node, "pod", "lxcagent", Ipv4Addr::new(10, 64, 1, 11), router, 1450).unwrap();
+    let attachment = node.run(|| dp.attach_endpoint(&pod.host_if)).unwrap().unwrap();
+    assert_eq!(attachment.program, FROM_CONTAINER);
+    drop(dp);
+    drop(bpffs);
+}
+
+/// One node's remote controllers over its real pinned maps and its namespace's routes, driven
+/// pass by pass (the watch loops around them are covered by the in-memory API tests).
+struct NodeControllers {
+    nodes: RemoteNodesSync,
+    endpoints: RemoteEndpointsSync,
+    writer: GroupWriter,
+    manager: MapManager,
+}
+
+impl NodeControllers {
+    fn start(pin_dir: &std::path::Path, tunnel: TunnelProtocol) -> NodeControllers {
+        let manager = MapManager::new(ManagerOptions::default());
+        let nodes_owner = manager.register_owner(remote::NODES_OWNER);
+        let endpoints_owner = manager.register_owner(remote::ENDPOINTS_OWNER);
+        let mut group = manager.group(REMOTE_GROUP.0, REMOTE_GROUP.1);
+        let tables = RemoteTables {
+            tunnel: group.add::<TunnelMap>(KernelMap::open_or_create::<TunnelMap>(pin_dir).unwrap()).unwrap(),
+            ipcache: group.add::<Ipcache>(KernelLpmMap::open_or_create::<Ipcache>(pin_dir).unwrap()).unwrap(),
+        };
+        let cfg = RemoteNodesConfig {
+            tunnel: Some(tunnel),
+            auto_direct_node_routes: false,
+            native_routing_cidr: None,
+            pod_mtu: devices::pod_mtu(UNDERLAY_MTU, Some(tunnel)),
+        };
+        NodeControllers {
+            nodes: RemoteNodesSync::new(nodes_owner, tables.clone(), cfg, Box::new(IpRouteTable), Default::default()),
+            endpoints: RemoteEndpointsSync::new(endpoints_owner, tables.ipcache),
+            writer: group.build(),
+            manager,
+        }
+    }
+
+    /// A pass of both controllers (routes in `ns`) and of the writer.
+    fn sync(&mut self, ns: &NetNs, own: &str, nodes: &[CiliumNode], endpoints: &[CiliumEndpoint]) {
+        let retry = ns.run(|| self.nodes.sync(nodes, own)).unwrap();
+        assert_eq!(retry, None, "routes programmed without failures");
+        self.endpoints.sync(endpoints, nodes.iter().find(|n| n.metadata.name.as_deref() == Some(own)));
+        let report = self.writer.sync_once(std::time::Instant::now());
+        assert_eq!(report.failed_ops, 0, "{report:?}");
+        assert!(self.manager.status().ready, "{:?}", self.manager.status());
+    }
+}
+
+fn cilium_node(name: &str, node: &Node) -> CiliumNode {
+    CiliumNode::new(
+        name,
+        CiliumNodeSpec {
+            addresses: vec![
+                NodeAddress { address_type: "InternalIP".into(), ip: node.ip.to_string() },
+                NodeAddress { address_type: "CiliumInternalIP".into(), ip: node.router.to_string() },
+            ],
+            ipam: Some(IpamSpec { pod_cidrs: vec![node.pod_cidr.to_string()], ..Default::default() }),
+            ..Default::default()
+        },
+    )
+}
+
+fn endpoints_of(node: &Node) -> Vec<CiliumEndpoint> {
+    node.pods
+        .iter()
+        .map(|p| {
+            CiliumEndpoint::new(
+                "default",
+                &format!("pod-{}", p.pod.addr),
+                EndpointStatus {
+                    identity: Some(EndpointIdentity { id: i64::from(p.identity), labels: vec![] }),
+                    networking: Some(EndpointNetworking {
+                        addressing: vec![AddressPair { ipv4: Some(p.pod.addr.to_string()), ipv6: None }],
+                        node: Some(node.ip.to_string()),
+                    }),
+                    ..Default::default()
+                },
+            )
+        })
+        .collect()
+}
+
+fn routes_in(ns: &NetNs) -> String {
+    let out = ns.command("ip").unwrap().args(["route", "show", "proto", "196"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The remote-nodes and remote-endpoints controllers, instead of direct writes: before a node's
+/// CiliumNode exists its pods are unreachable; once it is added the pods reach each other over
+/// VXLAN with the route via cilium_host in place; once removed, its rows and route are gone and
+/// traffic to it stops.
+#[test]
+fn a_node_added_later_becomes_reachable_and_a_removed_node_stops_being_routed() {
+    let tunnel = TunnelProtocol::Vxlan;
+    let cluster = Cluster::without_peers("conn-ctl", Routing::Tunnel(tunnel), 63);
+    let names = ["node-1", "node-2"];
+    let cns: Vec<CiliumNode> = cluster.nodes.iter().zip(names).map(|(n, name)| cilium_node(name, n)).collect();
+    let ceps: Vec<Vec<CiliumEndpoint>> = cluster.nodes.iter().map(endpoints_of).collect();
+    let mut ctl: Vec<NodeControllers> =
+        cluster.nodes.iter().map(|n| NodeControllers::start(&n.bpffs.pin_dir(), tunnel)).collect();
+
+    // Each node knows only itself.
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        ctl[i].sync(&node.ns, names[i], &cns[i..=i], &ceps[i]);
+    }
+    let (a, b) = (cluster.pod(0, 0), cluster.pod(1, 1));
+    // (ping keeps sending until its deadline when nothing answers: only the replies count.)
+    let (tx, rx) = traffic::ping(&a.pod.ns, IpAddr::V4(b.pod.addr), 1).unwrap();
+    assert!(tx >= 1 && rx == 0, "node-2 is not known yet: {tx} sent, {rx} answered");
+    assert_eq!(routes_in(&cluster.nodes[0].ns), "");
+
+    // node-2 is added (and its endpoints published).
+    let all_ceps: Vec<CiliumEndpoint> = ceps.concat();
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        ctl[i].sync(&node.ns, names[i], &cns, &all_ceps);
+    }
+    let routes = routes_in(&cluster.nodes[0].ns);
+    assert!(routes.contains("10.63.2.0/24 via 10.63.1.1 dev cilium_host"), "{routes}");
+    assert!(routes.contains("mtu 1450"), "{routes}");
+    assert_ping(a, b);
+    assert_ping(b, a);
+    assert_tcp(cluster.pod(1, 0), cluster.pod(0, 1), 8082, 100_000);
+
+    // node-2 is removed: node-1 forgets it.
+    ctl[0].sync(&cluster.nodes[0].ns, names[0], &cns[0..1], &ceps[0]);
+    assert_eq!(routes_in(&cluster.nodes[0].ns), "", "the route to node-2's pod CIDR is removed");
+    let mut tunnel_map =
+        KernelMap::<TunnelKey, TunnelValue>::open_pinned::<TunnelMap>(&cluster.nodes[0].bpffs.pin_dir()).unwrap();
+    let tunnel_rows = tunnel_map.dump().unwrap();
+    assert!(tunnel_rows.is_empty(), "{tunnel_rows:?}");
+    let (tx, rx) = traffic::ping(&a.pod.ns, IpAddr::V4(b.pod.addr), 1).unwrap();
+    assert!(tx >= 1 && rx == 0, "node-2 is no longer routed: {tx} sent, {rx} answered");
+    let (tx, rx) = traffic::ping(&a.pod.ns, IpAddr::V4(cluster.pod(0, 1).pod.addr), 2).unwrap();
+    assert_eq!((tx, rx), (2, 2), "local pods are unaffected");
 }

@@ -38,6 +38,7 @@ fn udp_from_the_pod_moves_the_counter_of_its_host_veth() {
     let pair = topo.pod_on_node("10.201.0").unwrap();
     let bpffs = BpffsDir::new("netns");
     let mut dp = Datapath::load(&bpffs.pin_dir()).unwrap();
+    integration::register_pod_endpoint(&topo, &bpffs.pin_dir(), &pair);
     let attachment = attach(&mut dp, &pair, AttachMode::Auto);
     assert_eq!((attachment.mechanism, attachment.action), (Mechanism::Tcx, AttachAction::Created));
     assert!(attachment.pin.as_ref().unwrap().exists(), "link pin missing");
@@ -64,6 +65,7 @@ fn clsact_fallback_counts_and_is_replaced_in_place_then_uninstalled() {
     let host_ifindex = ifindex_in(&pair.node, &pair.host_if);
 
     let mut first = Datapath::load(&bpffs.pin_dir()).unwrap();
+    integration::register_pod_endpoint(&topo, &bpffs.pin_dir(), &pair);
     let a = attach(&mut first, &pair, AttachMode::Netlink);
     assert_eq!((a.mechanism, a.action, a.link_id), (Mechanism::Netlink, AttachAction::Created, None));
     drop(first); // the filter, not our process, keeps the program attached
@@ -105,6 +107,7 @@ fn a_defunct_link_is_replaced_when_the_interface_is_recreated() {
     let pair = topo.pod_on_node("10.203.0").unwrap();
     let bpffs = BpffsDir::new("recreate");
     let mut dp = Datapath::load(&bpffs.pin_dir()).unwrap();
+    integration::register_pod_endpoint(&topo, &bpffs.pin_dir(), &pair);
     let first = attach(&mut dp, &pair, AttachMode::Tcx);
 
     // The pod's veth goes away (pod deleted) and a new pod gets the same host-side name.
@@ -113,6 +116,8 @@ fn a_defunct_link_is_replaced_when_the_interface_is_recreated() {
     topo.address(&pair.node, &pair.host_if, "10.203.0.1/24").unwrap();
     topo.address(&pair.pod, &pair.pod_if, "10.203.0.2/24").unwrap();
 
+    // The new pod's endpoint row names the new veth.
+    integration::register_pod_endpoint(&topo, &bpffs.pin_dir(), &pair);
     let second = attach(&mut dp, &pair, AttachMode::Tcx);
     assert_eq!(second.action, AttachAction::RecreatedStale);
     assert_ne!(second.link_id, first.link_id, "a defunct link cannot be reused");

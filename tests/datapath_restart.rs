@@ -52,6 +52,7 @@ fn agent_restart_keeps_traffic_and_maps_then_uninstall_removes_everything() {
     // 1. First agent: creates and pins the link; traffic moves the counter.
     let mut agent = AgentProcess::spawn(binary, &pair.node, layout.clone(), &[&pair.host_if]).unwrap();
     agent.wait_ready(READY).unwrap();
+    integration::register_pod_endpoint(&topo, &pin_dir, &pair);
     let (link_id, first_program) = pinned_link(&link_pin);
     assert_eq!(attached_ids(&pair), vec![first_program]);
     udp(&pair, 42000, 10);
@@ -117,6 +118,7 @@ fn ep_stats_list_reads_the_pinned_map_without_an_agent() {
     let layout = AgentLayout { bpf_root: bpffs.path().to_path_buf(), state_dir: state.path().to_path_buf() };
     let mut agent = AgentProcess::spawn(Path::new(BEELINE), &pair.node, layout.clone(), &[&pair.host_if]).unwrap();
     agent.wait_ready(READY).unwrap();
+    integration::register_pod_endpoint(&topo, &bpffs.pin_dir(), &pair);
     agent.stop(STOP).unwrap();
     udp(&pair, 42010, 7);
 

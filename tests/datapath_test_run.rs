@@ -7,11 +7,16 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use beeline::datapath::{
     loader::programs::FROM_CONTAINER,
+    tables,
     testing::{
         packet::{tcp_flags, verify_checksums, FrameBuilder},
         test_run::run_tc,
     },
     Datapath,
+};
+use beeline_common::{
+    datapath::{DatapathConfig, TUNNEL_VXLAN},
+    endpoint::EndpointInfo,
 };
 use integration::{require_root, BpffsDir};
 
@@ -29,7 +34,8 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
     let pod6: Ipv6Addr = "fd00::1:2".parse().unwrap();
     let svc6: Ipv6Addr = "fd00::96:10".parse().unwrap();
     vec![
-        ("arp", FrameBuilder::arp_request(POD_MAC, pod4, "10.0.1.1".parse().unwrap()).build()),
+        // From an address no endpoint has: not a gateway request the responder answers.
+        ("arp", FrameBuilder::arp_request(POD_MAC, "10.0.1.99".parse().unwrap(), "10.0.1.1".parse().unwrap()).build()),
         ("udp4", FrameBuilder::new(POD_MAC, GW_MAC).ipv4(pod4, svc4).udp(40000, 53).payload(b"dns query").build()),
         ("tcp6", FrameBuilder::new(POD_MAC, GW_MAC).ipv6(pod6, svc6).tcp(40001, 80, tcp_flags::SYN).build()),
         (
@@ -47,6 +53,13 @@ fn from_container_passes_every_frame_unchanged_and_counts_it() {
     let datapath = Datapath::load(&bpffs.pin_dir()).expect("load the datapath");
     let program = datapath.program(FROM_CONTAINER).unwrap();
     assert!(datapath.endpoint_stats().unwrap().is_empty(), "fresh map must be empty");
+    // The pod is the endpoint behind the test_run device (unknown sources are dropped), and the
+    // node tunnels: destinations with no tunnel endpoint (a service VIP here) go to the stack.
+    let pin = bpffs.pin_dir();
+    let pod = EndpointInfo { ifindex: LOOPBACK_IFINDEX, ..Default::default() };
+    tables::upsert_endpoint(&pin, "10.0.1.2".parse().unwrap(), &pod).unwrap();
+    let tunnel = DatapathConfig { tunnel_proto: TUNNEL_VXLAN, tunnel_ifindex: 77, ..Default::default() };
+    tables::write_config(&pin, &tunnel).unwrap();
 
     let (mut packets, mut bytes) = (0u64, 0u64);
     for (name, frame) in frames() {

@@ -72,6 +72,12 @@ impl LabDir {
         run(self.beeline("up").args(["--nodes", &n, "--values", &values(values_file), "--timeout", "30"]))
     }
 
+    fn kubectl_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        serde_json::from_str(&self.kubectl(&all)).unwrap()
+    }
+
     fn kubectl(&self, args: &[&str]) -> String {
         let kubeconfig = self.path.join("kubeconfig");
         stdout(&run(Command::new(KUBECTL).arg("--kubeconfig").arg(kubeconfig).args(args).arg("--request-timeout=10s")))
@@ -97,6 +103,15 @@ impl Made {
     fn of(plan: &LabPlan) -> Made {
         let mut namespaces: Vec<String> = plan.nodes.iter().map(|n| n.netns.clone()).collect();
         namespaces.push(plan.underlay_netns.clone());
+        namespaces.push(plan.outside_netns.clone());
+        // Pod sandboxes made by the kubelet emulation.
+        namespaces.extend(
+            std::fs::read_dir("/run/netns")
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("{}-pod-", plan.prefix))),
+        );
         let mut pids: Vec<u32> = std::iter::once("supervisor".to_string())
             .chain(plan.processes.iter().map(|p| p.name.clone()))
             .filter_map(|name| probe::read_pid(&plan.pid_file(&name)))
@@ -288,4 +303,117 @@ fn a_failed_up_removes_what_it_made() {
     assert!(!pins.exists(), "pins left at {}", pins.display());
     assert!(!lab.path.exists(), "state left at {}", lab.path.display());
     assert_no_process_mentions(lab.arg());
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, at most `timeout`; panics with `what`.
+fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+const WEB: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: default}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      nodeSelector: {kubernetes.io/hostname: kind-worker}
+      containers: [{name: web, image: echo, ports: [{name: http, containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+";
+
+/// The seeds' walkthrough on the control plane side: a Deployment pinned to a worker gets Running
+/// pods whose addresses come from that node's CIDR (allocated by the real CNI plugin through the
+/// node's agent), each pod's workload answers in its own namespace, the Service's EndpointSlice
+/// lists the pods, a deleted pod's sandbox goes and a replacement comes, and `down` leaves
+/// nothing — no pod namespace either.
+#[test]
+fn deployment_pods_get_addresses_from_their_node_and_endpointslices_list_them() {
+    require_root();
+    let lab = LabDir::new();
+    lab.up(2, "vxlan.yaml");
+    let plan = read_plan(&lab.path).unwrap();
+    let manifest = lab._parent.path().join("web.yaml");
+    std::fs::write(&manifest, WEB).unwrap();
+    run(lab.beeline("apply").arg("-f").arg(&manifest));
+
+    let worker_cidr: ipnet::IpNet = wait_for("the worker's CiliumNode CIDR", Duration::from_secs(30), || {
+        let cn = lab.kubectl_json(&["get", "ciliumnode", "kind-worker"]);
+        cn["spec"]["ipam"]["podCIDRs"][0].as_str()?.parse().ok()
+    });
+    let pods = wait_for("two Running pods with addresses", Duration::from_secs(60), || {
+        let pods = lab.kubectl_json(&["get", "pods", "-l", "app=web"]);
+        let items = pods["items"].as_array().cloned().unwrap_or_default();
+        let running =
+            items.iter().filter(|p| p["status"]["phase"] == "Running" && p["status"]["podIP"].is_string()).count();
+        (items.len() == 2 && running == 2).then_some(items)
+    });
+    let mut ips = Vec::new();
+    for p in &pods {
+        let name = p["metadata"]["name"].as_str().unwrap();
+        assert_eq!(p["spec"]["nodeName"], "kind-worker", "{name} pinned by nodeSelector");
+        assert_eq!(p["status"]["hostIP"], "172.18.0.3", "{name}: the worker's underlay address");
+        let ip: std::net::IpAddr = p["status"]["podIP"].as_str().unwrap().parse().unwrap();
+        assert!(worker_cidr.contains(&ip), "{name}: {ip} outside the worker's {worker_cidr}");
+        let ready =
+            p["status"]["conditions"].as_array().unwrap().iter().any(|c| c["type"] == "Ready" && c["status"] == "True");
+        assert!(ready, "{name} Ready");
+        // The pod's workload answers inside the pod's own namespace with its name.
+        let netns = p["metadata"]["annotations"]["beeline.io/lab-netns"].as_str().unwrap();
+        let (code, body) = probe::http_get_in(netns, "127.0.0.1:8080".parse().unwrap(), "/").unwrap();
+        assert_eq!(code, 200);
+        assert!(body.contains(&format!("\"pod\":\"{name}\"")), "{body}");
+        ips.push(ip.to_string());
+    }
+    ips.sort();
+
+    let endpoints = wait_for("the Service's EndpointSlice listing both pods", Duration::from_secs(10), || {
+        let slices = lab.kubectl_json(&["get", "endpointslices", "-l", "kubernetes.io/service-name=web"]);
+        let mut ready: Vec<(String, String)> = slices["items"]
+            .as_array()?
+            .iter()
+            .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+            .filter(|e| e["conditions"]["ready"] == true)
+            .map(|e| (e["addresses"][0].as_str().unwrap().to_string(), e["nodeName"].as_str().unwrap().to_string()))
+            .collect();
+        ready.sort();
+        (ready.len() == 2).then_some(ready)
+    });
+    assert_eq!(endpoints, ips.iter().map(|ip| (ip.clone(), "kind-worker".to_string())).collect::<Vec<_>>());
+
+    // A deleted pod: its sandbox goes, the ReplicaSet makes a replacement that runs.
+    let victim = pods[0]["metadata"]["name"].as_str().unwrap();
+    let victim_netns = pods[0]["metadata"]["annotations"]["beeline.io/lab-netns"].as_str().unwrap().to_string();
+    lab.kubectl(&["delete", "pod", victim]);
+    assert!(!Path::new("/run/netns").join(&victim_netns).exists(), "{victim_netns} removed before the delete returned");
+    wait_for("a replacement pod running", Duration::from_secs(30), || {
+        let pods = lab.kubectl_json(&["get", "pods", "-l", "app=web"]);
+        let names: Vec<String> = pods["items"]
+            .as_array()?
+            .iter()
+            .filter(|p| p["status"]["phase"] == "Running")
+            .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+            .collect();
+        (names.len() == 2 && !names.iter().any(|n| n == victim)).then_some(())
+    });
+
+    let made = Made::of(&plan);
+    assert!(made.namespaces.iter().filter(|n| n.contains("-pod-")).count() == 2, "{:?}", made.namespaces);
+    run(&mut lab.beeline("down"));
+    made.assert_gone();
 }

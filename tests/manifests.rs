@@ -97,6 +97,15 @@ fn agent_daemonset_has_host_access_it_needs() {
     for path in ["/etc/cni/net.d", "/opt/cni/bin", "/run/beeline"] {
         assert!(mounts.contains_key(path), "{path} mounted");
     }
+    assert_eq!(mounts["/var/run/netns"]["mountPropagation"], "HostToContainer");
+    // The agent's state dir (IPAM and endpoint state) lives under the mounted /run/beeline.
+    let state_dir = beeline::config::Config::from_raw(&Default::default()).unwrap().state_dir;
+    assert!(state_dir.starts_with("/run/beeline"), "{}", state_dir.display());
+    let volumes: BTreeMap<&str, &Value> =
+        pod["volumes"].as_array().unwrap().iter().map(|v| (v["name"].as_str().unwrap(), v)).collect();
+    for (mount, host) in [("netns", "/var/run/netns"), ("run", "/run/beeline"), ("bpf-maps", "/sys/fs/bpf")] {
+        assert_eq!(volumes[mount]["hostPath"]["path"], host, "{mount}");
+    }
     let env = c["env"].as_array().unwrap();
     let node_name = env.iter().find(|e| e["name"] == "K8S_NODE_NAME").expect("K8S_NODE_NAME");
     assert_eq!(node_name["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");

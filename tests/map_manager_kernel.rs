@@ -6,10 +6,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use beeline::datapath::manager::ids::IdAllocator;
-use beeline::datapath::manager::kernel::{self, KernelMap};
-use beeline::datapath::manager::maps::{Lb4Backends, Lb4RevNat, Lb4Services, LB_GROUP};
+use beeline::datapath::manager::kernel::{self, KernelLpmMap, KernelMap};
+use beeline::datapath::manager::maps::{
+    Ipcache, Lb4Backends, Lb4RevNat, Lb4Services, TunnelMap, LB_GROUP, REMOTE_GROUP,
+};
 use beeline::datapath::manager::writer::GroupWriter;
 use beeline::datapath::manager::{gate::GateState, ManagerOptions, MapDef, MapManager, MapSpec, Owner, TableHandle};
+use beeline_common::ipcache::{IpcacheKey, RemoteEndpointInfo};
 use beeline_common::lb::{Lb4Backend, Lb4BackendKey, Lb4Key, Lb4RevNatKey, Lb4ReverseNat, Lb4Service};
 
 struct PinDir(PathBuf);
@@ -257,4 +260,91 @@ fn the_cli_lists_pinned_maps_directly() {
     assert!(text.contains("10.96.0.10:80"), "{text}");
     let revnat = run(&["bpf", "revnat", "list", "-o", "json"]);
     assert!(revnat.contains("\"rev_nat_index\": 1"), "{revnat}");
+}
+
+fn ipcache_key(a: [u8; 4], len: u32) -> IpcacheKey {
+    IpcacheKey::ipv4(u32::from_ne_bytes(a), len)
+}
+
+fn remote(identity: u32, tunnel: [u8; 4]) -> RemoteEndpointInfo {
+    RemoteEndpointInfo { sec_identity: identity, tunnel_endpoint: u32::from_ne_bytes(tunnel), ..Default::default() }
+}
+
+/// The ipcache (an LPM trie) through the manager: rows written, longest-prefix lookups see them, a
+/// restarted manager keeps the previous agent's rows until its owner's first pass and then prunes
+/// exactly the stale prefix; the CLI lists the trie.
+#[test]
+fn ipcache_lpm_rows_are_written_restored_and_pruned_after_the_first_pass() {
+    use beeline::datapath::manager::backend::MapBackend;
+    let pins = PinDir::new("ipcache");
+    let start = |pins: &Path| {
+        let manager = MapManager::new(ManagerOptions::default());
+        let owner = manager.register_owner("remote-nodes");
+        let mut group = manager.group(REMOTE_GROUP.0, REMOTE_GROUP.1);
+        let tunnel = group.add::<TunnelMap>(KernelMap::open_or_create::<TunnelMap>(pins).unwrap()).unwrap();
+        let ipcache = group.add::<Ipcache>(KernelLpmMap::open_or_create::<Ipcache>(pins).unwrap()).unwrap();
+        (manager, owner, tunnel, ipcache, group.build())
+    };
+    let lookup = |ip: [u8; 4]| {
+        let map = KernelLpmMap::<IpcacheKey, RemoteEndpointInfo>::open_pinned::<Ipcache>(&pins.0).unwrap();
+        map.lookup(&ipcache_key(ip, 32)).unwrap()
+    };
+    let pod_cidr = ipcache_key([10, 0, 1, 0], 24);
+    let pod = ipcache_key([10, 0, 1, 7], 32);
+    let old_cidr = ipcache_key([10, 0, 9, 0], 24);
+    {
+        let (manager, owner, _tunnel, ipcache, mut writer) = start(&pins.0);
+        ipcache.replace_owner(
+            &owner,
+            [
+                (pod_cidr, remote(2, [192, 168, 0, 2])),
+                (pod, remote(4242, [192, 168, 0, 2])),
+                (old_cidr, remote(2, [192, 168, 0, 9])),
+            ],
+        );
+        owner.initial_pass_done();
+        writer.sync_once(Instant::now());
+        assert!(manager.status().ready, "{:?}", manager.status());
+    }
+    assert_eq!(lookup([10, 0, 1, 7]), Some(remote(4242, [192, 168, 0, 2])), "the /32 wins over the /24");
+    assert_eq!(lookup([10, 0, 1, 8]), Some(remote(2, [192, 168, 0, 2])), "other pods of the CIDR match the /24");
+    assert_eq!(lookup([10, 0, 2, 1]), None);
+
+    // A restarted agent: the node with 10.0.9.0/24 went away while it was down.
+    let (manager, owner, _tunnel, ipcache, mut writer) = start(&pins.0);
+    assert_eq!(ipcache.restored().len(), 3, "the trie's rows are read back at start");
+    ipcache.replace_owner(&owner, [(pod_cidr, remote(2, [192, 168, 0, 2])), (pod, remote(4242, [192, 168, 0, 2]))]);
+    writer.sync_once(Instant::now());
+    assert_eq!(lookup([10, 0, 9, 1]), Some(remote(2, [192, 168, 0, 9])), "kept until the owner's first pass");
+    assert_eq!(ipcache.status().counts.stale, 1);
+    owner.initial_pass_done();
+    writer.sync_once(Instant::now());
+    assert_eq!(lookup([10, 0, 9, 1]), None, "pruned after the first pass");
+    let mut map = KernelLpmMap::<IpcacheKey, RemoteEndpointInfo>::open_pinned::<Ipcache>(&pins.0).unwrap();
+    let rows: BTreeMap<_, _> = map.dump().unwrap().into_iter().collect();
+    assert_eq!(rows, ipcache.desired());
+    assert!(manager.status().ready);
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_beeline"))
+        .args(["bpf", "ipcache", "list", "-o", "json", "--pin-dir"])
+        .arg(&pins.0)
+        .output()
+        .expect("run beeline");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let prefixes: Vec<&str> = json.as_array().unwrap().iter().map(|r| r["prefix"].as_str().unwrap()).collect();
+    assert_eq!(prefixes, vec!["10.0.1.0/24", "10.0.1.7/32"]);
+}
+
+/// The manager's definitions of the remote maps have the exact shape the eBPF object declares, so
+/// the loader and the manager share one pin (a mismatch would make the manager recreate the map
+/// empty, cutting the loaded programs off from the rows).
+#[test]
+fn remote_map_definitions_match_the_ebpf_objects_maps() {
+    let pins = PinDir::new("shape-ebpf");
+    let _datapath = beeline::datapath::Datapath::load(&pins.0).expect("load the eBPF object");
+    for (name, want) in [(Ipcache::NAME, MapSpec::of::<Ipcache>()), (TunnelMap::NAME, MapSpec::of::<TunnelMap>())] {
+        let pinned = kernel::pinned_spec(&pins.0.join(name), want.name).unwrap();
+        assert_eq!(pinned, want, "{name}");
+    }
 }

@@ -5,34 +5,15 @@
 //! The API server is beeline's in-memory Kubernetes API served over HTTP on loopback.
 
 use std::{
-    net::TcpListener,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 mod integration;
 
-use integration::{free_port, write_kubeconfig, BpffsDir};
+use integration::{free_port, write_kubeconfig, BpffsDir, Proc, TestApiServer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_beeline");
-
-/// The in-memory Kubernetes API on 127.0.0.1, on its own runtime; stops when dropped.
-struct TestApiServer {
-    port: u16,
-    _runtime: tokio::runtime::Runtime,
-}
-
-impl TestApiServer {
-    fn start() -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = beeline_apiserver::ApiServer::default();
-        runtime.spawn(async move { server.serve(listener).await });
-        Self { port, _runtime: runtime }
-    }
-}
 
 /// `GET path` on 127.0.0.1:port; `None` while nothing listens.
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
@@ -53,32 +34,6 @@ fn wait_for_status(port: u16, path: &str, want: u16) -> String {
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("{path} on port {port} never answered {want}; last answer: {last:?}");
-}
-
-/// Kills the child if the test fails before it stopped it.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    fn sigterm_and_wait(&mut self) -> std::process::ExitStatus {
-        // SAFETY: plain kill(2) on our own child's pid.
-        let rc = unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill(SIGTERM) failed");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "process did not stop within 15 s of SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
 }
 
 fn spawn(args: &[&str]) -> Proc {
@@ -130,8 +85,15 @@ fn agent_serves_health_and_api_then_stops_on_sigterm() {
     let metrics = wait_for_status(health_port, "/metrics", 200);
     assert!(metrics.contains("# EOF"), "OpenMetrics output expected: {metrics}");
     assert!(metrics.contains("beeline_agent_bpf_map_sync_pass_seconds"), "map manager metrics expected: {metrics}");
-    // The agent created its LB maps in its own bpffs directory.
-    for map in ["beeline_lb4_services", "beeline_lb4_backends", "beeline_lb4_reverse_nat"] {
+    assert!(metrics.contains("beeline_agent_remote_routes_desired"), "remote-nodes metrics expected: {metrics}");
+    // The agent created its LB and remote maps in its own bpffs directory.
+    for map in [
+        "beeline_lb4_services",
+        "beeline_lb4_backends",
+        "beeline_lb4_reverse_nat",
+        "beeline_ipcache",
+        "beeline_tunnel_map",
+    ] {
         assert!(bpf.pin_dir().join(map).exists(), "{map} not pinned under {}", bpf.path().display());
     }
 
@@ -181,7 +143,12 @@ fn agent_reports_a_vanished_api_server_as_not_ready() {
     assert_eq!(wait_for_status(health_port, "/healthz", 200), "ok\n");
     let body = wait_for_status(health_port, "/readyz", 503);
     assert!(body.contains("[-]kubernetes failed: API server unreachable"), "{body}");
-    assert!(body.contains("[-]datapath-maps failed: waiting for the first full pass of: services"), "{body}");
+    assert!(
+        body.contains(
+            "[-]datapath-maps failed: waiting for the first full pass of: remote-endpoints, remote-nodes, services"
+        ),
+        "{body}"
+    );
     assert!(agent.sigterm_and_wait().success());
 }
 

@@ -844,9 +844,31 @@ impl State {
             }
         }
         self.rv = snap.get("resourceVersion").and_then(Value::as_u64).ok_or_else(bad)?;
+        self.resume_allocators();
         self.log.clear();
         self.compacted_rv = self.rv;
         Ok(())
+    }
+}
+
+impl State {
+    /// After a restore, ClusterIP and NodePort allocation continues past what the restored Services
+    /// hold, so a new Service never gets an address or port already in use.
+    fn resume_allocators(&mut self) {
+        let services = self.objects.get(&(String::new(), "services".to_string()));
+        for svc in services.into_iter().flat_map(|b| b.values()) {
+            let ips = svc.pointer("/spec/clusterIPs").and_then(Value::as_array).into_iter().flatten();
+            for ip in ips.filter_map(Value::as_str) {
+                let Some((a, b)) = ip.strip_prefix("10.96.").and_then(|r| r.split_once('.')) else { continue };
+                if let (Ok(a), Ok(b)) = (a.parse::<u32>(), b.parse::<u32>()) {
+                    self.next_service_ip = self.next_service_ip.max(a * 256 + b + 1);
+                }
+            }
+            let ports = svc.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten();
+            for port in ports.filter_map(|p| p.get("nodePort").and_then(Value::as_u64)) {
+                self.next_node_port = self.next_node_port.max(u32::try_from(port).unwrap_or(u32::MAX - 1) + 1);
+            }
+        }
     }
 }
 

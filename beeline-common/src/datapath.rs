@@ -16,6 +16,9 @@ pub const TUNNEL_GENEVE: u32 = 2;
 /// `DatapathConfig::flags`: deliver to local pods with `bpf_redirect` (through the host-side
 /// veth's egress and the backlog queue) instead of `bpf_redirect_peer`.
 pub const CONFIG_F_NO_PEER_REDIRECT: u32 = 1;
+/// `DatapathConfig::flags`: masquerade pod egress to outside the cluster to `node_ip` in BPF
+/// (`enable-ipv4-masquerade` + `enable-bpf-masquerade`), on the uplink's `to_netdev`.
+pub const CONFIG_F_MASQUERADE: u32 = 2;
 
 /// The only entry of [`CONFIG_MAP_NAME`] (an array of one).
 #[repr(C)]
@@ -33,6 +36,26 @@ pub struct DatapathConfig {
     pub pod_cidr_prefix_len: u32,
     /// `CONFIG_F_*`.
     pub flags: u32,
+    /// `ipv4-native-routing-cidr` (network address, network byte order): destinations inside it
+    /// are never masqueraded. Prefix length 0 = not set.
+    pub native_cidr: u32,
+    pub native_cidr_prefix_len: u32,
+    /// Source ports masquerading allocates from (host byte order); 0 = the defaults of
+    /// `nat::port_range`.
+    pub nat_port_min: u16,
+    pub nat_port_max: u16,
+}
+
+impl DatapathConfig {
+    /// Whether `ip_be` lies inside the native-routing CIDR.
+    pub const fn in_native_cidr(&self, ip_be: u32) -> bool {
+        let len = self.native_cidr_prefix_len;
+        if len == 0 || len > 32 {
+            return false;
+        }
+        let mask = (u32::MAX << (32 - len)).to_be();
+        ip_be & mask == self.native_cidr & mask
+    }
 }
 
 /// Drop reasons. Numbers are Cilium's (`bpf/lib/common.h`, shown by `cilium monitor` and Hubble)
@@ -46,20 +69,44 @@ pub mod drop_reason {
     pub const INVALID: u32 = 134;
     /// A packet rewrite or helper call failed.
     pub const WRITE_ERROR: u32 = 141;
-    /// An explicit deny entry matched (`ingressDeny` / `egressDeny`).
-    pub const POLICY_DENY: u32 = 181;
+    /// Masquerading hit a non-first IPv4 fragment (no ports to translate).
+    pub const FRAG_NOSUPPORT: u32 = 157;
     /// Tunnel mode, remote destination known, but the tunnel device is not configured.
     pub const NO_TUNNEL_ENDPOINT: u32 = 160;
+    /// Masquerading found no free source port (or could not store the mapping).
+    pub const NAT_NO_MAPPING: u32 = 167;
+    /// Masquerading cannot translate this protocol (not TCP, UDP or ICMP echo).
+    pub const NAT_UNSUPP_PROTO: u32 = 168;
+    /// An explicit deny entry matched (`ingressDeny` / `egressDeny`).
+    pub const POLICY_DENY: u32 = 181;
     /// Size of the drop counter array: every reason is below it.
     pub const MAX: u32 = 256;
 
+    /// Every reason the programs use, for listings.
+    pub const ALL: &[u32] = &[
+        INVALID_SIP,
+        POLICY,
+        INVALID,
+        WRITE_ERROR,
+        FRAG_NOSUPPORT,
+        NO_TUNNEL_ENDPOINT,
+        NAT_NO_MAPPING,
+        NAT_UNSUPP_PROTO,
+        POLICY_DENY,
+    ];
+
+    /// Cilium's text for the reason (`pkg/monitor/api/drop.go`), as `cilium monitor`, Hubble and
+    /// the `cilium_drop_count_total{reason=...}` metric show it.
     pub fn name(reason: u32) -> &'static str {
         match reason {
             INVALID_SIP => "Invalid source ip",
             POLICY => "Policy denied",
             INVALID => "Invalid packet",
             WRITE_ERROR => "Error writing to packet",
-            NO_TUNNEL_ENDPOINT => "No tunnel/encapsulation endpoint",
+            FRAG_NOSUPPORT => "IP fragmentation not supported",
+            NO_TUNNEL_ENDPOINT => "No tunnel/encapsulation endpoint (datapath BUG!)",
+            NAT_NO_MAPPING => "No mapping for NAT masquerade",
+            NAT_UNSUPP_PROTO => "Unsupported protocol for NAT masquerade",
             POLICY_DENY => "Policy denied by denylist",
             _ => "Unknown",
         }
@@ -72,4 +119,46 @@ pub mod drop_reason {
 pub struct DropStats {
     pub packets: u64,
     pub bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn be(a: [u8; 4]) -> u32 {
+        u32::from_ne_bytes(a)
+    }
+
+    #[test]
+    fn native_cidr_membership() {
+        let cfg = DatapathConfig { native_cidr: be([10, 0, 0, 0]), native_cidr_prefix_len: 8, ..Default::default() };
+        assert!(cfg.in_native_cidr(be([10, 200, 1, 2])));
+        assert!(!cfg.in_native_cidr(be([11, 0, 0, 1])));
+        let unset = DatapathConfig::default();
+        assert!(!unset.in_native_cidr(be([10, 0, 0, 1])), "no CIDR configured: nothing is inside");
+        let host = DatapathConfig { native_cidr: be([10, 0, 0, 7]), native_cidr_prefix_len: 32, ..Default::default() };
+        assert!(host.in_native_cidr(be([10, 0, 0, 7])) && !host.in_native_cidr(be([10, 0, 0, 8])));
+    }
+
+    #[test]
+    fn every_reason_has_ciliums_name_and_fits_the_counter_array() {
+        // Numbers and texts checked against Cilium's bpf/lib/common.h and pkg/monitor/api/drop.go.
+        let want = [
+            (132, "Invalid source ip"),
+            (133, "Policy denied"),
+            (134, "Invalid packet"),
+            (141, "Error writing to packet"),
+            (157, "IP fragmentation not supported"),
+            (160, "No tunnel/encapsulation endpoint (datapath BUG!)"),
+            (167, "No mapping for NAT masquerade"),
+            (168, "Unsupported protocol for NAT masquerade"),
+            (181, "Policy denied by denylist"),
+        ];
+        assert_eq!(drop_reason::ALL.len(), want.len());
+        for (code, name) in want {
+            assert!(drop_reason::ALL.contains(&code), "{code}");
+            assert_eq!(drop_reason::name(code), name);
+            assert!(code < drop_reason::MAX);
+        }
+    }
 }

@@ -24,6 +24,8 @@ pub const FLAG_SKIP_TUNNEL: u8 = 1;
 pub const IDENTITY_UNKNOWN: u32 = 0;
 pub const IDENTITY_HOST: u32 = 1;
 pub const IDENTITY_WORLD: u32 = 2;
+pub const IDENTITY_UNMANAGED: u32 = 3;
+pub const IDENTITY_HEALTH: u32 = 4;
 pub const IDENTITY_REMOTE_NODE: u32 = 6;
 
 /// The part of Cilium's `ipcache_key` after the LPM prefix length (20 bytes).

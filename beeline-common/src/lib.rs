@@ -9,6 +9,7 @@ pub mod datapath;
 pub mod endpoint;
 pub mod ipcache;
 pub mod lb;
+pub mod nat;
 pub mod policy;
 pub mod tunnel;
 
@@ -53,6 +54,8 @@ mod pod_impls {
     unsafe impl aya::Pod for crate::policy::PolicyEntry {}
     unsafe impl aya::Pod for crate::policy::PolicyEndpointKey {}
     unsafe impl aya::Pod for crate::policy::PolicyEndpointConfig {}
+    unsafe impl aya::Pod for crate::nat::NatTuple {}
+    unsafe impl aya::Pod for crate::nat::NatEntry {}
 }
 
 #[cfg(test)]
@@ -73,7 +76,7 @@ mod tests {
         assert_eq!(size_of::<ipcache::RemoteEndpointInfo>(), 12);
         assert_eq!(size_of::<tunnel::TunnelKey>(), 20);
         assert_eq!(size_of::<tunnel::TunnelValue>(), 20);
-        assert_eq!(size_of::<datapath::DatapathConfig>(), 24);
+        assert_eq!(size_of::<datapath::DatapathConfig>(), 36);
         assert_eq!(size_of::<datapath::DropStats>(), 16);
         assert_eq!(size_of::<policy::PolicyLpmData>(), 12);
         assert_eq!(size_of::<policy::PolicyKey>(), 16);

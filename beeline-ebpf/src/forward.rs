@@ -40,11 +40,7 @@ pub fn to_local_endpoint(ctx: &TcContext, ip: &Ipv4Hdr, ep: &EndpointInfo, confi
         // Let the kernel answer with ICMP time exceeded, as a router would.
         return TC_ACT_OK;
     }
-    let old = u16::from_ne_bytes([ip.ttl, ip.protocol]);
-    let new = u16::from_ne_bytes([ip.ttl - 1, ip.protocol]);
-    if ctx.l3_csum_replace(IPV4_CSUM_OFF, u64::from(old), u64::from(new), 2).is_err()
-        || ctx.store(IPV4_TTL_OFF, &(ip.ttl - 1), 0).is_err()
-    {
+    if decrement_ttl(ctx, ip).is_err() {
         return drop(ctx, drop_reason::WRITE_ERROR);
     }
     let macs: [[u8; 6]; 2] = [ep.mac, ep.node_mac];
@@ -59,6 +55,15 @@ pub fn to_local_endpoint(ctx: &TcContext, ip: &Ipv4Hdr, ep: &EndpointInfo, confi
             bpf_redirect_peer(ep.ifindex, 0) as i32
         }
     }
+}
+
+/// TTL − 1 with the IPv4 checksum fixed up incrementally; the caller has checked `ttl > 1`.
+#[inline(always)]
+pub fn decrement_ttl(ctx: &TcContext, ip: &Ipv4Hdr) -> Result<(), ()> {
+    let old = u16::from_ne_bytes([ip.ttl, ip.protocol]);
+    let new = u16::from_ne_bytes([ip.ttl - 1, ip.protocol]);
+    ctx.l3_csum_replace(IPV4_CSUM_OFF, u64::from(old), u64::from(new), 2).map_err(|_| ())?;
+    ctx.store(IPV4_TTL_OFF, &(ip.ttl - 1), 0).map_err(|_| ())
 }
 
 /// Where a remote destination lives: the node IP to tunnel to (network byte order), if any.

@@ -2,21 +2,26 @@
 //!
 //! 1. count the packet per endpoint (`beeline_ep_stats`);
 //! 2. ARP → the gateway responder ([`crate::arp`]);
-//! 3. IPv4 → validate, check the source belongs to this veth, apply the source's egress policy
-//!    (and a local destination's ingress policy), then forward: a local destination
-//!    straight to its pod, a remote pod into the tunnel (VNI = source identity), anything else to
-//!    the host stack (native routing, the node itself, the outside world);
+//! 3. IPv4 → validate, check the source belongs to this veth (else drop), apply the source's
+//!    egress policy (and a local destination's ingress policy), then forward: a local
+//!    destination straight to its pod; in tunnel mode a remote pod into the tunnel (VNI = source
+//!    identity) and anything else to the host stack; in native routing everything non-local by
+//!    the kernel's FIB ([`crate::fib`]);
 //! 4. other ethertypes (IPv6 for now) → the stack.
 //!
 //! Malformed frames are dropped with a reason.
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, macros::map, maps::HashMap, programs::TcContext};
-use beeline_common::{datapath::drop_reason, endpoint::ENDPOINT_F_HOST, EndpointStats, EndpointStatsKey};
+use beeline_common::{
+    datapath::{drop_reason, TUNNEL_NONE},
+    endpoint::ENDPOINT_F_HOST,
+    EndpointStats, EndpointStatsKey,
+};
 
 use crate::{
     arp,
     drop::drop,
-    forward, lookup,
+    fib, forward, lookup,
     parse::{self, Malformed, ETH_P_ARP, ETH_P_IP},
     policy,
 };
@@ -47,14 +52,12 @@ fn ipv4(ctx: &TcContext, ifindex: u32) -> i32 {
         Ok(ip) => ip,
         Err(Malformed::Truncated | Malformed::BadHeader) => return drop(ctx, drop_reason::INVALID),
     };
-    // The source must be the endpoint behind this veth. Traffic from an address the agent has not
-    // registered (yet) gets no forwarding decisions and goes to the stack.
-    let Some(src) = lookup::endpoint(ip.saddr_be()) else {
-        return TC_ACT_OK;
+    // The source must be the endpoint behind this veth: an address the agent has not registered,
+    // or one registered behind another veth, is spoofed (Cilium's "Invalid source ip").
+    let src = match lookup::endpoint(ip.saddr_be()) {
+        Some(src) if src.ifindex == ifindex => src,
+        _ => return drop(ctx, drop_reason::INVALID_SIP),
     };
-    if src.ifindex != ifindex {
-        return drop(ctx, drop_reason::INVALID_SIP);
-    }
     let config = lookup::config();
     let dst = ip.daddr_be();
     let dst_ep = lookup::endpoint(dst);
@@ -69,6 +72,10 @@ fn ipv4(ctx: &TcContext, ifindex: u32) -> i32 {
             return verdict;
         }
         return forward::to_local_endpoint(ctx, &ip, &ep, &config);
+    }
+    if config.tunnel_proto == TUNNEL_NONE {
+        // Native routing: the kernel's routing table decides (no tunnel key).
+        return fib::redirect_v4(ctx, &ip, ifindex);
     }
     match forward::tunnel_endpoint(dst, &config) {
         Some(node) => forward::to_remote_node(ctx, node, src.sec_id, &config),

@@ -4,11 +4,14 @@
 
 mod arp;
 mod drop;
+mod fib;
 mod forward;
 mod from_container;
 mod from_overlay;
 mod lookup;
 mod maps;
+mod nat;
+mod netdev;
 mod parse;
 mod policy;
 

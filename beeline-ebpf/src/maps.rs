@@ -4,13 +4,14 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use beeline_common::{
     datapath::{drop_reason, DatapathConfig, DropStats},
     endpoint::{self, EndpointInfo, EndpointKey},
     ipcache::{self, IpcacheLpmData, RemoteEndpointInfo},
     policy::{self, PolicyEndpointConfig, PolicyEndpointKey, PolicyEntry, PolicyLpmData},
+    nat::{self, NatEntry, NatTuple},
     tunnel::{self, TunnelKey, TunnelValue},
 };
 
@@ -44,3 +45,7 @@ pub static POLICY: LpmTrie<PolicyLpmData, PolicyEntry> = LpmTrie::with_max_entri
 #[map(name = "beeline_policy_ep")]
 pub static POLICY_ENDPOINTS: HashMap<PolicyEndpointKey, PolicyEndpointConfig> =
     HashMap::with_max_entries(policy::ENDPOINT_MAX_ENTRIES, 0);
+/// Masquerading (and later NodePort SNAT) translations, both directions (`cilium_snat_v4_external`).
+/// LRU: idle flows age out without a garbage collector.
+#[map(name = "beeline_snat_v4")]
+pub static SNAT_V4: LruHashMap<NatTuple, NatEntry> = LruHashMap::with_max_entries(nat::SNAT_MAX_ENTRIES, 0);

@@ -80,7 +80,26 @@ impl Ipv4Hdr {
     pub fn daddr_be(&self) -> u32 {
         u32::from_ne_bytes(self.daddr)
     }
+
+    /// Header length in bytes (validated by [`ipv4`]): where the L4 header starts after
+    /// [`ETH_HLEN`].
+    pub fn header_len(&self) -> usize {
+        usize::from(self.version_ihl & 0x0f) * 4
+    }
+
+    /// Fragment offset in 8-byte units; non-zero for every fragment but the first.
+    pub fn fragment_offset(&self) -> u16 {
+        u16::from_be_bytes(self.frag_off) & 0x1fff
+    }
 }
+
+/// Offsets of the IPv4 addresses from the start of the frame.
+pub const IPV4_SADDR_OFF: usize = ETH_HLEN + 12;
+pub const IPV4_DADDR_OFF: usize = ETH_HLEN + 16;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
 
 /// Why a frame could not be parsed; each maps to a drop reason.
 pub enum Malformed {

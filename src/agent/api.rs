@@ -43,6 +43,11 @@ pub struct ApiState {
     pub ipam: Arc<crate::controllers::agent::ipam_state::NodeIpam>,
     /// What the policy controller's last pass computed (empty until it runs).
     pub policy: crate::controllers::agent::policy_watch::SharedPolicyView,
+    pub endpoints: Arc<super::endpoints::EndpointManager>,
+    /// Identities and CiliumEndpoints; `None` runs endpoints without the API server (identity `init`).
+    pub endpoint_kube: Option<Arc<super::endpoint_kube::EndpointKube>>,
+    /// Set in `ipam: multi-pool`: `/v1/ipam` allocates from the pod's pool instead of `ipam`.
+    pub multi_pool: Option<crate::controllers::agent::multi_pool::MultiPoolHandle>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -50,6 +55,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/status", get(status))
         .merge(super::ipam_api::routes())
         .merge(super::policy_api::routes())
+        .merge(super::endpoint_api::routes())
         .with_state(state)
 }
 
@@ -63,7 +69,7 @@ async fn status(State(s): State<Arc<ApiState>>) -> Json<StatusResponse> {
         tunnel_protocol: kebab(&s.config.tunnel_protocol),
         ipam: kebab(&s.config.ipam),
         kube_proxy_replacement: s.config.kube_proxy_replacement,
-        ipam_status: ipam_status_lines(&s.ipam.listing()),
+        ipam_status: ipam_status_lines(&super::ipam_api::listing_of(&s)),
     })
 }
 

@@ -17,7 +17,10 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::api::ApiState;
+use tracing::Instrument;
+
 use crate::controllers::agent::ipam_state::{AllocatedIp, IpamListing, NodeIpamError};
+use crate::controllers::agent::multi_pool::AllocateError;
 use crate::ipam::{Family, IpamError, Owner};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +39,9 @@ pub struct AllocateRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AllocateResponse {
     pub ips: Vec<AllocatedIp>,
+    /// The MTU the pod's interface gets (the node's, minus the tunnel overhead in tunnel mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,11 +60,11 @@ pub struct ApiError {
 
 type ApiResult<T> = Result<Json<T>, (StatusCode, Json<ApiError>)>;
 
-fn error(status: StatusCode, code: &str, message: String, retryable: bool) -> (StatusCode, Json<ApiError>) {
+pub(super) fn error(status: StatusCode, code: &str, message: String, retryable: bool) -> (StatusCode, Json<ApiError>) {
     (status, Json(ApiError { code: code.into(), message, retryable }))
 }
 
-fn map_error(e: NodeIpamError) -> (StatusCode, Json<ApiError>) {
+pub(super) fn map_error(e: NodeIpamError) -> (StatusCode, Json<ApiError>) {
     let message = e.to_string();
     match e {
         NodeIpamError::NotReady(_) => error(StatusCode::SERVICE_UNAVAILABLE, "not-ready", message, true),
@@ -79,24 +85,57 @@ async fn allocate(State(s): State<Arc<ApiState>>, Json(req): Json<AllocateReques
     }
     let owner = Owner::endpoint(&req.namespace, &req.pod, &req.container_id, &req.ifname);
     let span = tracing::info_span!("ipam_allocate", pod = %format!("{}/{}", req.namespace, req.pod), container = %req.container_id);
+    let result = match &s.multi_pool {
+        Some(mp) => mp.allocate(&owner, &req.namespace, &req.pod, req.family).instrument(span.clone()).await,
+        None => s.ipam.allocate(&owner, req.family).map_err(AllocateError::from),
+    };
     let _enter = span.enter();
-    match s.ipam.allocate(&owner, req.family) {
+    match result {
         Ok(ips) => {
             tracing::info!(ips = ?ips.iter().map(|i| i.ip).collect::<Vec<_>>(), "allocated");
-            Ok(Json(AllocateResponse { ips }))
+            Ok(Json(AllocateResponse { ips, mtu: Some(pod_mtu(&s.config)) }))
         }
         Err(e) => {
             tracing::warn!(error = %e, "allocation refused");
-            Err(map_error(e))
+            Err(match e {
+                AllocateError::Ipam(e) => map_error(e),
+                AllocateError::Choice(e) => error(StatusCode::BAD_REQUEST, "invalid", e.to_string(), false),
+                AllocateError::Lookup { .. } => {
+                    error(StatusCode::SERVICE_UNAVAILABLE, "not-ready", e.to_string(), true)
+                }
+            })
         }
     }
+}
+
+/// The pod MTU: `mtu` from the configuration (0: the usual 1500-byte underlay) minus the
+/// encapsulation overhead in tunnel mode.
+pub fn pod_mtu(config: &crate::config::Config) -> u32 {
+    let underlay = if config.mtu == 0 { crate::cni::plugin::DEFAULT_MTU } else { config.mtu };
+    let tunnel = (config.routing_mode == crate::config::RoutingMode::Tunnel).then_some(match config.tunnel_protocol {
+        crate::config::TunnelProtocol::Geneve => crate::datapath::devices::TunnelProtocol::Geneve,
+        crate::config::TunnelProtocol::Vxlan => crate::datapath::devices::TunnelProtocol::Vxlan,
+    });
+    crate::datapath::devices::pod_mtu(underlay, tunnel)
 }
 
 async fn release(
     State(s): State<Arc<ApiState>>,
     Path((container_id, ifname)): Path<(String, String)>,
 ) -> ApiResult<ReleaseResponse> {
-    let released = s.ipam.release(&container_id, &ifname).map_err(map_error)?;
+    // An address still used by a registered endpoint stays: DEL removes the endpoint first.
+    if s.endpoints.holds(&container_id, &ifname) {
+        return Err(error(
+            StatusCode::CONFLICT,
+            "in-use",
+            format!("container {container_id} ({ifname}) is a registered endpoint; remove the endpoint first"),
+            false,
+        ));
+    }
+    let mut released = s.ipam.release(&container_id, &ifname).map_err(map_error)?;
+    if let Some(mp) = &s.multi_pool {
+        released.extend(mp.ipam.release(&container_id, &ifname));
+    }
     if !released.is_empty() {
         tracing::info!(%container_id, %ifname, ?released, "released");
     }
@@ -104,7 +143,15 @@ async fn release(
 }
 
 async fn list(State(s): State<Arc<ApiState>>) -> Json<IpamListing> {
-    Json(s.ipam.listing())
+    Json(listing_of(&s))
+}
+
+/// The listing of whichever allocator serves this node.
+pub fn listing_of(s: &ApiState) -> IpamListing {
+    match &s.multi_pool {
+        Some(mp) => mp.ipam.listing(),
+        None => s.ipam.listing(),
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use crate::controllers::agent::ipam_state::NodeIpam;
 pub(crate) struct TestAgent {
     pub socket: PathBuf,
     pub ipam: Arc<NodeIpam>,
+    pub datapath: Arc<crate::agent::endpoints::fake::FakeDatapath>,
     token: CancellationToken,
     _dir: tempfile::TempDir,
 }
@@ -27,17 +28,26 @@ pub(crate) fn serve_test_agent() -> TestAgent {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("beeline.sock");
     let ipam = Arc::new(NodeIpam::new(vec![Family::V4], &dir.path().join("state")));
+    let datapath = Arc::new(crate::agent::endpoints::fake::FakeDatapath::default());
     let state = Arc::new(ApiState {
         node_name: "n1".into(),
         config: crate::config::Config::from_raw(&Default::default()).unwrap(),
         health: crate::runtime::health::Telemetry::new("test").health,
         ipam: ipam.clone(),
         policy: Default::default(),
+        endpoints: Arc::new(crate::agent::endpoints::EndpointManager::new(
+            &dir.path().join("state"),
+            datapath.clone(),
+            ipam.clone(),
+            Arc::new(crate::agent::ipam_expiry::SystemClock),
+        )),
+        endpoint_kube: None,
+        multi_pool: None,
     });
     let token = CancellationToken::new();
     let server = api::serve(&socket, state, token.clone()).unwrap();
     tokio::spawn(server);
-    TestAgent { socket, ipam, token, _dir: dir }
+    TestAgent { socket, ipam, datapath, token, _dir: dir }
 }
 
 fn request(pod: &str, container: &str) -> Vec<u8> {
@@ -129,4 +139,73 @@ async fn malformed_requests_are_refused() {
         AgentClientError::Status { status, .. } => assert!((400..500).contains(&status)),
         other => panic!("{other}"),
     }
+}
+
+/// The endpoint API over the socket: PUT registers (the MTU came with the allocation), the
+/// address cannot be released while the endpoint holds it, DELETE removes and releases, twice.
+#[tokio::test]
+async fn endpoint_put_blocks_release_until_delete() {
+    use crate::agent::endpoint_core::{Endpoint, EndpointRequest};
+    use crate::agent::endpoints::RemoveOutcome;
+    let agent = serve_test_agent();
+    agent.ipam.set_cidrs(&["10.0.5.0/24".parse().unwrap()]).unwrap();
+    let allocated = post(&agent.socket, request("web", "c1")).await.unwrap();
+    assert_eq!(allocated.mtu, Some(1450), "tunnel mode by default: 1500 - 50");
+    let ip = allocated.ips[0].ip;
+    let registration = EndpointRequest {
+        namespace: "default".into(),
+        pod: "web".into(),
+        ifname: "eth0".into(),
+        host_ifname: "lxc000000000001".into(),
+        host_ifindex: 7,
+        host_mac: "aa:00:00:00:00:01".into(),
+        mac: "02:00:00:00:00:01".into(),
+        ips: vec![ip],
+        netns: "/var/run/netns/x".into(),
+    };
+    let put = |body: EndpointRequest, container: &'static str| {
+        let socket = agent.socket.clone();
+        async move {
+            let uri = format!("/v1/endpoint/{container}");
+            agent_client::request_json::<Endpoint>(
+                &socket,
+                hyper::Method::PUT,
+                &uri,
+                Some(serde_json::to_vec(&body).unwrap()),
+            )
+            .await
+        }
+    };
+    let endpoint = put(registration.clone(), "c1").await.unwrap();
+    assert_eq!(
+        (endpoint.id, endpoint.identity, endpoint.state.as_str()),
+        (1, 5, "ready"),
+        "init without the kube side"
+    );
+    // Another container cannot claim the address; bad container IDs are refused.
+    let (status, err) = api_error(put(registration.clone(), "c2").await.unwrap_err());
+    assert_eq!((status, err.code.as_str()), (409, "not-allocated"), "{err:?}");
+    let (status, _) = api_error(put(registration.clone(), "-bad").await.unwrap_err());
+    assert_eq!(status, 400);
+
+    let release = || {
+        agent_client::request_json::<ReleaseResponse>(&agent.socket, hyper::Method::DELETE, "/v1/ipam/c1/eth0", None)
+    };
+    let (status, err) = api_error(release().await.unwrap_err());
+    assert_eq!((status, err.code.as_str()), (409, "in-use"), "{err:?}");
+    assert_eq!(agent.ipam.attachment_ips("c1", "eth0"), vec![ip]);
+
+    let listed: Vec<Endpoint> = agent_client::get_json(&agent.socket, "/v1/endpoint").await.unwrap();
+    assert_eq!(listed, vec![endpoint.clone()]);
+    for expected in [Some(endpoint), None] {
+        let removed: RemoveOutcome =
+            agent_client::request_json(&agent.socket, hyper::Method::DELETE, "/v1/endpoint/c1", None).await.unwrap();
+        assert_eq!(removed.removed, expected);
+    }
+    assert!(agent.ipam.attachment_ips("c1", "eth0").is_empty(), "removing the endpoint released its address");
+    assert!(agent.datapath.rows.lock().unwrap().is_empty());
+    assert!(release().await.unwrap().released.is_empty());
+    let (status, _) =
+        api_error(agent_client::get_json::<Endpoint>(&agent.socket, "/v1/endpoint/c1").await.unwrap_err());
+    assert_eq!(status, 404);
 }

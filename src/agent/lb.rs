@@ -1,5 +1,5 @@
-//! The agent's load-balancer wiring: the map manager over the pinned kernel LB maps, its writer, its
-//! metrics and its `datapath-maps` readiness check, and the services controller that fills it.
+//! The agent's load-balancer wiring: the LB maps' group in the agent's map manager (over the pinned
+//! kernel maps), its writer, and the services controller that fills it.
 
 use std::path::Path;
 use std::time::Duration;
@@ -11,29 +11,24 @@ use crate::datapath::manager::backend::BackendError;
 use crate::datapath::manager::kernel::KernelMap;
 use crate::datapath::manager::maps::{self, Lb4Backends, Lb4RevNat, Lb4Services};
 use crate::datapath::manager::writer::WriterOptions;
-use crate::datapath::manager::{ManagerOptions, MapManager};
-use crate::runtime::health::{Health, Telemetry};
+use crate::datapath::manager::{MapManager, Owner};
 use crate::runtime::runner::Runner;
 use crate::services::ServicesConfig;
 
-/// The readiness check: every owner has made its first full pass and nothing is pending.
-pub const CHECK: &str = "datapath-maps";
 /// How long the services controller batches changes into one pass.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
 
-/// Opens (or creates) the LB maps under `pin_dir` and adds the writer, the services controller and
-/// the readiness poller to `runner`.
+/// Opens (or creates) the LB maps under `pin_dir` and adds the writer and the services controller
+/// (row owner `owner`) to `runner`.
 pub fn start(
     config: &Config,
+    manager: &MapManager,
+    owner: Owner,
     pin_dir: &Path,
     node_name: &str,
     client: kube::Client,
-    telemetry: &Telemetry,
     runner: &mut Runner,
-) -> Result<MapManager, BackendError> {
-    let manager = MapManager::new(ManagerOptions::default());
-    manager.register_metrics(&mut telemetry.registry.write().expect("registry lock"));
-    let owner = manager.register_owner("services");
+) -> Result<(), BackendError> {
     let (name, order) = maps::LB_GROUP;
     let mut group = manager.group(name, order);
     // Dependency order: what the service slots refer to first.
@@ -51,47 +46,7 @@ pub fn start(
         writer.run(WriterOptions::default(), t).await;
         Ok(())
     });
-    let controller = services_watch::run(client, node_name.to_string(), sync, DEBOUNCE, token.clone());
+    let controller = services_watch::run(client, node_name.to_string(), sync, DEBOUNCE, token);
     runner.spawn("services", async move { Ok(controller.await?) });
-    // Set before any task runs, so `/readyz` never shows a placeholder.
-    telemetry.health.set(CHECK, readiness(&manager));
-    runner.spawn("datapath-maps-readiness", report_readiness(manager.clone(), telemetry.health.clone(), token));
-    Ok(manager)
-}
-
-/// Mirrors [`MapManager::status`] into the `datapath-maps` readiness check once a second.
-async fn report_readiness(
-    manager: MapManager,
-    health: Health,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> crate::runtime::runner::TaskResult {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tick.tick() => {}
-        }
-        health.set(CHECK, readiness(&manager));
-    }
-}
-
-/// The check's state, with the reason when not ready.
-fn readiness(manager: &MapManager) -> Result<(), String> {
-    let status = manager.status();
-    if status.ready {
-        return Ok(());
-    }
-    if !status.waiting_for.is_empty() {
-        return Err(format!("waiting for the first full pass of: {}", status.waiting_for.join(", ")));
-    }
-    let pending: Vec<String> = status
-        .tables
-        .iter()
-        .filter(|t| t.counts.pending > 0)
-        .map(|t| match &t.counts.last_error {
-            Some(e) => format!("{} ({} pending, last error: {e})", t.map, t.counts.pending),
-            None => format!("{} ({} pending)", t.map, t.counts.pending),
-        })
-        .collect();
-    Err(format!("map writes pending: {}", pending.join(", ")))
+    Ok(())
 }

@@ -2,14 +2,24 @@
 //! local API to the CNI plugin and the CLI, and runs the node's controllers.
 
 pub mod api;
+pub mod endpoint_api;
+pub mod endpoint_core;
+pub mod endpoint_kube;
+pub mod endpoints;
 pub mod ipam_api;
+pub mod ipam_expiry;
 pub mod lb;
+pub mod maps;
+pub mod policy;
 pub mod policy_api;
+pub mod remote;
 
 use std::sync::Arc;
+
+use futures::TryFutureExt;
 use std::time::Duration;
 
-use crate::controllers::agent::{ipam_state::NodeIpam, node_ipam};
+use crate::controllers::agent::{ipam_state::NodeIpam, multi_pool, node_ipam};
 
 use crate::runtime::{args::ConfigArgs, connectivity, health, kubeclient, runner::Runner, shutdown};
 
@@ -35,7 +45,9 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
     };
     // Before anything else: a restarted agent swaps its programs in while traffic keeps flowing on
     // the pinned links and maps. Held (not detached) until exit; the pins outlive the process.
-    let _datapath = crate::datapath::agent::start(&args.datapath, &config.pin_dir())?;
+    // Loaded always; links (node devices, uplink/tunnel programs) only with `devices` set — see
+    // `datapath::agent`. `datapath` is what the endpoint manager attaches pods' `from_container` with.
+    let (datapath, _attachments) = crate::datapath::agent::start(&args.datapath, &config.pin_dir())?;
     let client = kubeclient::client(args.config.kubeconfig.as_deref(), "agent").await?;
     let telemetry = health::Telemetry::new("beeline_agent");
     telemetry.health.register(connectivity::CHECK);
@@ -55,12 +67,47 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
         Duration::from_secs(5),
         token.clone(),
     );
+    runner.spawn(
+        "datapath-node",
+        crate::datapath::agent::run_node_setup(datapath.clone(), config.clone(), ipam.clone(), token.clone())
+            .map_err(Into::into),
+    );
+    let endpoint_datapath = Arc::new(endpoints::KernelDatapath::new(datapath.clone()));
+    let endpoint_manager = Arc::new(endpoints::EndpointManager::new(
+        &config.state_dir,
+        endpoint_datapath,
+        ipam.clone(),
+        Arc::new(ipam_expiry::SystemClock),
+    ));
+    let restore = endpoint_manager.clone();
+    for warning in tokio::task::spawn_blocking(move || restore.restore()).await? {
+        tracing::warn!("{warning}");
+    }
+    runner.spawn("endpoint-expiry", {
+        let manager = endpoint_manager.clone();
+        let token = token.clone();
+        async move {
+            manager.run_expiry(Duration::from_secs(30), token).await;
+            Ok(())
+        }
+    });
+    // Subscribed after restore: the policy controller's first pass sees the restored endpoints.
+    let local_endpoints = endpoint_manager.subscribe();
+    let policy_view = crate::controllers::agent::policy_watch::SharedPolicyView::default();
+    let multi_pool = multi_pool::start(&config, &client, &node_name, &mut runner, token.clone());
     let api_state = Arc::new(api::ApiState {
         node_name: node_name.clone(),
         config: config.clone(),
         health: telemetry.health.clone(),
         ipam: ipam.clone(),
-        policy: Default::default(),
+        endpoints: endpoint_manager,
+        endpoint_kube: Some(Arc::new(endpoint_kube::EndpointKube::new(
+            client.clone(),
+            &node_name,
+            &config.cluster_name,
+        ))),
+        multi_pool,
+        policy: policy_view.clone(),
     });
     let api = api::serve(&config.agent_socket_path, api_state, token.clone())?;
     runner.spawn("agent-api", async move { Ok(api.await?) });
@@ -74,9 +121,34 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
         token.clone(),
     );
     runner.spawn("cni-install", async move { Ok(cni.await?) });
-    // The LB maps outlive the agent like the datapath's other pins: a restart restores their rows
-    // and prunes only after the services controller's first full pass.
-    lb::start(&config, &config.pin_dir(), &node_name, client.clone(), &telemetry, &mut runner)?;
+    // The maps outlive the agent like the datapath's other pins: a restart restores their rows and
+    // prunes only after every controller's first full pass. Owners first, then the writers.
+    let manager = maps::manager(&telemetry);
+    let owners = maps::Owners::register(&manager);
+    let pin_dir = config.pin_dir();
+    lb::start(&config, &manager, owners.services, &pin_dir, &node_name, client.clone(), &mut runner)?;
+    remote::start(
+        &config,
+        &manager,
+        owners.remote_nodes,
+        owners.remote_endpoints,
+        &pin_dir,
+        &node_name,
+        client.clone(),
+        &telemetry,
+        &mut runner,
+    )?;
+    policy::start(
+        &config,
+        &manager,
+        owners.policy,
+        &pin_dir,
+        local_endpoints,
+        policy_view,
+        client.clone(),
+        &mut runner,
+    )?;
+    maps::start_readiness(&manager, &telemetry, &mut runner);
     runner.spawn("apiserver-connectivity", connectivity::watch_apiserver(client, telemetry.health.clone(), token));
     tracing::info!(node = %node_name, routing_mode = ?config.routing_mode, "agent started");
     runner.run().await?;

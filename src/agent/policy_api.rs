@@ -1,6 +1,7 @@
 //! Policy on the agent API, for the CLI: `GET /v1/policy` (each policy and whether it was accepted),
-//! `GET /v1/policy/selectors` (identities per selector), `GET /v1/endpoint` (local endpoints with
-//! their identity and enforcement). All read the policy controller's last pass.
+//! `GET /v1/policy/selectors` (identities per selector), `GET /v1/policy/endpoints` (local endpoints
+//! with their identity and enforcement; `/v1/endpoint` is the endpoint manager's). All read the
+//! policy controller's last pass.
 
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ pub fn routes() -> Router<Arc<ApiState>> {
     Router::new()
         .route("/v1/policy", get(policies))
         .route("/v1/policy/selectors", get(selectors))
-        .route("/v1/endpoint", get(endpoints))
+        .route("/v1/policy/endpoints", get(endpoints))
 }
 
 fn or_empty(value: &serde_json::Value) -> serde_json::Value {

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use super::{print_structured, Output};
 use crate::datapath::manager::backend::MapBackend;
-use crate::datapath::manager::kernel::KernelMap;
-use crate::datapath::manager::maps::{Lb4Backends, Lb4RevNat, Lb4Services};
+use crate::datapath::manager::kernel::{KernelLpmMap, KernelMap, LpmKey};
+use crate::datapath::manager::maps::{Ipcache, Lb4Backends, Lb4RevNat, Lb4Services, TunnelMap};
 use crate::datapath::manager::MapDef;
 
 #[derive(Debug, clap::Args)]
@@ -37,9 +37,30 @@ pub enum BpfMap {
         #[command(subcommand)]
         verb: Verb,
     },
+    /// The IP cache: prefix → identity and tunnel endpoint (`cilium bpf ipcache list`).
+    Ipcache {
+        #[command(subcommand)]
+        verb: Verb,
+    },
+    /// Remote pod CIDR → node IP (`cilium bpf tunnel list`).
+    Tunnel {
+        #[command(subcommand)]
+        verb: Verb,
+    },
     /// Per-endpoint packet counters of `from_container`, by host-side veth.
     #[command(name = "ep-stats")]
     EpStats {
+        #[command(subcommand)]
+        verb: Verb,
+    },
+    /// Drop counters per reason (summed over CPUs), with Cilium's reason names — what
+    /// `cilium-dbg bpf metrics list` shows for drops.
+    Drops {
+        #[command(subcommand)]
+        verb: Verb,
+    },
+    /// Masquerading / SNAT translations, both directions (`cilium-dbg bpf nat list`).
+    Nat {
         #[command(subcommand)]
         verb: Verb,
     },
@@ -57,9 +78,22 @@ pub enum Verb {
 /// Every row of the pinned map `M`, rendered by the map's definition.
 pub fn rows<M: MapDef>(pin_dir: &Path) -> Result<Vec<serde_json::Value>, Box<dyn std::error::Error + Send + Sync>> {
     let mut map = KernelMap::<M::Key, M::Value>::open_pinned::<M>(pin_dir)?;
-    let mut entries = map.dump()?;
+    Ok(render_rows::<M>(map.dump()?))
+}
+
+/// Every row of the pinned LPM trie `M`.
+pub fn lpm_rows<M: MapDef>(pin_dir: &Path) -> Result<Vec<serde_json::Value>, Box<dyn std::error::Error + Send + Sync>>
+where
+    M::Key: LpmKey + Send,
+    <M::Key as LpmKey>::Data: Send,
+{
+    let mut map = KernelLpmMap::<M::Key, M::Value>::open_pinned::<M>(pin_dir)?;
+    Ok(render_rows::<M>(map.dump()?))
+}
+
+fn render_rows<M: MapDef>(mut entries: Vec<(M::Key, M::Value)>) -> Vec<serde_json::Value> {
     entries.sort_by_key(|row| row.0);
-    Ok(entries.iter().map(|(k, v)| M::row_json(k, v)).collect())
+    entries.iter().map(|(k, v)| M::row_json(k, v)).collect()
 }
 
 /// A plain text table: the columns are the keys of the first row.
@@ -92,9 +126,13 @@ pub async fn run(args: BpfArgs) -> Result<(), Box<dyn std::error::Error + Send +
         BpfMap::Lb { verb: Verb::List } => rows::<Lb4Services>(&args.pin_dir)?,
         BpfMap::Backend { verb: Verb::List } => rows::<Lb4Backends>(&args.pin_dir)?,
         BpfMap::Revnat { verb: Verb::List } => rows::<Lb4RevNat>(&args.pin_dir)?,
+        BpfMap::Ipcache { verb: Verb::List } => lpm_rows::<Ipcache>(&args.pin_dir)?,
+        BpfMap::Tunnel { verb: Verb::List } => rows::<TunnelMap>(&args.pin_dir)?,
         BpfMap::EpStats { verb: Verb::List } => {
             ep_stats_rows(&crate::datapath::loader::read_pinned_endpoint_stats(&args.pin_dir)?)
         }
+        BpfMap::Drops { verb: Verb::List } => drop_rows(&crate::datapath::tables::read_drops(&args.pin_dir)?),
+        BpfMap::Nat { verb: Verb::List } => nat_rows(&crate::datapath::tables::list_snat(&args.pin_dir)?),
         BpfMap::Uninstall => return uninstall(&args.pin_dir),
     };
     if !print_structured(args.output, &rows)? {
@@ -117,6 +155,51 @@ fn ep_stats_rows(stats: &std::collections::BTreeMap<u32, beeline_common::Endpoin
             })
         })
         .collect()
+}
+
+/// One row per drop reason seen, by reason code.
+fn drop_rows(drops: &std::collections::BTreeMap<u32, beeline_common::datapath::DropStats>) -> Vec<serde_json::Value> {
+    use beeline_common::datapath::drop_reason;
+    drops
+        .iter()
+        .map(|(reason, s)| {
+            serde_json::json!({
+                "reason": reason,
+                "description": drop_reason::name(*reason),
+                "packets": s.packets,
+                "bytes": s.bytes,
+            })
+        })
+        .collect()
+}
+
+/// SNAT rows like `cilium-dbg bpf nat list`: the tuple as the packet carries it, then where it is
+/// translated to.
+fn nat_rows(rows: &[(beeline_common::nat::NatTuple, beeline_common::nat::NatEntry)]) -> Vec<serde_json::Value> {
+    use crate::datapath::tables::from_be;
+    use beeline_common::nat::NAT_DIR_EGRESS;
+    let mut out: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|(t, e)| {
+            let proto = match t.nexthdr {
+                1 => "ICMP".to_string(),
+                6 => "TCP".to_string(),
+                17 => "UDP".to_string(),
+                other => other.to_string(),
+            };
+            let (direction, rewrites) =
+                if t.flags == NAT_DIR_EGRESS { ("OUT", "source") } else { ("IN", "destination") };
+            serde_json::json!({
+                "proto": proto,
+                "direction": direction,
+                "from": format!("{}:{}", from_be(t.saddr), u16::from_be(t.sport)),
+                "to": format!("{}:{}", from_be(t.daddr), u16::from_be(t.dport)),
+                "xlate": format!("{rewrites} {}:{}", from_be(e.to_addr), u16::from_be(e.to_port)),
+            })
+        })
+        .collect();
+    out.sort_by_key(|r| r.to_string());
+    out
 }
 
 fn uninstall(pin_dir: &Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -166,5 +249,44 @@ mod tests {
         assert_eq!(rows[0], json!({"ifindex": 1, "ifname": "lo", "packets": 3, "bytes": 294}));
         assert_eq!(rows[1]["ifname"], serde_json::Value::Null);
         assert!(render(&rows).lines().nth(1).unwrap().contains("lo"));
+    }
+
+    #[test]
+    fn drop_rows_carry_ciliums_reason_names() {
+        use beeline_common::datapath::{drop_reason, DropStats};
+        let drops = [
+            (drop_reason::INVALID_SIP, DropStats { packets: 2, bytes: 120 }),
+            (drop_reason::NAT_NO_MAPPING, DropStats { packets: 1, bytes: 60 }),
+        ]
+        .into_iter()
+        .collect();
+        let rows = drop_rows(&drops);
+        assert_eq!(rows[0], json!({"reason": 132, "description": "Invalid source ip", "packets": 2, "bytes": 120}));
+        assert_eq!(rows[1]["description"], "No mapping for NAT masquerade");
+        assert!(render(&rows).contains("Invalid source ip"));
+    }
+
+    #[test]
+    fn nat_rows_show_both_directions() {
+        use crate::datapath::tables::be;
+        use beeline_common::nat::{NatEntry, NatTuple, NAT_DIR_EGRESS, NAT_DIR_INGRESS};
+        let ip = |s: &str| be(s.parse().unwrap());
+        let out = NatTuple {
+            saddr: ip("10.0.1.2"),
+            daddr: ip("1.1.1.1"),
+            sport: 40000u16.to_be(),
+            dport: 443u16.to_be(),
+            nexthdr: 6,
+            flags: NAT_DIR_EGRESS,
+            ..Default::default()
+        };
+        let xlate = NatEntry { to_addr: ip("192.168.0.1"), to_port: 50000u16.to_be(), ..Default::default() };
+        let back = out.reply_after_snat(xlate.to_addr, xlate.to_port);
+        let orig = NatEntry { to_addr: out.saddr, to_port: out.sport, ..Default::default() };
+        assert_eq!(back.flags, NAT_DIR_INGRESS);
+        let rows = nat_rows(&[(out, xlate), (back, orig)]);
+        let text = render(&rows);
+        assert!(text.contains("10.0.1.2:40000") && text.contains("source 192.168.0.1:50000"), "{text}");
+        assert!(text.contains("1.1.1.1:443") && text.contains("destination 10.0.1.2:40000"), "{text}");
     }
 }

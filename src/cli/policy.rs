@@ -54,8 +54,44 @@ pub async fn run_policy(args: PolicyArgs) -> CliResult {
 
 pub async fn run_endpoint(args: EndpointArgs) -> CliResult {
     match args.command {
-        EndpointCommand::List => show(&args.socket, "/v1/endpoint", args.output, render_endpoints).await,
+        EndpointCommand::List => {
+            // The endpoint manager's endpoints, joined with the policy controller's enforcement.
+            let endpoints: Value = agent_client::get_json(&args.socket, "/v1/endpoint").await?;
+            let enforcement: Value = agent_client::get_json(&args.socket, "/v1/policy/endpoints").await?;
+            let joined = join_enforcement(&endpoints, &enforcement);
+            if !print_structured(args.output, &joined)? {
+                print!("{}", render_endpoints(&joined));
+            }
+            Ok(())
+        }
     }
+}
+
+/// One row per registered endpoint (`/v1/endpoint`) with its enforcement flags from the policy
+/// controller (`/v1/policy/endpoints`); an endpoint the controller has not passed over yet is not
+/// enforcing, as in the datapath (no row in the enforcement map).
+pub fn join_enforcement(endpoints: &Value, enforcement: &Value) -> Value {
+    let flags = |id: &Value, key: &str| {
+        rows(enforcement).iter().find(|e| &e["id"] == id).and_then(|e| e[key].as_bool()).unwrap_or(false)
+    };
+    let joined = rows(endpoints)
+        .iter()
+        .map(|e| {
+            let pod = match (e["namespace"].as_str(), e["pod"].as_str()) {
+                (Some(ns), Some(pod)) if !ns.is_empty() => format!("{ns}/{pod}"),
+                _ => text(&e["containerID"]),
+            };
+            serde_json::json!({
+                "id": e["id"],
+                "identity": e["identity"],
+                "pod": pod,
+                "ingress_enforcing": flags(&e["id"], "ingress_enforcing"),
+                "egress_enforcing": flags(&e["id"], "egress_enforcing"),
+                "state": e["state"],
+            })
+        })
+        .collect();
+    Value::Array(joined)
 }
 
 async fn show(socket: &std::path::Path, uri: &str, output: Output, render: fn(&Value) -> String) -> CliResult {
@@ -130,11 +166,12 @@ pub fn render_endpoints(value: &Value) -> String {
                 enabled(&e["egress_enforcing"]),
                 text(&e["identity"]),
                 text(&e["pod"]),
+                text(&e["state"]),
             ]
         })
         .collect();
     // Cilium's `cilium endpoint list` column names.
-    table(&["ENDPOINT", "POLICY (ingress)", "POLICY (egress)", "IDENTITY", "POD"], body)
+    table(&["ENDPOINT", "POLICY (ingress)", "POLICY (egress)", "IDENTITY", "POD", "STATUS"], body)
 }
 
 #[cfg(test)]
@@ -144,17 +181,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn endpoint_list_renders_enforcement_like_cilium() {
-        let v = json!([
+    fn endpoint_list_joins_the_endpoint_manager_with_enforcement_like_cilium() {
+        // `/v1/endpoint` rows (the endpoint manager's) and `/v1/policy/endpoints` rows; endpoint 12
+        // has no policy row yet (not enforcing), the policy row of 99 has no endpoint any more.
+        let endpoints = json!([
+            {"id": 786, "containerID": "c1", "namespace": "default", "pod": "deathstar", "identity": 27476, "state": "ready"},
+            {"id": 12, "containerID": "c2", "namespace": "", "pod": "", "identity": 5, "state": "ready"},
+        ]);
+        let enforcement = json!([
             {"id": 786, "identity": 27476, "pod": "default/deathstar", "ingress_enforcing": true, "egress_enforcing": false},
-            {"id": 12, "identity": 1001, "pod": "default/client", "ingress_enforcing": false, "egress_enforcing": false},
+            {"id": 99, "identity": 1001, "pod": "default/gone", "ingress_enforcing": true, "egress_enforcing": true},
         ]);
         assert_eq!(
-            render_endpoints(&v),
-            "ENDPOINT  POLICY (ingress)  POLICY (egress)  IDENTITY  POD\n\
-             786       Enabled           Disabled         27476     default/deathstar\n\
-             12        Disabled          Disabled         1001      default/client\n"
+            render_endpoints(&join_enforcement(&endpoints, &enforcement)),
+            "ENDPOINT  POLICY (ingress)  POLICY (egress)  IDENTITY  POD                STATUS\n\
+             786       Enabled           Disabled         27476     default/deathstar  ready\n\
+             12        Disabled          Disabled         5         c2                 ready\n"
         );
+        assert_eq!(join_enforcement(&json!([]), &enforcement), json!([]));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod env;
 pub mod install;
+pub mod network;
 pub mod plugin;
 pub mod types;
 

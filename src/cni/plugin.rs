@@ -1,23 +1,28 @@
 //! The plugin's commands: parse the CNI environment and stdin, ask the agent over its unix socket
-//! (path from the plugin config's `"agent-socket"`), print a CNI result or error.
+//! (path from the plugin config's `"agent-socket"`), set up the pod's network, print a CNI result
+//! or error.
 //!
-//! ADD returns the IPAM part of the result (addresses with the router as gateway, and the
-//! default route via it) with `interfaces` empty: creating the veth pair, addressing it in the pod
-//! namespace and installing routes is the datapath's [`setup_network`] hook, which is not part of
-//! this module yet (the result shape then gains the host and `eth0` interfaces).
+//! ADD: allocate the pod's addresses (`POST /v1/ipam`), build the veth pair and routes
+//! ([`super::network`]), register the endpoint (`PUT /v1/endpoint/{containerID}`); a failure in a
+//! later step undoes the earlier ones, so the runtime's retry starts clean. DEL, in reverse:
+//! remove the endpoint, delete the veth, release the addresses — each idempotent, so DEL of an
+//! unknown container or with the pod's namespace gone is success. CHECK: the agent still holds
+//! the addresses and the pod's interface, addresses and routes match `prevResult`.
 //!
 //! Error codes: 11 ("try again later") when the agent is unreachable or not ready yet (the
-//! runtime retries), 7 for bad config, 4 for a bad environment, [`ERR_IPAM_EXHAUSTED`] when the
-//! node's CIDR is full, 3 when CHECK finds no allocation, 50 from STATUS when ADD cannot work.
+//! runtime retries), 7 for bad config, 4 for a bad environment, 5 when the pod's network cannot
+//! be set up, [`ERR_IPAM_EXHAUSTED`] when the node's CIDR is full, 3 when CHECK finds no
+//! allocation, 50 from STATUS when ADD cannot work.
 
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use ipnet::IpNet;
-
 use super::env::{AttachmentEnv, CniEnv, Command};
-use super::types::{CniError, CniResult, ErrorCode, IpConfig, PluginConfig, Route, VersionResult};
+use super::network::{self, PodNetwork};
+use super::types::{CniError, ErrorCode, PluginConfig, VersionResult};
+use crate::agent::endpoint_core::{Endpoint, EndpointRequest};
+use crate::agent::endpoints::RemoveOutcome;
 use crate::agent::ipam_api::{AllocateRequest, AllocateResponse, ApiError, ReleaseResponse};
 use crate::cli::agent_client::{self, AgentClientError};
 use crate::controllers::agent::ipam_state::IpamListing;
@@ -27,6 +32,8 @@ use crate::ipam::Owner;
 pub const DEFAULT_AGENT_SOCKET: &str = "/run/beeline/beeline.sock";
 /// Plugin-specific code (spec: 100+): the node's pod CIDR has no free address.
 pub const ERR_IPAM_EXHAUSTED: ErrorCode = ErrorCode(100);
+/// The pod MTU when neither the plugin config (`"mtu"`) nor the agent says.
+pub const DEFAULT_MTU: u32 = 1500;
 
 /// Runs one invocation: `lookup` reads the environment, `stdin` is the request config. Returns
 /// the exit code; the result or error JSON goes to `out`.
@@ -113,9 +120,12 @@ fn agent_error(socket: &Path, e: AgentClientError, what: &str) -> CniError {
 }
 
 async fn add(socket: &Path, env: &CniEnv, att: &AttachmentEnv, conf: &PluginConfig) -> Result<String, CniError> {
+    let netns = att.netns.clone().expect("CNI_NETNS is validated for ADD");
+    let namespace = env.args.pod_namespace().unwrap_or_default().to_string();
+    let pod = env.args.pod_name().unwrap_or_default().to_string();
     let request = AllocateRequest {
-        namespace: env.args.pod_namespace().unwrap_or_default().to_string(),
-        pod: env.args.pod_name().unwrap_or_default().to_string(),
+        namespace: namespace.clone(),
+        pod: pod.clone(),
         container_id: att.container_id.clone(),
         ifname: att.ifname.clone(),
         family: None,
@@ -124,41 +134,57 @@ async fn add(socket: &Path, env: &CniEnv, att: &AttachmentEnv, conf: &PluginConf
     let allocated: AllocateResponse = agent_client::request_json(socket, hyper::Method::POST, "/v1/ipam", Some(body))
         .await
         .map_err(|e| agent_error(socket, e, "allocate pod addresses"))?;
-    let result = ipam_result(&allocated);
-    setup_network(att, &result)?;
+    let mtu = conf.plugin_field::<u32>("mtu")?.filter(|m| *m > 0).or(allocated.mtu).unwrap_or(DEFAULT_MTU);
+    let net = PodNetwork {
+        ifname: att.ifname.clone(),
+        host_ifname: network::host_ifname(&att.container_id),
+        mtu,
+        addresses: allocated.ips.iter().map(|ip| (ip.ip, ip.gateway)).collect(),
+    };
+    let (host, pod_link) = match network::setup(&netns, &net) {
+        Ok(links) => links,
+        Err(e) => {
+            let _ = release(socket, att).await;
+            return Err(e);
+        }
+    };
+    let registration = EndpointRequest {
+        namespace,
+        pod,
+        ifname: att.ifname.clone(),
+        host_ifname: host.ifname.clone(),
+        host_ifindex: host.ifindex,
+        host_mac: host.address.clone(),
+        mac: pod_link.address.clone(),
+        ips: net.addresses.iter().map(|(ip, _)| *ip).collect(),
+        netns: netns.display().to_string(),
+    };
+    let uri = format!("/v1/endpoint/{}", att.container_id);
+    let body = serde_json::to_vec(&registration).expect("serialisable");
+    let registered: Result<Endpoint, _> =
+        agent_client::request_json(socket, hyper::Method::PUT, &uri, Some(body)).await;
+    if let Err(e) = registered {
+        let _ = network::teardown(&att.container_id);
+        let _ = release(socket, att).await;
+        return Err(agent_error(socket, e, "register the pod's endpoint"));
+    }
+    let result = network::add_result(&net, &host, &pod_link, &netns);
     Ok(serde_json::to_string(&result.for_version(conf.version())).expect("serialisable"))
 }
 
-/// The IPAM result: each address as a host route (/32, /128) with the router as gateway, and a
-/// default route per family via the router — the addressing the pod's `eth0` gets.
-pub fn ipam_result(allocated: &AllocateResponse) -> CniResult {
-    let mut result = CniResult::default();
-    for ip in &allocated.ips {
-        let host = IpNet::new(ip.ip, if ip.ip.is_ipv4() { 32 } else { 128 }).expect("host prefix is valid");
-        result.ips.push(IpConfig { address: host, gateway: Some(ip.gateway), interface: None, version: None });
-        let default: IpNet = if ip.ip.is_ipv4() { "0.0.0.0/0".parse() } else { "::/0".parse() }.expect("valid");
-        result.routes.push(Route {
-            dst: default,
-            gw: Some(ip.gateway),
-            mtu: None,
-            advmss: None,
-            priority: None,
-            table: None,
-            scope: None,
-        });
-    }
-    result
-}
-
-/// The datapath hook: veth pair, `eth0` in `att.netns` with the addresses and routes of `result`.
-/// Owned by the datapath work; until it lands, ADD returns the IPAM result with no interfaces and
-/// changes nothing on the host.
-fn setup_network(_att: &AttachmentEnv, _result: &CniResult) -> Result<(), CniError> {
-    Ok(())
-}
-
+/// DEL: the endpoint (and with it the datapath's state) first, then the veth, then the addresses.
 async fn del(socket: &Path, att: &AttachmentEnv) -> Result<(), CniError> {
-    // Container IDs and interface names are validated identifiers, safe as path segments.
+    // Container IDs are validated identifiers, safe as path segments.
+    let uri = format!("/v1/endpoint/{}", att.container_id);
+    let _: RemoveOutcome = agent_client::request_json(socket, hyper::Method::DELETE, &uri, None)
+        .await
+        .map_err(|e| agent_error(socket, e, "remove the pod's endpoint"))?;
+    network::teardown(&att.container_id)?;
+    release(socket, att).await
+}
+
+/// Releases what the attachment holds (nothing held is success).
+async fn release(socket: &Path, att: &AttachmentEnv) -> Result<(), CniError> {
     let uri = format!("/v1/ipam/{}/{}", att.container_id, att.ifname);
     let _: ReleaseResponse = agent_client::request_json(socket, hyper::Method::DELETE, &uri, None)
         .await
@@ -179,7 +205,8 @@ fn holds(listing: &IpamListing, att: &AttachmentEnv) -> Vec<IpAddr> {
         .collect()
 }
 
-/// CHECK: every address of `prevResult` is still allocated to this attachment.
+/// CHECK: every address of `prevResult` is still allocated to this attachment, and the pod's
+/// interface, addresses and routes are as ADD left them.
 async fn check(socket: &Path, att: &AttachmentEnv, conf: &PluginConfig) -> Result<(), CniError> {
     let prev = conf.prev_result.as_ref().ok_or_else(|| {
         CniError::new(ErrorCode::INVALID_CONFIG, "CHECK needs prevResult", "the runtime passes the ADD result")
@@ -194,7 +221,8 @@ async fn check(socket: &Path, att: &AttachmentEnv, conf: &PluginConfig) -> Resul
             ));
         }
     }
-    Ok(())
+    let netns = att.netns.as_deref().expect("CNI_NETNS is validated for CHECK");
+    network::check(netns, &att.container_id, &att.ifname, prev)
 }
 
 /// STATUS: success only if an ADD could succeed now.

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod operator;
+pub mod watch;
 
 #[cfg(test)]
 pub(crate) mod test_util;

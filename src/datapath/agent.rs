@@ -1,10 +1,35 @@
-//! The agent's datapath start-up: load the object with pinned maps and attach `from_container`
-//! to the configured interfaces. Until endpoints are managed by controllers, the interfaces are
-//! listed by flag.
+//! The agent's datapath start-up.
+//!
+//! 1. [`start`] (at once, before anything else): load the object with its pinned maps — always,
+//!    so a restarted agent swaps its programs in while traffic keeps flowing — and attach
+//!    `from_container` to any `--datapath-interface`.
+//! 2. [`AgentDatapath::setup_node`] (once IPAM knows the router IP): the node devices
+//!    (`cilium_host`/`cilium_net`, the tunnel device in tunnel mode), `from_overlay` on the tunnel
+//!    device, `from_netdev`/`to_netdev` on the uplinks, and the datapath config map.
+//!
+//! Links are only touched when the configuration names the node's uplinks (Cilium's `devices`
+//! key): beeline has no device auto-detection, and an agent started without `devices` (tests that
+//! run the real agent in the host namespace) loads programs and maps into its own bpffs directory
+//! but creates no device and attaches nothing to the host's interfaces (docs/decisions.md).
+//!
+//! The CNI side gets the loaded [`Datapath`] through [`AgentDatapath`] (cheap to clone) and
+//! attaches `from_container` to each pod's veth with [`AgentDatapath::attach_endpoint`].
 
-use std::path::Path;
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
 
-use super::{attach::AttachMode, loader::programs, Attachment, Datapath, DatapathError, Direction};
+use beeline_common::datapath::{DatapathConfig, CONFIG_F_MASQUERADE, TUNNEL_GENEVE, TUNNEL_NONE, TUNNEL_VXLAN};
+
+use super::{
+    attach::AttachMode,
+    devices::{self, DeviceError, NodeDevices, NodeDevicesSpec, TunnelProtocol},
+    loader::programs,
+    tables, Attachment, Datapath, DatapathError, Direction,
+};
+use crate::config::{self, Config, RoutingMode};
 
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct DatapathArgs {
@@ -23,15 +48,288 @@ pub struct DatapathArgs {
     pub attach_mode: AttachMode,
 }
 
-/// Loads and attaches when interfaces are configured; `None` otherwise (no BPF needed then).
-pub fn start(args: &DatapathArgs, pin_dir: &Path) -> Result<Option<(Datapath, Vec<Attachment>)>, DatapathError> {
-    if args.interfaces.is_empty() {
-        return Ok(None);
+#[derive(Debug, thiserror::Error)]
+pub enum AgentDatapathError {
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error("node devices: {0}")]
+    Devices(#[from] DeviceError),
+    #[error("uplink {0} (from `devices`) has no IPv4 address to use as the node IP")]
+    NoNodeIp(String),
+    #[error("the node set-up thread panicked")]
+    Poisoned,
+}
+
+// ----- pure decisions ------------------------------------------------------------------------
+
+/// What the agent knows about its node when it writes the config map.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeFacts {
+    pub router_ip: Option<Ipv4Addr>,
+    pub node_ip: Option<Ipv4Addr>,
+    /// ifindex of the tunnel device, once created.
+    pub tunnel_ifindex: Option<u32>,
+}
+
+/// Whether the agent manages links (devices, attachments) at all.
+pub fn manages_devices(config: &Config) -> bool {
+    !config.devices.is_empty()
+}
+
+/// Pod egress is masqueraded in BPF only with both of Cilium's keys (beeline has no iptables
+/// masquerading to fall back to).
+pub fn bpf_masquerade(config: &Config) -> bool {
+    config.enable_ipv4_masquerade && config.enable_bpf_masquerade
+}
+
+/// The tunnel device the configuration asks for (`None` in native routing).
+pub fn tunnel_of(config: &Config) -> Option<TunnelProtocol> {
+    match (config.routing_mode, config.tunnel_protocol) {
+        (RoutingMode::Native, _) => None,
+        (RoutingMode::Tunnel, config::TunnelProtocol::Vxlan) => Some(TunnelProtocol::Vxlan),
+        (RoutingMode::Tunnel, config::TunnelProtocol::Geneve) => Some(TunnelProtocol::Geneve),
     }
-    let mut datapath = Datapath::load(pin_dir)?;
+}
+
+/// The config map row for `config` and what is known of the node. Addresses not known yet keep
+/// the value of `previous` (the pinned row a previous agent wrote), so a restart does not blank
+/// the router IP while IPAM catches up.
+pub fn datapath_config(config: &Config, facts: &NodeFacts, previous: &DatapathConfig) -> DatapathConfig {
+    let tunnel = tunnel_of(config);
+    let mut flags = previous.flags & !CONFIG_F_MASQUERADE;
+    if bpf_masquerade(config) {
+        flags |= CONFIG_F_MASQUERADE;
+    }
+    let (native_cidr, native_cidr_prefix_len) = match config.ipv4_native_routing_cidr {
+        Some(net) => (tables::be(net.network()), u32::from(net.prefix_len())),
+        None => (0, 0),
+    };
+    DatapathConfig {
+        router_ip: facts.router_ip.map_or(previous.router_ip, tables::be),
+        node_ip: facts.node_ip.map_or(previous.node_ip, tables::be),
+        tunnel_ifindex: match tunnel {
+            Some(_) => facts.tunnel_ifindex.unwrap_or(previous.tunnel_ifindex),
+            None => 0,
+        },
+        tunnel_proto: match tunnel {
+            None => TUNNEL_NONE,
+            Some(TunnelProtocol::Vxlan) => TUNNEL_VXLAN,
+            Some(TunnelProtocol::Geneve) => TUNNEL_GENEVE,
+        },
+        pod_cidr_prefix_len: u32::from(config.cluster_pool_ipv4_mask_size),
+        flags,
+        native_cidr,
+        native_cidr_prefix_len,
+        nat_port_min: previous.nat_port_min,
+        nat_port_max: previous.nat_port_max,
+    }
+}
+
+/// The (program, interface, direction) attachments the node needs, given its devices.
+pub fn node_attachments(config: &Config) -> Vec<(&'static str, String, Direction)> {
+    let mut out = Vec::new();
+    if let Some(tunnel) = tunnel_of(config) {
+        out.push((programs::FROM_OVERLAY, tunnel.device().to_string(), Direction::Ingress));
+    }
+    for dev in &config.devices {
+        out.push((programs::FROM_NETDEV, dev.clone(), Direction::Ingress));
+        out.push((programs::TO_NETDEV, dev.clone(), Direction::Egress));
+    }
+    out
+}
+
+// ----- shell ---------------------------------------------------------------------------------
+
+/// The loaded datapath, shared by the agent's tasks (node set-up, the CNI handler). Clones share
+/// one [`Datapath`]; attaching needs `&mut`, hence the mutex (attachments are rare and short).
+#[derive(Clone, Debug)]
+pub struct AgentDatapath {
+    datapath: Arc<Mutex<Datapath>>,
+    pin_dir: PathBuf,
+    attach_mode: AttachMode,
+}
+
+/// What [`AgentDatapath::setup_node`] did.
+#[derive(Debug)]
+pub struct NodeSetup {
+    pub devices: Option<NodeDevices>,
+    pub attachments: Vec<Attachment>,
+    pub config: DatapathConfig,
+}
+
+/// Loads the datapath (always) and attaches `from_container` to `--datapath-interface`s.
+pub fn start(args: &DatapathArgs, pin_dir: &Path) -> Result<(AgentDatapath, Vec<Attachment>), DatapathError> {
+    let datapath = Datapath::load(pin_dir)?;
+    let agent = AgentDatapath {
+        datapath: Arc::new(Mutex::new(datapath)),
+        pin_dir: pin_dir.to_path_buf(),
+        attach_mode: args.attach_mode,
+    };
     let mut attachments = Vec::new();
     for ifname in &args.interfaces {
-        attachments.push(datapath.attach(programs::FROM_CONTAINER, ifname, Direction::Ingress, args.attach_mode)?);
+        attachments.push(agent.attach(programs::FROM_CONTAINER, ifname, Direction::Ingress)?);
     }
-    Ok(Some((datapath, attachments)))
+    Ok((agent, attachments))
+}
+
+impl AgentDatapath {
+    /// The loaded object (programs and open maps).
+    pub fn datapath(&self) -> &Arc<Mutex<Datapath>> {
+        &self.datapath
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    fn attach(&self, program: &str, ifname: &str, direction: Direction) -> Result<Attachment, DatapathError> {
+        let mut datapath = self.datapath.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        datapath.attach(program, ifname, direction, self.attach_mode)
+    }
+
+    /// Attaches `from_container` (tc ingress) to a pod's host-side veth, in the calling thread's
+    /// network namespace (CNI ADD; idempotent — a repeated ADD swaps the program in place).
+    pub fn attach_endpoint(&self, host_ifname: &str) -> Result<Attachment, DatapathError> {
+        self.attach(programs::FROM_CONTAINER, host_ifname, Direction::Ingress)
+    }
+
+    /// Brings the node to `config` once the router IP is known: devices and attachments when
+    /// [`manages_devices`], the config map always. Blocking (runs `ip`); idempotent.
+    #[tracing::instrument(level = "info", skip_all, fields(router_ip = %router_ip))]
+    pub fn setup_node(&self, config: &Config, router_ip: Ipv4Addr) -> Result<NodeSetup, AgentDatapathError> {
+        let mut facts = NodeFacts { router_ip: Some(router_ip), ..Default::default() };
+        let mut devices = None;
+        let mut attachments = Vec::new();
+        if manages_devices(config) {
+            let spec = NodeDevicesSpec { router_ip, tunnel: tunnel_of(config) };
+            let (devs, steps) = devices::ensure(&spec)?;
+            tracing::info!(steps = steps.len(), ?devs, "node devices in place");
+            let uplink = &config.devices[0];
+            facts.node_ip =
+                Some(devices::ipv4_address(uplink)?.ok_or_else(|| AgentDatapathError::NoNodeIp(uplink.clone()))?);
+            facts.tunnel_ifindex = devs.tunnel;
+            devices = Some(devs);
+            for (program, ifname, direction) in node_attachments(config) {
+                attachments.push(self.attach(program, &ifname, direction)?);
+            }
+        }
+        let previous = tables::read_config(&self.pin_dir)?;
+        let row = datapath_config(config, &facts, &previous);
+        tables::write_config(&self.pin_dir, &row)?;
+        if config.enable_ipv4_masquerade && !config.enable_bpf_masquerade {
+            tracing::warn!("enable-ipv4-masquerade without enable-bpf-masquerade: beeline has no iptables masquerading, pod egress leaves unmasqueraded");
+        }
+        tracing::info!(config = ?row, attachments = attachments.len(), "node datapath configured");
+        Ok(NodeSetup { devices, attachments, config: row })
+    }
+}
+
+/// The agent task: waits until IPAM has reserved the router IPv4 address, sets the node up once
+/// (on a blocking thread), then idles until shutdown. A failed set-up fails the agent, like a
+/// Cilium agent that cannot create its devices.
+pub async fn run_node_setup(
+    datapath: AgentDatapath,
+    config: Config,
+    ipam: Arc<crate::controllers::agent::ipam_state::NodeIpam>,
+    token: tokio_util::sync::CancellationToken,
+) -> Result<(), AgentDatapathError> {
+    let mut changes = ipam.subscribe();
+    let router = loop {
+        if let Some(std::net::IpAddr::V4(router)) =
+            ipam.addr_of(crate::ipam::Family::V4, &crate::ipam::node_alloc::Owner::Router)
+        {
+            break router;
+        }
+        tokio::select! {
+            _ = token.cancelled() => return Ok(()),
+            changed = changes.changed() => if changed.is_err() { return Ok(()) },
+        }
+    };
+    let setup = tokio::task::spawn_blocking(move || datapath.setup_node(&config, router))
+        .await
+        .map_err(|_| AgentDatapathError::Poisoned)??;
+    tracing::info!(devices = ?setup.devices, "node datapath ready");
+    token.cancelled().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Sources;
+
+    fn config(sets: &[&str]) -> Config {
+        Sources { sets: sets.iter().map(|s| s.to_string()).collect(), ..Default::default() }.load().unwrap()
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn config_rows_follow_routing_mode_and_masquerade_keys() {
+        let facts =
+            NodeFacts { router_ip: Some(ip("10.0.1.1")), node_ip: Some(ip("192.168.0.1")), tunnel_ifindex: Some(7) };
+        let none = DatapathConfig::default();
+        let tunnel = datapath_config(&config(&[]), &facts, &none);
+        assert_eq!(
+            (tunnel.tunnel_proto, tunnel.tunnel_ifindex, tunnel.flags, tunnel.pod_cidr_prefix_len),
+            (TUNNEL_VXLAN, 7, 0, 24),
+            "defaults: vxlan, no BPF masquerading"
+        );
+        assert_eq!((tunnel.router_ip, tunnel.node_ip), (tables::be(ip("10.0.1.1")), tables::be(ip("192.168.0.1"))));
+
+        let native = datapath_config(
+            &config(&["routing-mode=native", "ipv4-native-routing-cidr=10.0.0.0/8", "enable-bpf-masquerade=true"]),
+            &facts,
+            &none,
+        );
+        assert_eq!((native.tunnel_proto, native.tunnel_ifindex), (TUNNEL_NONE, 0));
+        assert_eq!(native.flags & CONFIG_F_MASQUERADE, CONFIG_F_MASQUERADE);
+        assert_eq!((native.native_cidr, native.native_cidr_prefix_len), (tables::be(ip("10.0.0.0")), 8));
+
+        let geneve = datapath_config(
+            &config(&["tunnel-protocol=geneve", "enable-ipv4-masquerade=false", "enable-bpf-masquerade=true"]),
+            &facts,
+            &none,
+        );
+        assert_eq!((geneve.tunnel_proto, geneve.flags), (TUNNEL_GENEVE, 0), "masquerading needs both keys");
+    }
+
+    #[test]
+    fn unknown_addresses_keep_what_a_previous_agent_wrote() {
+        let previous = DatapathConfig {
+            router_ip: tables::be(ip("10.0.1.1")),
+            node_ip: tables::be(ip("192.168.0.1")),
+            tunnel_ifindex: 9,
+            flags: CONFIG_F_MASQUERADE,
+            nat_port_min: 40000,
+            ..Default::default()
+        };
+        let row = datapath_config(&config(&[]), &NodeFacts::default(), &previous);
+        assert_eq!((row.router_ip, row.node_ip, row.tunnel_ifindex), (previous.router_ip, previous.node_ip, 9));
+        assert_eq!(row.flags, 0, "masquerading follows the current configuration");
+        assert_eq!(row.nat_port_min, 40000);
+    }
+
+    #[test]
+    fn devices_decide_what_gets_attached() {
+        assert!(!manages_devices(&config(&[])), "no devices: the agent touches no links");
+        assert!(node_attachments(&config(&[])).iter().all(|(p, _, _)| *p == programs::FROM_OVERLAY));
+        let cfg = config(&["devices=eth0 eth1"]);
+        assert!(manages_devices(&cfg));
+        let got: Vec<(&str, String, Direction)> = node_attachments(&cfg);
+        assert_eq!(
+            got,
+            vec![
+                (programs::FROM_OVERLAY, "cilium_vxlan".to_string(), Direction::Ingress),
+                (programs::FROM_NETDEV, "eth0".to_string(), Direction::Ingress),
+                (programs::TO_NETDEV, "eth0".to_string(), Direction::Egress),
+                (programs::FROM_NETDEV, "eth1".to_string(), Direction::Ingress),
+                (programs::TO_NETDEV, "eth1".to_string(), Direction::Egress),
+            ]
+        );
+        let native = config(&["routing-mode=native", "ipv4-native-routing-cidr=10.0.0.0/8", "devices=eth0"]);
+        assert_eq!(node_attachments(&native).len(), 2, "no tunnel device in native routing");
+    }
 }

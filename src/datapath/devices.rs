@@ -199,7 +199,7 @@ pub enum DeviceError {
     Missing(&'static str),
 }
 
-fn run_ip(args: &[String]) -> Result<String, DeviceError> {
+pub(crate) fn run_ip(args: &[String]) -> Result<String, DeviceError> {
     let out = Command::new("ip").args(args).output().map_err(DeviceError::Spawn)?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -276,6 +276,22 @@ pub fn ensure(spec: &NodeDevicesSpec) -> Result<(NodeDevices, Vec<Step>), Device
         tunnel: spec.tunnel.map(|t| index(t.device())).transpose()?,
     };
     Ok((devices, steps))
+}
+
+/// The first IPv4 address of `ifname` in the calling thread's namespace (the node IP when
+/// `ifname` is the uplink).
+pub fn ipv4_address(ifname: &str) -> Result<Option<Ipv4Addr>, DeviceError> {
+    let args: Vec<String> = ["-4", "-j", "addr", "show", "dev", ifname].iter().map(|s| s.to_string()).collect();
+    parse_ipv4_address(&run_ip(&args)?)
+}
+
+/// Parses `ip -4 -j addr show dev X` output: the first `local` address.
+pub fn parse_ipv4_address(text: &str) -> Result<Option<Ipv4Addr>, DeviceError> {
+    let links: Vec<serde_json::Value> = serde_json::from_str(text).map_err(DeviceError::Parse)?;
+    Ok(links
+        .iter()
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .find_map(|a| a["local"].as_str().and_then(|s| s.parse().ok())))
 }
 
 /// `ip route replace <route>` in the calling thread's namespace.
@@ -407,6 +423,15 @@ mod tests {
             "10.0.1.0/24 via 10.0.2.241 dev cilium_host src 10.0.2.241 mtu 1450"
         );
         assert_eq!(direct_route(cidr, "172.19.0.2".parse().unwrap()).join(" "), "10.0.1.0/24 via 172.19.0.2");
+    }
+
+    #[test]
+    fn parses_the_first_ipv4_address() {
+        let text = r#"[{"ifindex":2,"ifname":"eth0","addr_info":[{"family":"inet","local":"192.168.1.1","prefixlen":24},
+            {"family":"inet","local":"192.168.1.9","prefixlen":24}]}]"#;
+        assert_eq!(parse_ipv4_address(text).unwrap(), Some("192.168.1.1".parse().unwrap()));
+        assert_eq!(parse_ipv4_address(r#"[{"ifindex":2,"addr_info":[]}]"#).unwrap(), None);
+        assert_eq!(parse_ipv4_address("[]").unwrap(), None);
     }
 
     #[test]

@@ -23,7 +23,11 @@ pub mod programs {
     pub const FROM_CONTAINER: &str = "from_container";
     /// tc ingress of the tunnel device (`cilium_vxlan` / `cilium_geneve`).
     pub const FROM_OVERLAY: &str = "from_overlay";
-    pub const ALL: &[&str] = &[FROM_CONTAINER, FROM_OVERLAY];
+    /// tc ingress of the uplink(s): reverse masquerading, native-routing delivery to local pods.
+    pub const FROM_NETDEV: &str = "from_netdev";
+    /// tc egress of the uplink(s): masquerading of pod traffic leaving the cluster.
+    pub const TO_NETDEV: &str = "to_netdev";
+    pub const ALL: &[&str] = &[FROM_CONTAINER, FROM_OVERLAY, FROM_NETDEV, TO_NETDEV];
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -6,6 +6,7 @@ pub mod devices;
 pub mod loader;
 pub mod netns;
 pub mod pins;
+pub mod routes;
 pub mod tables;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

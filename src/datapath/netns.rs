@@ -27,6 +27,7 @@ pub const NETNS_RUN_DIR: &str = "/run/netns";
 #[derive(Debug)]
 pub struct NetNs {
     name: String,
+    path: PathBuf,
     file: File,
 }
 
@@ -40,8 +41,16 @@ impl NetNs {
 
     pub fn open(name: &str) -> io::Result<NetNs> {
         let path = Path::new(NETNS_RUN_DIR).join(name);
-        let file = File::open(&path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        Ok(NetNs { name: name.to_string(), file })
+        let mut ns = NetNs::open_path(&path)?;
+        ns.name = name.to_string();
+        Ok(ns)
+    }
+
+    /// Opens a namespace by file path (a container runtime's `CNI_NETNS`, `/proc/<pid>/ns/net`);
+    /// its name is the path.
+    pub fn open_path(path: &Path) -> io::Result<NetNs> {
+        let file = File::open(path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        Ok(NetNs { name: path.display().to_string(), path: path.to_path_buf(), file })
     }
 
     /// Deletes the named namespace (its interfaces go with it once no process is inside).
@@ -54,7 +63,7 @@ impl NetNs {
     }
 
     pub fn path(&self) -> PathBuf {
-        Path::new(NETNS_RUN_DIR).join(&self.name)
+        self.path.clone()
     }
 
     /// Moves the calling thread into this namespace until the guard drops.

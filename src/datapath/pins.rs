@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use beeline_common::{datapath, endpoint, ipcache, map_names, policy, tunnel};
+use beeline_common::{datapath, endpoint, ipcache, map_names, nat, policy, tunnel};
 
 /// Every map the loader pins, so a restarted agent (and the CLI) find the same kernel maps.
 pub const PINNED_MAPS: &[&str] = &[
@@ -25,6 +25,7 @@ pub const PINNED_MAPS: &[&str] = &[
     datapath::DROPS_MAP_NAME,
     policy::MAP_NAME,
     policy::ENDPOINT_MAP_NAME,
+    nat::SNAT_MAP_NAME,
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

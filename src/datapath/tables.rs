@@ -12,6 +12,7 @@ use aya::maps::{
     lpm_trie::{Key as LpmKey, LpmTrie},
     Array, HashMap, Map, MapData, MapError, PerCpuArray,
 };
+use beeline_common::nat::{self, NatEntry, NatTuple};
 use beeline_common::{
     datapath::{self, drop_reason, DatapathConfig, DropStats},
     endpoint::{self, EndpointInfo, EndpointKey},
@@ -172,4 +173,20 @@ pub fn list_policy_enforcement(pin_dir: &Path) -> Result<BTreeMap<u32, u32>, Dat
         .map(|row| row.map(|(k, v)| (k.endpoint_id, v.flags)))
         .collect::<Result<_, _>>()
         .map_err(map_err(policy::ENDPOINT_MAP_NAME))
+}
+
+/// Every row of the SNAT map (both directions), for the CLI and tests.
+pub fn list_snat(pin_dir: &Path) -> Result<Vec<(NatTuple, NatEntry)>, DatapathError> {
+    let name = nat::SNAT_MAP_NAME;
+    let map: HashMap<MapData, NatTuple, NatEntry> =
+        HashMap::try_from(Map::LruHashMap(open(pin_dir, name)?)).map_err(map_err(name))?;
+    map.iter().collect::<Result<_, _>>().map_err(map_err(name))
+}
+
+/// Adds a SNAT row directly (tests: occupy ports to exercise allocation).
+pub fn insert_snat(pin_dir: &Path, tuple: &NatTuple, entry: &NatEntry) -> Result<(), DatapathError> {
+    let name = nat::SNAT_MAP_NAME;
+    let mut map: HashMap<MapData, NatTuple, NatEntry> =
+        HashMap::try_from(Map::LruHashMap(open(pin_dir, name)?)).map_err(map_err(name))?;
+    map.insert(tuple, entry, 0).map_err(map_err(name))
 }

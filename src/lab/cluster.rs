@@ -169,12 +169,20 @@ fn build_and_start(plan: &LabPlan, timeout: Duration) -> Result<(), BoxError> {
             std::fs::create_dir_all(&node.bpf_root)?;
             std::fs::write(node.kubeconfig(), super::plan::kubeconfig(&plan.name, &plan.api_url_for_nodes()))?;
         }
+        let role = plan.outside_netns.strip_prefix(&format!("{}-", plan.prefix)).expect("netns names carry the prefix");
+        let outside = topo.namespace(role)?;
+        topo.connect_to_underlay(&outside, NODE_UPLINK, &[&super::plan::outside_cidr()])?;
         Ok(())
     })();
     // From here on the namespaces belong to the lab (and to `down`), not to this process.
     topo.keep();
     result?;
+    spawn_supervisor(plan)?;
+    wait_ready(plan, timeout)
+}
 
+/// Starts `lab supervise` detached (own session, output appended to its log) and records its pid.
+fn spawn_supervisor(plan: &LabPlan) -> Result<(), BoxError> {
     let exe = std::env::current_exe()?;
     let log = std::fs::File::options().create(true).append(true).open(plan.log("supervisor"))?;
     let mut cmd = std::process::Command::new(&exe);
@@ -198,7 +206,25 @@ fn build_and_start(plan: &LabPlan, timeout: Duration) -> Result<(), BoxError> {
     probe::write_pid(&plan.pid_file("supervisor"), child.id())?;
     // Not waited for: it is reparented to init when `up` exits. Dropping `Child` does not kill it.
     drop(child);
-    wait_ready(plan, timeout)
+    Ok(())
+}
+
+/// `beeline lab restart`: stops the supervisor gracefully (it saves the API and stops its
+/// processes) and starts a new one on the same namespaces, which restores every API object.
+pub fn restart(args: StateArgs) -> Result<(), BoxError> {
+    super::require_root("`beeline lab restart`")?;
+    let state_dir = args.absolute()?;
+    let plan = read_plan(&state_dir)?;
+    let marker = state_dir.to_string_lossy().to_string();
+    if let Some(pid) = supervisor_running(&plan) {
+        let killed = probe::stop(pid, &marker, Duration::from_secs(30));
+        println!("stopped the supervisor (pid {pid}{})", if killed { ", killed" } else { "" });
+    }
+    let _ = std::fs::remove_file(supervisor::ready_marker(&plan));
+    spawn_supervisor(&plan)?;
+    wait_ready(&plan, Duration::from_secs(60))?;
+    println!("lab {} restarted; API objects restored from {}", plan.name, supervisor::snapshot_file(&plan).display());
+    Ok(())
 }
 
 /// Polls (bounded) until the API answers and every process's `/readyz` is 200.

@@ -3,14 +3,22 @@
 //! (one node and one pod namespace with the real agent attaching `from_container`).
 
 pub mod agent;
+pub mod apply;
 pub mod cluster;
+pub mod cni_runtime;
+pub mod connectivity;
+pub mod controllers;
 pub mod demo;
+pub mod endpointslices;
+pub mod kubelet;
 pub mod plan;
+pub mod podserver;
 pub mod probe;
 pub mod supervisor;
 pub mod topology;
 pub mod traffic;
 pub mod values;
+pub mod workloads;
 
 #[derive(Debug, clap::Args)]
 pub struct LabArgs {
@@ -31,6 +39,12 @@ pub enum LabCommand {
     /// Stop every process and remove every namespace, pin and state file of a lab (idempotent;
     /// also cleans up after a crashed `up`).
     Down(cluster::StateArgs),
+    /// Server-side apply manifests (files or directories, multi-document YAML) to the lab's API.
+    Apply(apply::ApplyArgs),
+    /// Run a command inside a pod's network namespace: `beeline lab exec POD -- curl ...`.
+    Exec(apply::ExecArgs),
+    /// Restart the lab's supervisor (API objects are kept: saved on stop, restored on start).
+    Restart(cluster::StateArgs),
     /// The lab's long-running process (started by `lab up`; not for direct use).
     #[command(hide = true)]
     Supervise(cluster::StateArgs),
@@ -43,6 +57,9 @@ pub async fn run(args: LabArgs) -> Result<(), Box<dyn std::error::Error + Send +
         LabCommand::Up(a) => tokio::task::spawn_blocking(move || cluster::up(a)).await?,
         LabCommand::Status(a) => tokio::task::spawn_blocking(move || cluster::status(a)).await?,
         LabCommand::Down(a) => tokio::task::spawn_blocking(move || cluster::down(a)).await?,
+        LabCommand::Apply(a) => apply::apply(a).await,
+        LabCommand::Exec(a) => apply::exec(a).await,
+        LabCommand::Restart(a) => tokio::task::spawn_blocking(move || cluster::restart(a)).await?,
         LabCommand::Supervise(a) => supervisor::run(&a.absolute()?).await,
     }
 }

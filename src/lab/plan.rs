@@ -31,6 +31,14 @@ const UNDERLAY_V6_PREFIX: u8 = 64;
 const NODE_CIDR_V4: u8 = 24;
 const NODE_CIDR_V6: u8 = 64;
 pub const MAX_NODES: usize = 200;
+/// The "outside" host's underlay address: the last of the /16, far from the nodes' (.2, .3, ...).
+pub const OUTSIDE_IPV4: Ipv4Addr = Ipv4Addr::new(172, 18, 255, 254);
+/// The "outside" host's address with the underlay's prefix length.
+pub fn outside_cidr() -> String {
+    format!("{OUTSIDE_IPV4}/{UNDERLAY_V4_PREFIX}")
+}
+/// Its server's port (HTTP over TCP, echo over UDP).
+pub const OUTSIDE_PORT: u16 = 80;
 
 #[derive(Clone, Debug, thiserror::Error, PartialEq)]
 pub enum PlanError {
@@ -121,6 +129,10 @@ pub struct LabPlan {
     /// Every namespace is `<prefix>-<role>`.
     pub prefix: String,
     pub underlay_netns: String,
+    /// A host on the underlay that is not a node ("outside the cluster"), with a server on
+    /// [`OUTSIDE_PORT`] at [`OUTSIDE_IPV4`].
+    #[serde(default)]
+    pub outside_netns: String,
     /// `<bpffs>/beeline-lab/<id>`: every node's bpf-root is below it.
     pub pin_root: PathBuf,
     pub nodes: Vec<NodePlan>,
@@ -246,6 +258,7 @@ impl LabPlan {
             id,
             state_dir: req.state_dir.clone(),
             underlay_netns: format!("{prefix}-underlay"),
+            outside_netns: format!("{prefix}-outside"),
             prefix,
             pin_root,
             nodes,
@@ -355,12 +368,18 @@ pub fn node_name(cluster: &str, index: usize) -> String {
 /// Six hex digits of FNV-1a over the state directory path: stable across builds (unlike std's
 /// hasher), so a newer `beeline lab down` still finds what an older `up` made.
 pub fn lab_id(state_dir: &Path) -> String {
+    format!("{:06x}", fnv1a(state_dir.to_string_lossy().as_bytes()) & 0xff_ffff)
+}
+
+/// 32-bit FNV-1a: a hash that is stable across builds and machines, for names derived from
+/// content (lab ids, pod-template-hash, EndpointSlice names).
+pub fn fnv1a(bytes: &[u8]) -> u32 {
     let mut hash: u32 = 0x811c_9dc5;
-    for byte in state_dir.to_string_lossy().bytes() {
-        hash ^= u32::from(byte);
+    for byte in bytes {
+        hash ^= u32::from(*byte);
         hash = hash.wrapping_mul(0x0100_0193);
     }
-    format!("{:06x}", hash & 0xff_ffff)
+    hash
 }
 
 /// A kubeconfig for a plain-HTTP API server (the in-memory API has no TLS or authentication).

@@ -4,8 +4,13 @@
 //! control-plane node's underlay address for the nodes — the second socket is bound from inside
 //! that namespace and stays there), registers the Node objects, and runs the operator and one
 //! agent per node as child processes inside their node namespaces, restarting any that exits
-//! (as the kubelet would) with a growing delay. SIGTERM (`lab down`) stops the children with
-//! SIGTERM, then exits.
+//! (as the kubelet would) with a growing delay. It also runs the lab's control loops against its
+//! API: the controllers and scheduler ([`super::controllers`]) and one kubelet per node
+//! ([`super::kubelet`]), and the "outside" server on the underlay. The API's objects are saved to
+//! `<state>/api-snapshot.json` every few seconds and on exit, and loaded at start, so a restarted
+//! supervisor (`lab restart`) keeps every object. SIGTERM (`lab down`) stops the kubelets (which
+//! remove their pod sandboxes while the agents still answer CNI DEL), saves the API, stops the
+//! children with SIGTERM, then exits.
 
 use std::{
     fs::File,
@@ -18,6 +23,8 @@ use std::{
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, PostParams};
 
+use tokio_util::sync::CancellationToken;
+
 use super::{plan::LabPlan, plan::ProcessPlan, probe};
 use crate::datapath::netns::NetNs;
 
@@ -28,12 +35,40 @@ pub fn ready_marker(plan: &LabPlan) -> std::path::PathBuf {
     plan.state_dir.join("api-address")
 }
 
-pub async fn run(state_dir: &Path) -> Result<(), BoxError> {
-    let plan = super::cluster::read_plan(state_dir)?;
+/// Where the API's objects are kept across supervisor restarts.
+pub fn snapshot_file(plan: &LabPlan) -> std::path::PathBuf {
+    plan.state_dir.join("api-snapshot.json")
+}
+
+/// How often the API is saved while the lab runs.
+const SNAPSHOT_PERIOD: Duration = Duration::from_secs(5);
+
+/// The in-memory API, restored from `snapshot` when there is one, with the lab's Node objects
+/// registered (kept as they are when the snapshot has them).
+pub async fn start_api(plan: &LabPlan, snapshot: &Path) -> Result<beeline_apiserver::ApiServer, BoxError> {
     let api = beeline_apiserver::ApiServer::default();
+    if snapshot.exists() {
+        api.load(snapshot).map_err(|e| format!("restoring the API from {}: {e}", snapshot.display()))?;
+        tracing::info!(snapshot = %snapshot.display(), "API objects restored");
+    }
     let nodes: Api<Node> = Api::all(api.client_as("lab"));
     for node in plan.node_objects() {
-        nodes.create(&PostParams::default(), &node).await?;
+        match nodes.create(&PostParams::default(), &node).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(api)
+}
+
+pub async fn run(state_dir: &Path) -> Result<(), BoxError> {
+    let plan = super::cluster::read_plan(state_dir)?;
+    let snapshot = snapshot_file(&plan);
+    let api = start_api(&plan, &snapshot).await?;
+    // Sandboxes a crashed supervisor left behind; their pods are started afresh below.
+    for ns in super::kubelet::sweep_pod_namespaces(&plan.prefix) {
+        tracing::info!(netns = %ns, "removed a stale pod namespace");
     }
     let host = TcpListener::bind("127.0.0.1:0")?;
     let host_addr = host.local_addr()?;
@@ -54,6 +89,14 @@ pub async fn run(state_dir: &Path) -> Result<(), BoxError> {
     for child in &mut children {
         child.start(&exe, &plan)?;
     }
+    let loops = CancellationToken::new();
+    tokio::spawn(super::controllers::run(api.client_as("kube-controller-manager"), loops.clone()));
+    let mut kubelets = tokio::task::JoinSet::new();
+    for node in &plan.nodes {
+        let kubelet = super::kubelet::Kubelet::new(api.client_as("kubelet"), node.clone(), &plan.prefix);
+        kubelets.spawn(kubelet.run(loops.clone()));
+    }
+    let _outside = start_outside(&plan);
     std::fs::write(plan.kubeconfig(), super::plan::kubeconfig(&plan.name, &format!("http://{host_addr}")))?;
     // Written last: `up` waits for this file.
     let marker = ready_marker(&plan);
@@ -63,6 +106,7 @@ pub async fn run(state_dir: &Path) -> Result<(), BoxError> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut save = tokio::time::interval(SNAPSHOT_PERIOD);
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -76,7 +120,22 @@ pub async fn run(state_dir: &Path) -> Result<(), BoxError> {
                     child.check(&exe, &plan);
                 }
             }
+            _ = save.tick() => {
+                if let Err(e) = api.save(&snapshot) {
+                    tracing::warn!(error = %e, "cannot save the API snapshot");
+                }
+            }
         }
+    }
+    tracing::info!("stopping the kubelets (pod sandboxes go, pods stay in the API)");
+    loops.cancel();
+    let stopped =
+        tokio::time::timeout(Duration::from_secs(15), async { while kubelets.join_next().await.is_some() {} }).await;
+    if stopped.is_err() {
+        tracing::warn!("kubelets did not stop within 15s; `lab down` removes what is left");
+    }
+    if let Err(e) = api.save(&snapshot) {
+        tracing::warn!(error = %e, "cannot save the API snapshot");
     }
     tracing::info!("stopping the lab's processes");
     let stops: Vec<_> =
@@ -87,6 +146,24 @@ pub async fn run(state_dir: &Path) -> Result<(), BoxError> {
     let _ = std::fs::remove_file(&marker);
     tracing::info!("lab supervisor stopped");
     Ok(())
+}
+
+/// The server in the lab's "outside" namespace (a host on the underlay that is not a node), the
+/// target of pod-to-outside checks. Kept running while the returned value lives.
+fn start_outside(plan: &LabPlan) -> Option<super::podserver::PodServer> {
+    let identity = super::podserver::Identity {
+        pod: "outside".into(),
+        namespace: String::new(),
+        node: plan.outside_netns.clone(),
+    };
+    let port = super::plan::OUTSIDE_PORT;
+    match super::podserver::PodServer::start(&plan.outside_netns, identity, &[port], &[port]) {
+        Ok(server) => Some(server),
+        Err(e) => {
+            tracing::warn!(netns = %plan.outside_netns, error = %e, "the outside server did not start");
+            None
+        }
+    }
 }
 
 /// One child process and its restart state.
@@ -165,5 +242,53 @@ impl Supervised {
         tracing::warn!(process = %self.plan.name, "ignored SIGTERM; killing");
         let _ = child.kill();
         let _ = child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Service;
+
+    fn plan(state_dir: &Path) -> LabPlan {
+        LabPlan::new(&super::super::plan::LabRequest {
+            name: "kind".into(),
+            nodes: 2,
+            state_dir: state_dir.to_path_buf(),
+            bpffs: "/sys/fs/bpf".into(),
+            values: Default::default(),
+        })
+        .unwrap()
+    }
+
+    fn service(name: &str) -> Service {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name}, "spec": {"type": "NodePort", "ports": [{"port": 80}]}
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_restarted_supervisor_keeps_every_object_and_allocates_past_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = plan(dir.path());
+        let snapshot = snapshot_file(&plan);
+        let first = start_api(&plan, &snapshot).await.unwrap();
+        let services: Api<Service> = Api::default_namespaced(first.client());
+        let before = services.create(&PostParams::default(), &service("kept")).await.unwrap();
+        first.save(&snapshot).unwrap();
+
+        // Started again over the snapshot: Node registration does not conflict, objects are back.
+        let second = start_api(&plan, &snapshot).await.unwrap();
+        let nodes: Api<Node> = Api::all(second.client());
+        assert_eq!(nodes.list(&Default::default()).await.unwrap().items.len(), 2);
+        let services: Api<Service> = Api::default_namespaced(second.client());
+        let kept = services.get("kept").await.unwrap();
+        assert_eq!(kept.metadata.uid, before.metadata.uid);
+        // A new Service gets neither the kept one's ClusterIP nor its NodePort.
+        let new = services.create(&PostParams::default(), &service("new")).await.unwrap();
+        let (a, b) = (kept.spec.unwrap(), new.spec.unwrap());
+        assert_ne!(a.cluster_ip, b.cluster_ip);
+        assert_ne!(a.ports.unwrap()[0].node_port, b.ports.unwrap()[0].node_port);
     }
 }

@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::controllers::operator::lb_ipam;
+use crate::controllers::operator::{identity_gc, lb_ipam};
 use crate::runtime::{
     args::ConfigArgs,
     connectivity, health, kubeclient,
@@ -76,10 +76,12 @@ pub async fn run(args: OperatorArgs) -> Result<(), Box<dyn std::error::Error + S
     lb_ipam_metrics.register(&mut telemetry.registry.write().expect("registry lock"));
     let leading = LeaderControllers {
         cluster_pool: (config.ipam == crate::config::IpamMode::ClusterPool).then(|| config.clone()),
+        multi_pool: (config.ipam == crate::config::IpamMode::MultiPool).then(|| config.clone()),
         lb_ipam: config
             .enable_lb_ipam
             .then(|| lb_ipam::Options::from_config(&config, args.leader_election_identity.clone())),
         lb_ipam_metrics,
+        identity_gc: identity_gc::IdentityGcOptions::from_config(&config),
     };
     runner.spawn("operator", operate(client, install, election, telemetry.health.clone(), is_leader, leading, token));
     tracing::info!(ipam = ?config.ipam, "operator started");
@@ -92,9 +94,12 @@ pub async fn run(args: OperatorArgs) -> Result<(), Box<dyn std::error::Error + S
 struct LeaderControllers {
     /// Cluster-pool node IPAM, when `ipam: cluster-pool`.
     cluster_pool: Option<crate::config::Config>,
+    /// Multi-pool node IPAM, when `ipam: multi-pool`.
+    multi_pool: Option<crate::config::Config>,
     /// LB-IPAM, unless `enable-lb-ipam: false`.
     lb_ipam: Option<lb_ipam::Options>,
     lb_ipam_metrics: lb_ipam::Metrics,
+    identity_gc: identity_gc::IdentityGcOptions,
 }
 
 /// CRD installation, then leader election with the controllers running while this replica leads.
@@ -159,6 +164,14 @@ async fn controllers_while_leading(
             None => Ok(()),
         }
     };
+    let multi_pool = async {
+        match &controllers.multi_pool {
+            Some(config) => crate::controllers::operator::multi_pool::run(client.clone(), config, shutdown.clone())
+                .await
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
+            None => Ok(()),
+        }
+    };
     // LB-IPAM (dormant until the first CiliumLoadBalancerIPPool exists).
     let lb = async {
         match controllers.lb_ipam {
@@ -171,7 +184,13 @@ async fn controllers_while_leading(
             }
         }
     };
-    // Both run until shutdown; the first failure stops the process (the Deployment restarts it).
-    futures::try_join!(cluster_pool, lb)?;
+    // Unused CiliumIdentities (CRD identity mode), after `identity-heartbeat-timeout`.
+    let gc = async {
+        identity_gc::run(client.clone(), controllers.identity_gc, std::time::Instant::now, shutdown.clone())
+            .await
+            .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+    };
+    // All run until shutdown; the first failure stops the process (the Deployment restarts it).
+    futures::try_join!(cluster_pool, multi_pool, lb, gc)?;
     Ok(())
 }

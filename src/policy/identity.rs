@@ -135,10 +135,38 @@ pub struct PodIdentitySource<'a> {
     pub cluster: &'a str,
 }
 
-/// The identity labels of a pod: its own labels, its namespace, its namespace's labels, its service account
-/// and the cluster name, all with source `k8s` (as in CiliumIdentity `security-labels`).
+/// Key prefixes Cilium's default label filter drops from identities: values that differ per pod
+/// or per rollout (hashes, generations, indexes) would give every pod its own identity.
+const NOISE_PREFIXES: &[&str] =
+    &["pod-template-generation", "pod-template-hash", "controller-revision-hash", "annotation", "etcd_node"];
+
+/// Whether a pod label key takes part in its identity (Cilium's default identity-relevant label
+/// filter): `app.kubernetes.io/*` and the namespace label do; other `io.kubernetes*` keys, keys
+/// in the `kubernetes.io` / `k8s.io` domains and their subdomains (`statefulset.kubernetes.io/pod-name`,
+/// `batch.kubernetes.io/job-completion-index`, `beta.kubernetes.io/arch`, ...) and the
+/// [`NOISE_PREFIXES`] do not.
+pub fn is_identity_relevant(key: &str) -> bool {
+    if key == keys::POD_NAMESPACE || key.starts_with("app.kubernetes.io/") {
+        return true;
+    }
+    let domain = key.split_once('/').map_or("", |(d, _)| d);
+    let in_domain = |d: &str| domain == d || domain.strip_suffix(d).is_some_and(|rest| rest.ends_with('.'));
+    if key.starts_with("io.kubernetes") || in_domain("kubernetes.io") || in_domain("k8s.io") {
+        return false;
+    }
+    !NOISE_PREFIXES.iter().any(|p| key.starts_with(p))
+}
+
+/// The identity labels of a pod: its identity-relevant labels ([`is_identity_relevant`]), its
+/// namespace, its namespace's labels, its service account and the cluster name, all with source
+/// `k8s` (as in CiliumIdentity `security-labels`).
 pub fn pod_labels(src: &PodIdentitySource<'_>) -> LabelSet {
-    let mut labels: LabelSet = src.pod_labels.iter().map(|(k, v)| Label::new(source::K8S, k, v)).collect();
+    let mut labels: LabelSet = src
+        .pod_labels
+        .iter()
+        .filter(|(k, _)| is_identity_relevant(k))
+        .map(|(k, v)| Label::new(source::K8S, k, v))
+        .collect();
     labels.insert(Label::new(source::K8S, keys::POD_NAMESPACE, src.namespace));
     for (k, v) in src.namespace_labels {
         labels.insert(Label::new(source::K8S, &format!("{}{k}", keys::NAMESPACE_LABELS_PREFIX), v));
@@ -215,9 +243,67 @@ impl CidrIdentityAllocator {
     }
 }
 
+/// `security-labels` of a CiliumIdentity: `source:key` → value.
+pub fn security_label_map(labels: &LabelSet) -> std::collections::BTreeMap<String, String> {
+    labels.iter().map(|l| (format!("{}:{}", l.source, l.key), l.value.clone())).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identity_relevant_label_keys_follow_ciliums_default_filter() {
+        let cases = [
+            ("app", true),
+            ("org", true),
+            ("app.kubernetes.io/name", true),
+            ("io.kubernetes.pod.namespace", true),
+            ("team.example.com/owner", true),
+            ("pod-template-hash", false),
+            ("pod-template-generation", false),
+            ("controller-revision-hash", false),
+            ("annotation.foo", false),
+            ("etcd_node", false),
+            ("io.kubernetes.container.name", false),
+            ("kubernetes.io/hostname", false),
+            ("statefulset.kubernetes.io/pod-name", false),
+            ("apps.kubernetes.io/pod-index", false),
+            ("batch.kubernetes.io/job-completion-index", false),
+            ("beta.kubernetes.io/arch", false),
+            ("k8s.io/foo", false),
+            ("sub.k8s.io/foo", false),
+            // A domain that merely ends in the same letters is not the kubernetes.io domain.
+            ("notkubernetes.io/x", true),
+        ];
+        for (key, want) in cases {
+            assert_eq!(is_identity_relevant(key), want, "{key}");
+        }
+    }
+
+    #[test]
+    fn pod_security_labels_drop_noise_and_carry_namespace_account_and_cluster() {
+        let labels = pod_labels(&PodIdentitySource {
+            namespace: "shop",
+            pod_labels: &[("app", "web"), ("pod-template-hash", "5d8f7"), ("controller-revision-hash", "abc")],
+            namespace_labels: &[("kubernetes.io/metadata.name", "shop"), ("team", "a")],
+            service_account: "web-sa",
+            cluster: "lab",
+        });
+        let map = security_label_map(&labels);
+        let want: std::collections::BTreeMap<String, String> = [
+            ("k8s:app", "web"),
+            ("k8s:io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name", "shop"),
+            ("k8s:io.cilium.k8s.namespace.labels.team", "a"),
+            ("k8s:io.cilium.k8s.policy.cluster", "lab"),
+            ("k8s:io.cilium.k8s.policy.serviceaccount", "web-sa"),
+            ("k8s:io.kubernetes.pod.namespace", "shop"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(map, want);
+    }
 
     #[test]
     fn reserved_identity_numbers_match_cilium() {

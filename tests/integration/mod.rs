@@ -132,3 +132,72 @@ pub fn ifindex_in(ns: &NetNs, ifname: &str) -> u32 {
         .expect("enter namespace")
         .unwrap_or_else(|| panic!("no interface {ifname} in {}", ns.name()))
 }
+
+/// Registers the pod of `pair` as the endpoint behind its host-side veth (`beeline_lxc`), as the
+/// CNI does before attaching: `from_container` drops sources it does not know ("Invalid source
+/// ip"), and its ARP responder answers with the host veth's MAC.
+pub fn register_pod_endpoint(topo: &Topology, pin_dir: &Path, pair: &PodOnNode) {
+    let std::net::IpAddr::V4(addr) = pair.pod_addr else { panic!("IPv4 pods only: {}", pair.pod_addr) };
+    let info = beeline_common::endpoint::EndpointInfo {
+        ifindex: ifindex_in(&pair.node, &pair.host_if),
+        mac: topo.mac(&pair.pod, &pair.pod_if).expect("pod MAC"),
+        node_mac: topo.mac(&pair.node, &pair.host_if).expect("host veth MAC"),
+        ..Default::default()
+    };
+    beeline::datapath::tables::upsert_endpoint(pin_dir, addr, &info).expect("register the pod's endpoint");
+}
+
+/// The in-memory Kubernetes API on 127.0.0.1, on its own runtime; stops when dropped.
+pub struct TestApiServer {
+    pub port: u16,
+    pub server: beeline_apiserver::ApiServer,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl TestApiServer {
+    pub fn start() -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = beeline_apiserver::ApiServer::default();
+        // As in a cluster, the CRDs exist before agents start (the operator installs them): the
+        // agent's controllers watch CiliumNodes and CiliumEndpoints and write CiliumEndpoints.
+        runtime.block_on(async {
+            use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+            let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(server.client());
+            for crd in beeline::crds::all() {
+                crds.create(&Default::default(), &crd).await.expect("create CRD");
+            }
+        });
+        let serving = server.clone();
+        runtime.spawn(async move { serving.serve(listener).await });
+        Self { port, server, _runtime: runtime }
+    }
+}
+
+/// Kills the child if the test fails before it stopped it.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    pub fn sigterm_and_wait(&mut self) -> std::process::ExitStatus {
+        // SAFETY: plain kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill(SIGTERM) failed");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "process did not stop within 15 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

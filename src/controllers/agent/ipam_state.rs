@@ -250,6 +250,20 @@ impl NodeIpam {
         Ok(released)
     }
 
+    /// The addresses the attachment (container ID, interface) holds.
+    pub fn attachment_ips(&self, container_id: &str, interface: &str) -> Vec<IpAddr> {
+        let inner = self.lock();
+        inner
+            .allocators
+            .values()
+            .flat_map(|a| a.allocations())
+            .filter(|(_, o)| {
+                matches!(o, Owner::Endpoint { container_id: c, interface: i, .. } if c == container_id && i == interface)
+            })
+            .map(|(ip, _)| ip)
+            .collect()
+    }
+
     pub fn listing(&self) -> IpamListing {
         let inner = self.lock();
         IpamListing {

@@ -32,3 +32,48 @@ pub type LocalEndpointsRx = watch::Receiver<LocalEndpoints>;
 pub fn channel() -> (LocalEndpointsTx, LocalEndpointsRx) {
     watch::channel(Arc::default())
 }
+
+/// A pod's own labels recovered from its identity labels (`k8s:app=web`, ...): the `k8s` source
+/// only, without the keys the identity derives from the namespace (`io.kubernetes.pod.namespace`,
+/// `io.cilium.k8s.namespace.labels.*`), which the policy controller adds back from its Namespace
+/// cache. Only used until the endpoint's CiliumIdentity is in that cache.
+pub fn own_labels(identity_labels: &[String]) -> BTreeMap<String, String> {
+    use crate::policy::identity::keys;
+    identity_labels
+        .iter()
+        .filter_map(|l| l.strip_prefix("k8s:"))
+        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+        .filter(|(k, _)| *k != keys::POD_NAMESPACE && !k.starts_with(keys::NAMESPACE_LABELS_PREFIX))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_labels_keep_the_pods_k8s_labels_only() {
+        type Case = (&'static [&'static str], &'static [(&'static str, &'static str)]);
+        let cases: &[Case] = &[
+            (&[], &[]),
+            (&["reserved:init"], &[]),
+            (
+                &[
+                    "k8s:app=web",
+                    "k8s:io.kubernetes.pod.namespace=default",
+                    "k8s:io.cilium.k8s.namespace.labels.team=a",
+                    "k8s:io.cilium.k8s.policy.serviceaccount=default",
+                    "k8s:flag",
+                    "container:x=y",
+                ],
+                &[("app", "web"), ("flag", ""), ("io.cilium.k8s.policy.serviceaccount", "default")],
+            ),
+        ];
+        for (input, want) in cases {
+            let input: Vec<String> = input.iter().map(|s| s.to_string()).collect();
+            let want: BTreeMap<String, String> = want.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            assert_eq!(own_labels(&input), want, "{input:?}");
+        }
+    }
+}

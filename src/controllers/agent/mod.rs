@@ -2,8 +2,12 @@
 
 pub mod ipam_state;
 pub mod local_endpoints;
+pub mod multi_pool;
 pub mod node_ipam;
 pub mod policy_state;
 pub mod policy_watch;
+pub mod remote;
+pub mod remote_endpoints;
+pub mod remote_nodes;
 pub mod services;
 pub mod services_watch;

@@ -3,40 +3,29 @@
 //! feed debounced passes of [`PolicyState::pass`]; the rows go to the policy tables of the map manager
 //! and each CNP/CCNP gets its `Valid` condition.
 //!
-//! As in the services loop, no pass runs before every reflector has listed once and the endpoint
-//! manager has published its endpoints: the first pass lets the manager prune rows nobody wants.
+//! With the rules of [`crate::controllers::watch`], no pass runs before every reflector has listed once
+//! and the endpoint manager has published its endpoints: the first pass lets the manager prune rows nobody wants.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::stream::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::Client;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::local_endpoints::LocalEndpointsRx;
 use super::policy_state::{PolicyInputs, PolicyState, Validity};
-use super::services_watch::{reflect, snapshot};
+use crate::controllers::watch::{snapshot, WatchError, Watches};
 use crate::crds::cilium_network_policy::{PolicyStatus, CONDITION_VALID};
 use crate::crds::{CiliumClusterwideNetworkPolicy, CiliumIdentity, CiliumNetworkPolicy};
 use crate::datapath::manager::maps::{PolicyEndpoints, PolicyMap};
 use crate::datapath::manager::{Owner, TableHandle};
 use crate::policy::PolicySource;
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("the policy watches ended")]
-    WatchesEnded,
-}
-
-const WATCHED: [&str; 5] =
-    ["CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy", "NetworkPolicy", "Namespace", "CiliumIdentity"];
 
 /// The policy tables the controller writes.
 #[derive(Clone)]
@@ -67,80 +56,59 @@ pub struct PolicyController {
 pub async fn run(
     client: Client,
     mut ctl: PolicyController,
-    mut endpoints: LocalEndpointsRx,
+    endpoints: LocalEndpointsRx,
     shutdown: CancellationToken,
-) -> Result<(), Error> {
+) -> Result<(), WatchError> {
     let all = watcher::Config::default;
-    let (cnps, w0) = reflect(0, WATCHED[0], Api::<CiliumNetworkPolicy>::all(client.clone()), all());
-    let (ccnps, w1) = reflect(1, WATCHED[1], Api::<CiliumClusterwideNetworkPolicy>::all(client.clone()), all());
-    let (knps, w2) = reflect(2, WATCHED[2], Api::<NetworkPolicy>::all(client.clone()), all());
-    let (namespaces, w3) = reflect(3, WATCHED[3], Api::<Namespace>::all(client.clone()), all());
-    let (identities, w4) = reflect(4, WATCHED[4], Api::<CiliumIdentity>::all(client.clone()), all());
-    let mut events = futures::stream::select_all([w0, w1, w2, w3, w4]);
-
-    let mut listed = [false; WATCHED.len()];
-    // The endpoint manager publishes once it knows its endpoints (after a restart: restored ones).
-    let mut endpoints_known = false;
-    let mut pass_at: Option<Instant> = None;
+    let mut watches = Watches::new("policy");
+    let cnps = watches.add("CiliumNetworkPolicy", Api::<CiliumNetworkPolicy>::all(client.clone()), all());
+    let ccnps = watches.add(
+        "CiliumClusterwideNetworkPolicy",
+        Api::<CiliumClusterwideNetworkPolicy>::all(client.clone()),
+        all(),
+    );
+    let knps = watches.add("NetworkPolicy", Api::<NetworkPolicy>::all(client.clone()), all());
+    let namespaces = watches.add("Namespace", Api::<Namespace>::all(client.clone()), all());
+    let identities = watches.add("CiliumIdentity", Api::<CiliumIdentity>::all(client.clone()), all());
+    // The endpoint manager publishes once it knows its endpoints (after a restart: restored ones),
+    // so the first pass never prunes the rows of endpoints that are still there.
+    watches.add_channel("LocalEndpoints", endpoints.clone());
     let mut passes: u64 = 0;
-    loop {
-        let ready = endpoints_known && listed.iter().all(|l| *l);
-        let timer = async {
-            match pass_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
+    watches
+        .run(ctl.debounce, shutdown, || {
+            let span = tracing::info_span!("policy_pass", pass = passes).entered();
+            let (cnps, ccnps, knps, namespaces, identities) =
+                (snapshot(&cnps), snapshot(&ccnps), snapshot(&knps), snapshot(&namespaces), snapshot(&identities));
+            let eps = endpoints.borrow().clone();
+            let inputs = PolicyInputs {
+                cnps: &cnps,
+                ccnps: &ccnps,
+                knps: &knps,
+                namespaces: &namespaces,
+                identities: &identities,
+                endpoints: &eps,
+            };
+            let out = ctl.state.pass(&inputs);
+            ctl.tables.entries.replace_owner(&ctl.owner, out.rows.iter().map(|(k, v)| (*k, *v)));
+            ctl.tables.endpoints.replace_owner(&ctl.owner, out.enforcement.iter().map(|(k, v)| (*k, *v)));
+            if passes == 0 {
+                ctl.owner.initial_pass_done();
             }
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            changed = endpoints.changed() => {
-                if changed.is_err() {
-                    // The endpoint manager is gone: the agent is shutting down.
-                    return Ok(());
-                }
-                endpoints_known = true;
-                pass_at.get_or_insert_with(|| Instant::now() + ctl.debounce);
+            passes += 1;
+            tracing::debug!(rows = out.rows.len(), recompiled = out.recompiled.len(), "policy pass submitted");
+            *ctl.view.lock().unwrap() = PolicyView {
+                endpoints: ctl.state.endpoints_json(),
+                selectors: ctl.state.selectors_json(),
+                policies: ctl.state.policies_json(),
+            };
+            drop(span);
+            let (client, validity) = (client.clone(), out.validity);
+            async move {
+                write_conditions(&client, &cnps, &ccnps, &validity).await;
+                None
             }
-            event = events.next() => match event {
-                None => return Err(Error::WatchesEnded),
-                Some(Err(e)) => tracing::warn!(error = %e, "watch error; retrying with backoff"),
-                Some(Ok((index, init_done))) => {
-                    if init_done && !listed[index] {
-                        tracing::info!(kind = WATCHED[index], "cache synced");
-                        listed[index] = true;
-                    }
-                    pass_at.get_or_insert_with(|| Instant::now() + ctl.debounce);
-                }
-            },
-            _ = timer, if ready => {
-                pass_at = None;
-                let _span = tracing::info_span!("policy_pass", pass = passes).entered();
-                let (cnps, ccnps, knps, namespaces, identities) = (
-                    snapshot(&cnps), snapshot(&ccnps), snapshot(&knps), snapshot(&namespaces), snapshot(&identities),
-                );
-                let eps = endpoints.borrow_and_update().clone();
-                let inputs = PolicyInputs {
-                    cnps: &cnps, ccnps: &ccnps, knps: &knps, namespaces: &namespaces, identities: &identities,
-                    endpoints: &eps,
-                };
-                let out = ctl.state.pass(&inputs);
-                ctl.tables.entries.replace_owner(&ctl.owner, out.rows.iter().map(|(k, v)| (*k, *v)));
-                ctl.tables.endpoints.replace_owner(&ctl.owner, out.enforcement.iter().map(|(k, v)| (*k, *v)));
-                if passes == 0 {
-                    ctl.owner.initial_pass_done();
-                }
-                passes += 1;
-                tracing::debug!(rows = out.rows.len(), recompiled = out.recompiled.len(), "policy pass submitted");
-                *ctl.view.lock().unwrap() = PolicyView {
-                    endpoints: ctl.state.endpoints_json(),
-                    selectors: ctl.state.selectors_json(),
-                    policies: ctl.state.policies_json(),
-                };
-                drop(_span);
-                write_conditions(&client, &cnps, &ccnps, &out.validity).await;
-            }
-        }
-    }
+        })
+        .await
 }
 
 /// The `Valid` condition as Cilium writes it (empty reason), keeping the transition time when the

@@ -118,7 +118,7 @@ pub async fn run_with(
         reflector::reflector(node_writer, watcher(Api::<Node>::all(client.clone()), Default::default())).boxed();
     let cn_watch =
         reflector::reflector(cn_writer, watcher(Api::<CiliumNode>::all(client.clone()), Default::default())).boxed();
-    let watches = tokio::spawn(drive(node_watch, cn_watch, changed.clone()));
+    let watches = tokio::spawn(drive(node_watch, cn_watch, ["Node", "CiliumNode"], changed.clone()));
     let _stop_watches = AbortOnDrop(watches);
 
     let recorder = Recorder::new(
@@ -166,7 +166,8 @@ pub async fn run_with(
     }
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// Aborts the watch task when the controller returns.
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
@@ -174,17 +175,18 @@ impl Drop for AbortOnDrop {
 }
 
 /// Polls both watches (which keeps the stores current) and wakes the loop on every event.
-async fn drive<A, B, E1, E2>(nodes: A, cilium_nodes: B, changed: Arc<Notify>)
+/// `labels` name the two watches in logs.
+pub(crate) async fn drive<A, B, K1, K2, E1, E2>(first: A, second: B, labels: [&'static str; 2], changed: Arc<Notify>)
 where
-    A: futures::Stream<Item = Result<watcher::Event<Node>, E1>> + Send + Unpin,
-    B: futures::Stream<Item = Result<watcher::Event<CiliumNode>, E2>> + Send + Unpin,
+    A: futures::Stream<Item = Result<watcher::Event<K1>, E1>> + Send + Unpin,
+    B: futures::Stream<Item = Result<watcher::Event<K2>, E2>> + Send + Unpin,
     E1: std::fmt::Display,
     E2: std::fmt::Display,
 {
-    let nodes = nodes.default_backoff().map(|r| r.map(|_| ()).map_err(|e| format!("Node watch: {e}"))).boxed();
-    let cns =
-        cilium_nodes.default_backoff().map(|r| r.map(|_| ()).map_err(|e| format!("CiliumNode watch: {e}"))).boxed();
-    let mut merged = futures::stream::select(nodes, cns);
+    let [l1, l2] = labels;
+    let first = first.default_backoff().map(move |r| r.map(|_| ()).map_err(|e| format!("{l1} watch: {e}"))).boxed();
+    let second = second.default_backoff().map(move |r| r.map(|_| ()).map_err(|e| format!("{l2} watch: {e}"))).boxed();
+    let mut merged = futures::stream::select(first, second);
     while let Some(event) = merged.next().await {
         if let Err(e) = event {
             tracing::warn!(error = %e, "watch error; retrying with backoff");
@@ -214,7 +216,7 @@ fn pod_cidrs_of(cn: &CiliumNode) -> Vec<String> {
     cn.spec.ipam.as_ref().map(|i| i.pod_cidrs.clone()).unwrap_or_default()
 }
 
-fn operator_error_of(cn: &CiliumNode) -> Option<String> {
+pub(crate) fn operator_error_of(cn: &CiliumNode) -> Option<String> {
     cn.status.as_ref()?.ipam.as_ref()?.operator_status.as_ref()?.error.clone()
 }
 
@@ -313,6 +315,15 @@ async fn apply_node(
 }
 
 async fn write_status(api: &Api<CiliumNode>, name: &str, error: Option<&str>) -> Result<(), Error> {
+    apply_operator_error(api, name, error).await.map_err(|source| Error::ApplyStatus { node: name.into(), source })
+}
+
+/// Applies `status.ipam.operator-status` as [`FIELD_MANAGER`] (also used by multi-pool).
+pub(crate) async fn apply_operator_error(
+    api: &Api<CiliumNode>,
+    name: &str,
+    error: Option<&str>,
+) -> Result<(), kube::Error> {
     // Applying `operator-status` without `error` removes an error this manager applied before.
     let operator_status = match error {
         Some(e) => json!({ "error": e }),
@@ -324,9 +335,7 @@ async fn write_status(api: &Api<CiliumNode>, name: &str, error: Option<&str>) ->
         "metadata": { "name": name },
         "status": { "ipam": { "operator-status": operator_status } },
     });
-    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map_err(|source| Error::ApplyStatus { node: name.into(), source })?;
+    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
     Ok(())
 }
 
@@ -338,15 +347,26 @@ async fn publish(
     note: String,
     reference: &k8s_openapi::api::core::v1::ObjectReference,
 ) {
+    publish_event(&ctx.recorder, type_, reason, note, reference).await;
+}
+
+/// Records an `AllocatePodCIDR` Event, best effort (also used by multi-pool).
+pub(crate) async fn publish_event(
+    recorder: &Recorder,
+    type_: EventType,
+    reason: &str,
+    note: String,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+) {
     let event =
         Event { type_, reason: reason.into(), note: Some(note), action: "AllocatePodCIDR".into(), secondary: None };
-    if let Err(error) = ctx.recorder.publish(&event, reference).await {
+    if let Err(error) = recorder.publish(&event, reference).await {
         tracing::warn!(%error, reason, "cannot record Event");
     }
 }
 
 /// Events regard the CiliumNode (cluster-scoped; kube-runtime records them in `default`).
-fn node_reference(name: &str, current: Option<&CiliumNode>) -> k8s_openapi::api::core::v1::ObjectReference {
+pub(crate) fn node_reference(name: &str, current: Option<&CiliumNode>) -> k8s_openapi::api::core::v1::ObjectReference {
     match current {
         Some(cn) => cn.object_ref(&()),
         None => k8s_openapi::api::core::v1::ObjectReference {

@@ -1,4 +1,5 @@
-//! The kernel backend: a pinned BPF hash map, opened through aya.
+//! The kernel backends: a pinned BPF hash map ([`KernelMap`]) or LPM trie ([`KernelLpmMap`]),
+//! opened through aya.
 //!
 //! Maps are pinned by name under one bpffs directory. At start the manager reopens the pin when its
 //! shape (type, key/value size, max entries, flags) matches the definition — keeping the entries the
@@ -8,7 +9,7 @@
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, Map, MapData, MapError};
+use aya::maps::{lpm_trie, HashMap, LpmTrie, Map, MapData, MapError};
 
 use super::backend::{BackendError, MapBackend};
 use super::{MapDef, MapSpec};
@@ -146,6 +147,103 @@ impl<K: aya::Pod + Send, V: aya::Pod + Send> MapBackend<K, V> for KernelMap<K, V
                 Ok(row) => rows.push(row),
                 // An entry deleted between "next key" and "lookup" (the datapath or another writer):
                 // it is gone, which is what the dump should say.
+                Err(e) if is_enoent(&e) => {}
+                Err(e) => return Err(err(self.name, "dump", e)),
+            }
+        }
+        Ok(rows)
+    }
+}
+
+/// A map key that is an LPM trie key: a prefix length followed by the data the trie matches on.
+/// The manager keys rows by the whole key (so `/24` and `/32` of one address are two rows); the
+/// kernel API wants the two parts apart ([`lpm_trie::Key`]).
+pub trait LpmKey: aya::Pod {
+    type Data: aya::Pod;
+    fn to_lpm(&self) -> lpm_trie::Key<Self::Data>;
+    fn from_lpm(key: &lpm_trie::Key<Self::Data>) -> Self;
+}
+
+impl LpmKey for beeline_common::ipcache::IpcacheKey {
+    type Data = beeline_common::ipcache::IpcacheLpmData;
+
+    fn to_lpm(&self) -> lpm_trie::Key<Self::Data> {
+        lpm_trie::Key::new(self.prefixlen, self.data)
+    }
+
+    fn from_lpm(key: &lpm_trie::Key<Self::Data>) -> Self {
+        Self { prefixlen: key.prefix_len(), data: key.data() }
+    }
+}
+
+impl LpmKey for beeline_common::policy::PolicyKey {
+    type Data = beeline_common::policy::PolicyLpmData;
+
+    fn to_lpm(&self) -> lpm_trie::Key<Self::Data> {
+        lpm_trie::Key::new(self.prefixlen, self.data)
+    }
+
+    fn from_lpm(key: &lpm_trie::Key<Self::Data>) -> Self {
+        Self { prefixlen: key.prefix_len(), data: key.data() }
+    }
+}
+
+/// A typed pinned LPM trie.
+pub struct KernelLpmMap<K: LpmKey, V> {
+    name: &'static str,
+    map: LpmTrie<MapData, K::Data, V>,
+}
+
+impl<K: LpmKey, V: aya::Pod> KernelLpmMap<K, V> {
+    fn from_data(name: &'static str, data: MapData) -> Result<Self, BackendError> {
+        let map = Map::from_map_data(data).map_err(|e| err(name, "open", e))?;
+        let map = LpmTrie::try_from(map).map_err(|e| err(name, "open", e))?;
+        Ok(Self { name, map })
+    }
+
+    /// Opens (or creates) the trie of definition `M` under `pin_dir`.
+    pub fn open_or_create<M: MapDef<Key = K, Value = V>>(pin_dir: &Path) -> Result<Self, BackendError> {
+        let data = open_or_create(pin_dir, &MapSpec::of::<M>())?;
+        Self::from_data(M::NAME, data)
+    }
+
+    /// Opens an existing pin read-write without checking or creating anything (debug CLI, tests).
+    pub fn open_pinned<M: MapDef<Key = K, Value = V>>(pin_dir: &Path) -> Result<Self, BackendError> {
+        let data = MapData::from_pin(pin_dir.join(M::NAME)).map_err(|e| err(M::NAME, "open pin", e))?;
+        Self::from_data(M::NAME, data)
+    }
+
+    /// Longest-prefix match of `key`, as the datapath sees it.
+    pub fn lookup(&self, key: &K) -> Result<Option<V>, BackendError> {
+        match self.map.get(&key.to_lpm(), 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if is_enoent(&e) => Ok(None),
+            Err(e) => Err(err(self.name, "lookup", e)),
+        }
+    }
+}
+
+impl<K: LpmKey + Send, V: aya::Pod + Send> MapBackend<K, V> for KernelLpmMap<K, V>
+where
+    K::Data: Send,
+{
+    fn upsert(&mut self, key: &K, value: &V) -> Result<(), BackendError> {
+        self.map.insert(&key.to_lpm(), value, 0).map_err(|e| err(self.name, "update", e))
+    }
+
+    fn delete(&mut self, key: &K) -> Result<(), BackendError> {
+        match self.map.remove(&key.to_lpm()) {
+            Ok(()) => Ok(()),
+            Err(e) if is_enoent(&e) => Ok(()),
+            Err(e) => Err(err(self.name, "delete", e)),
+        }
+    }
+
+    fn dump(&mut self) -> Result<Vec<(K, V)>, BackendError> {
+        let mut rows = Vec::new();
+        for item in self.map.iter() {
+            match item {
+                Ok((k, v)) => rows.push((K::from_lpm(&k), v)),
                 Err(e) if is_enoent(&e) => {}
                 Err(e) => return Err(err(self.name, "dump", e)),
             }

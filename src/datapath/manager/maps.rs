@@ -4,6 +4,7 @@
 
 use beeline_common::{
     endpoint::{self, EndpointInfo, EndpointKey},
+    ipcache::{self, IpcacheKey, RemoteEndpointInfo},
     lb::{self, Lb4Backend, Lb4BackendKey, Lb4Key, Lb4RevNatKey, Lb4ReverseNat, Lb4Service},
     policy::{self, PolicyEndpointConfig, PolicyEndpointKey, PolicyEntry, PolicyKey},
     tunnel::{self, TunnelKey, TunnelValue},
@@ -169,6 +170,34 @@ impl MapDef for PolicyEndpoints {
     }
 }
 
+/// The remote side of the datapath shares one writer: tunnel rows before the ipcache rows whose
+/// destinations they carry, and removal the other way round (make before break), so a pod CIDR is
+/// never in the ipcache without a way to reach its node.
+pub const REMOTE_GROUP: (&str, WriteOrder) = ("remote", WriteOrder::MakeBeforeBreak);
+
+/// Prefix → identity and tunnel endpoint (`beeline_ipcache`, Cilium's `cilium_ipcache`): an LPM
+/// trie of the same shape as the eBPF object's, so the loader and the manager share the pin.
+pub struct Ipcache;
+
+impl MapDef for Ipcache {
+    type Key = IpcacheKey;
+    type Value = RemoteEndpointInfo;
+    const NAME: &'static str = ipcache::MAP_NAME;
+    const KIND: MapKind = MapKind::LpmTrie;
+    const MAX_ENTRIES: u32 = ipcache::MAX_ENTRIES;
+    const FLAGS: u32 = BPF_F_NO_PREALLOC;
+
+    fn row_json(k: &IpcacheKey, v: &RemoteEndpointInfo) -> serde_json::Value {
+        let prefix_len = k.prefixlen.saturating_sub(ipcache::STATIC_PREFIX_BITS);
+        json!({
+            "prefix": format!("{}/{prefix_len}", ipv4(k.data.ip4)),
+            "identity": v.sec_identity,
+            "tunnel_endpoint": ipv4(v.tunnel_endpoint),
+            "flags": v.flags,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +222,20 @@ mod tests {
         let row = Lb4Services::row_json(&k, &v);
         assert_eq!(row["frontend"], "10.96.0.1:80");
         assert_eq!(row["count"], 2);
+    }
+
+    #[test]
+    fn ipcache_rows_render_the_prefix_without_the_static_bits() {
+        let k = IpcacheKey::ipv4(u32::from_ne_bytes([10, 0, 1, 77]), 24);
+        let v = RemoteEndpointInfo {
+            sec_identity: 2,
+            tunnel_endpoint: u32::from_ne_bytes([172, 18, 0, 5]),
+            ..Default::default()
+        };
+        let row = Ipcache::row_json(&k, &v);
+        assert_eq!(row["prefix"], "10.0.1.0/24", "host bits cleared, /24 not /56");
+        assert_eq!(row["tunnel_endpoint"], "172.18.0.5");
+        assert_eq!(row["identity"], 2);
     }
 
     #[test]

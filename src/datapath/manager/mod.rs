@@ -40,7 +40,8 @@ use writer::{GroupWriter, MapState, Member, SyncState, TypedMember};
 pub enum MapKind {
     Hash,
     LruHash,
-    /// Longest-prefix-match trie; the key starts with a `u32` prefix length.
+    /// Longest-prefix match; the kernel requires `BPF_F_NO_PREALLOC`. Rows are exact prefixes, so
+    /// the manager's per-key semantics carry over unchanged (the datapath does the LPM lookup).
     LpmTrie,
 }
 

@@ -1,0 +1,90 @@
+//! `from_netdev` (tc ingress) and `to_netdev` (tc egress) on the node's uplink(s) — the devices
+//! of Cilium's `devices` key.
+//!
+//! - `to_netdev` masquerades pod traffic leaving the cluster to the node IP ([`crate::nat`]);
+//! - `from_netdev` reverses that translation for replies and delivers them to the pod, and —
+//!   in native routing, where peers route our pod CIDR to this node — delivers packets for local
+//!   pods straight to their veth peer (the node namespace has no routes to individual pods).
+//!
+//! Anything else passes unchanged: the uplink carries the node's own traffic too.
+
+use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
+use beeline_common::{
+    datapath::{DatapathConfig, CONFIG_F_MASQUERADE},
+    endpoint::ENDPOINT_F_HOST,
+    ipcache::{IDENTITY_UNKNOWN, IDENTITY_WORLD},
+};
+
+use crate::{
+    drop::drop,
+    forward, lookup,
+    nat::{self, SnatTarget},
+    parse::{self, Ipv4Hdr, ETH_P_IP},
+};
+
+#[inline(always)]
+fn ipv4_frame(ctx: &TcContext) -> Option<Ipv4Hdr> {
+    let eth = parse::eth(ctx).ok()?;
+    if eth.proto() != ETH_P_IP {
+        return None;
+    }
+    parse::ipv4(ctx).ok()
+}
+
+#[classifier]
+pub fn to_netdev(ctx: TcContext) -> i32 {
+    let config = lookup::config();
+    if config.flags & CONFIG_F_MASQUERADE == 0 || config.node_ip == 0 {
+        return TC_ACT_OK;
+    }
+    let Some(ip) = ipv4_frame(&ctx) else {
+        return TC_ACT_OK;
+    };
+    if !needs_masquerade(&ip, &config) {
+        return TC_ACT_OK;
+    }
+    let target = SnatTarget { addr_be: config.node_ip, port_min: config.nat_port_min, port_max: config.nat_port_max };
+    match nat::snat_v4(&ctx, &ip, &target) {
+        Ok(()) => TC_ACT_OK,
+        Err(reason) => drop(&ctx, reason),
+    }
+}
+
+/// Pod source, destination outside the cluster: not in the native-routing CIDR, not a local
+/// endpoint, and not an ipcache entry with a cluster identity (pods, nodes); the world entry or
+/// no entry at all means outside.
+#[inline(always)]
+fn needs_masquerade(ip: &Ipv4Hdr, config: &DatapathConfig) -> bool {
+    let (src, dst) = (ip.saddr_be(), ip.daddr_be());
+    match lookup::endpoint(src) {
+        Some(ep) if ep.flags & ENDPOINT_F_HOST == 0 => {}
+        _ => return false,
+    }
+    if config.in_native_cidr(dst) || lookup::endpoint(dst).is_some() {
+        return false;
+    }
+    match lookup::ipcache(dst) {
+        Some(info) => info.sec_identity == IDENTITY_WORLD || info.sec_identity == IDENTITY_UNKNOWN,
+        None => true,
+    }
+}
+
+#[classifier]
+pub fn from_netdev(ctx: TcContext) -> i32 {
+    let Some(ip) = ipv4_frame(&ctx) else {
+        return TC_ACT_OK;
+    };
+    let config = lookup::config();
+    let mut dst = ip.daddr_be();
+    if config.flags & CONFIG_F_MASQUERADE != 0 && dst == config.node_ip && dst != 0 {
+        match nat::rev_snat_v4(&ctx, &ip) {
+            Ok(Some(original)) => dst = original,
+            Ok(None) => return TC_ACT_OK,
+            Err(reason) => return drop(&ctx, reason),
+        }
+    }
+    match lookup::endpoint(dst) {
+        Some(ep) if ep.flags & ENDPOINT_F_HOST == 0 => forward::to_local_endpoint(&ctx, &ip, &ep, &config),
+        _ => TC_ACT_OK,
+    }
+}
