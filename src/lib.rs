@@ -4,6 +4,8 @@
 //! `policy` | `ipam` → `crds` | `beeline_common`. Pure cores know no I/O.
 
 pub mod agent;
+#[cfg(any(test, feature = "testing"))]
+pub mod bench;
 pub mod cli;
 pub mod cni;
 pub mod config;

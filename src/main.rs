@@ -34,6 +34,8 @@ enum Command {
     Policy(cli::policy::PolicyArgs),
     /// The local agent's endpoints with their identity and policy enforcement (`list`).
     Endpoint(cli::policy::EndpointArgs),
+    /// The services the datapath balances (`beeline service list`), from the pinned LB maps.
+    Service(cli::service::ServiceArgs),
     /// Read the pinned BPF maps directly (`beeline bpf lb list`) and remove the datapath.
     Bpf(cli::bpf::BpfArgs),
     /// A cluster on this machine out of network namespaces (root).
@@ -88,6 +90,7 @@ fn main() {
             Command::Operator(args) => operator::run(args).await,
             Command::Status(args) => cli::status::run(args).await,
             Command::Bpf(args) => cli::bpf::run(args).await,
+            Command::Service(args) => cli::service::run(args).await,
             Command::Lab(args) => lab::run(args).await,
             Command::Connectivity(args) => lab::connectivity::run(args).await,
             Command::Ipam(args) => cli::ipam::run(args).await,

@@ -721,3 +721,101 @@ fn a_node_added_later_becomes_reachable_and_a_removed_node_stops_being_routed() 
     let (tx, rx) = traffic::ping(&a.pod.ns, IpAddr::V4(cluster.pod(0, 1).pod.addr), 2).unwrap();
     assert_eq!((tx, rx), (2, 2), "local pods are unaffected");
 }
+
+/// The service load balancer with real TCP: pod (0,0) connects 30 times to a ClusterIP whose three
+/// backends are one pod on its node and two on the other node (over VXLAN). Every connection
+/// completes — the kernel only accepts the SYN-ACK because it comes back from the VIP, i.e. reverse
+/// NAT ran in the local backend's `from_container` and in `from_overlay` for the remote ones — and
+/// new connections spread over all three backends.
+#[test]
+fn a_cluster_ip_spreads_connections_over_local_and_remote_backends_with_replies_from_the_vip() {
+    use beeline::config::LbAlgorithm;
+    use beeline::services::{desired_state, Inputs, LbIds, ServicesConfig};
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    };
+
+    let cluster = Cluster::new("lb-vxlan", Routing::Tunnel(TunnelProtocol::Vxlan), 65);
+    let backends = [cluster.pod(0, 1), cluster.pod(1, 0), cluster.pod(1, 1)];
+    let vip = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10)), 80);
+    let service = serde_json::from_value(serde_json::json!({
+        "metadata": {"namespace": "default", "name": "echo"},
+        "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]},
+    }))
+    .unwrap();
+    let endpoints: Vec<serde_json::Value> = backends
+        .iter()
+        .map(|p| serde_json::json!({"addresses": [p.pod.addr.to_string()], "conditions": {"ready": true}}))
+        .collect();
+    let slice = serde_json::from_value(serde_json::json!({
+        "metadata": {"namespace": "default", "name": "echo-1", "labels": {"kubernetes.io/service-name": "echo"}},
+        "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}], "endpoints": endpoints,
+    }))
+    .unwrap();
+    let cfg = ServicesConfig {
+        node_name: "node1".into(),
+        extra_node_addresses: Vec::new(),
+        kube_proxy_replacement: true,
+        node_port_range: (30000, 32767),
+        lb_algorithm: LbAlgorithm::Random,
+        service_proxy_name: None,
+        maglev_table_size: 251,
+    };
+    let (services, slices) = (vec![service], vec![slice]);
+    let inputs = Inputs { services: &services, endpoint_slices: &slices, ..Default::default() };
+    let desired = desired_state(&inputs, &cfg, &mut LbIds::new());
+    assert_eq!(desired.frontends.len(), 1, "{:?}", desired.notes);
+    beeline::datapath::testing::lb::program(&cluster.nodes[0].bpffs.pin_dir(), &desired);
+
+    // Each backend answers every connection with its own address, until told to stop (bounded).
+    let stop = Arc::new(AtomicBool::new(false));
+    let servers: Vec<_> = backends
+        .iter()
+        .map(|p| {
+            let addr = SocketAddr::new(IpAddr::V4(p.pod.addr), 8080);
+            let listener = p.pod.ns.run(|| TcpListener::bind(addr)).unwrap().unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let (stop, octets) = (stop.clone(), p.pod.addr.octets());
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    match listener.accept() {
+                        Ok((mut conn, _)) => {
+                            let _ = conn.write_all(&octets);
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let client = cluster.pod(0, 0);
+    let mut seen = std::collections::BTreeMap::<Ipv4Addr, u32>::new();
+    for i in 0..30 {
+        let mut conn = client
+            .pod
+            .ns
+            .run(|| TcpStream::connect_timeout(&vip, Duration::from_secs(5)))
+            .unwrap()
+            .unwrap_or_else(|e| panic!("connection {i} to {vip}: {e}"));
+        assert_eq!(conn.peer_addr().unwrap(), vip);
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut octets = [0u8; 4];
+        conn.read_exact(&mut octets).unwrap_or_else(|e| panic!("reply on connection {i}: {e}"));
+        *seen.entry(Ipv4Addr::from(octets)).or_default() += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for server in servers {
+        server.join().unwrap();
+    }
+    let expected: std::collections::BTreeSet<Ipv4Addr> = backends.iter().map(|p| p.pod.addr).collect();
+    // 30 random choices among 3: one backend left out with probability below 2e-5.
+    assert_eq!(seen.keys().copied().collect::<std::collections::BTreeSet<_>>(), expected, "{seen:?}");
+    assert_eq!(seen.values().sum::<u32>(), 30);
+    for node in &cluster.nodes {
+        let drops = tables::read_drops(&node.bpffs.pin_dir()).unwrap();
+        assert!(drops.is_empty(), "no drops expected on {}: {drops:?}", node.ns.name());
+    }
+}

@@ -73,6 +73,10 @@ pub mod drop_reason {
     pub const FRAG_NOSUPPORT: u32 = 157;
     /// Tunnel mode, remote destination known, but the tunnel device is not configured.
     pub const NO_TUNNEL_ENDPOINT: u32 = 160;
+    /// A service frontend without any backend (answered with ICMP port unreachable when possible).
+    pub const NO_SERVICE: u32 = 158;
+    /// A client outside the frontend's `loadBalancerSourceRanges`.
+    pub const NOT_IN_SRC_RANGE: u32 = 177;
     /// Masquerading found no free source port (or could not store the mapping).
     pub const NAT_NO_MAPPING: u32 = 167;
     /// Masquerading cannot translate this protocol (not TCP, UDP or ICMP echo).
@@ -103,6 +107,8 @@ pub mod drop_reason {
             POLICY => "Policy denied",
             INVALID => "Invalid packet",
             WRITE_ERROR => "Error writing to packet",
+            NO_SERVICE => "Service backend not found",
+            NOT_IN_SRC_RANGE => "Source IP not in load balancer source ranges",
             FRAG_NOSUPPORT => "IP fragmentation not supported",
             NO_TUNNEL_ENDPOINT => "No tunnel/encapsulation endpoint (datapath BUG!)",
             NAT_NO_MAPPING => "No mapping for NAT masquerade",

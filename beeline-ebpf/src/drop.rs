@@ -7,6 +7,14 @@ use crate::maps::DROPS;
 
 #[inline(always)]
 pub fn drop(ctx: &TcContext, reason: u32) -> i32 {
+    count(ctx, reason);
+    TC_ACT_SHOT
+}
+
+/// Counts the packet under `reason` without deciding its fate (a rejected packet is answered,
+/// e.g. with an ICMP error, but still shows up as dropped, like Cilium's drop notifications).
+#[inline(always)]
+pub fn count(ctx: &TcContext, reason: u32) {
     if let Some(stats) = DROPS.get_ptr_mut(reason) {
         // SAFETY: per-CPU slot from a successful lookup; nothing else writes it on this CPU now.
         unsafe {
@@ -14,5 +22,4 @@ pub fn drop(ctx: &TcContext, reason: u32) -> i32 {
             (*stats).bytes += u64::from(ctx.len());
         }
     }
-    TC_ACT_SHOT
 }

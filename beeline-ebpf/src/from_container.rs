@@ -2,8 +2,10 @@
 //!
 //! 1. count the packet per endpoint (`beeline_ep_stats`);
 //! 2. ARP → the gateway responder ([`crate::arp`]);
-//! 3. IPv4 → validate, check the source belongs to this veth (else drop), apply the source's
-//!    egress policy (and a local destination's ingress policy), then forward: a local
+//! 3. IPv4 → validate, check the source belongs to this veth (else drop), service translation
+//!    ([`crate::lb`]: DNAT to a backend, or reverse NAT of a local backend's reply), then policy on
+//!    the translated packet (the source's egress policy, a local destination's ingress policy, as
+//!    Cilium applies policy to the backend, not the frontend), then forward: a local
 //!    destination straight to its pod; in tunnel mode a remote pod into the tunnel (VNI = source
 //!    identity) and anything else to the host stack; in native routing everything non-local by
 //!    the kernel's FIB ([`crate::fib`]);
@@ -21,7 +23,9 @@ use beeline_common::{
 use crate::{
     arp,
     drop::drop,
-    fib, forward, lookup,
+    fib, forward,
+    lb::{self, Next},
+    lookup,
     parse::{self, Malformed, ETH_P_ARP, ETH_P_IP},
     policy,
 };
@@ -58,8 +62,14 @@ fn ipv4(ctx: &TcContext, ifindex: u32) -> i32 {
         Some(src) if src.ifindex == ifindex => src,
         _ => return drop(ctx, drop_reason::INVALID_SIP),
     };
+    let dst = match lb::from_container(ctx, &ip, ifindex) {
+        Next::Forward(dst) => dst,
+        Next::Verdict(verdict) => return verdict,
+    };
+    // Forwarding (and the FIB lookup in native routing) decides on the translated destination.
+    let ip = parse::Ipv4Hdr { daddr: dst.to_ne_bytes(), ..ip };
     let config = lookup::config();
-    let dst = ip.daddr_be();
+    // Policy sees the backend (address and, read from the rewritten packet, port).
     let dst_ep = lookup::endpoint(dst);
     if let Some(verdict) = policy::egress(ctx, &src, &ip, lookup::identity(dst, dst_ep.as_ref())) {
         return verdict;

@@ -1,7 +1,9 @@
 //! `from_overlay`: tc ingress on `cilium_vxlan` / `cilium_geneve` (collect-metadata devices), i.e.
-//! decapsulated packets from other nodes. The VNI is the sender's security identity; the inner
-//! destination is looked up among the local endpoints, its ingress policy applied with that
-//! identity, and the packet delivered to its pod. Anything else (the node itself, unknown addresses) goes to the stack.
+//! decapsulated packets from other nodes. The VNI is the sender's security identity; a remote
+//! backend's reply to a local client gets its frontend back first ([`crate::lb::from_overlay`]);
+//! the inner destination is looked up among the local endpoints, its ingress policy applied with
+//! that identity, and the packet delivered to its pod. Anything else (the node itself, unknown
+//! addresses) goes to the stack.
 
 use aya_ebpf::{
     bindings::{bpf_tunnel_key, TC_ACT_OK},
@@ -13,7 +15,7 @@ use beeline_common::{datapath::drop_reason, endpoint::ENDPOINT_F_HOST};
 
 use crate::{
     drop::drop,
-    forward, lookup,
+    forward, lb, lookup,
     parse::{self, ETH_P_IP},
     policy,
 };
@@ -43,6 +45,9 @@ pub fn from_overlay(ctx: TcContext) -> i32 {
         Ok(ip) => ip,
         Err(_) => return drop(&ctx, drop_reason::INVALID),
     };
+    if let Err(verdict) = lb::from_overlay(&ctx, &ip) {
+        return verdict;
+    }
     match lookup::endpoint(ip.daddr_be()) {
         Some(ep) if ep.flags & ENDPOINT_F_HOST == 0 => {
             if let Some(verdict) = policy::ingress(&ctx, &ep, &ip, source_identity) {

@@ -3,11 +3,14 @@
 #![no_main]
 
 mod arp;
+mod conntrack;
 mod drop;
 mod fib;
 mod forward;
 mod from_container;
 mod from_overlay;
+mod icmp;
+mod lb;
 mod lookup;
 mod maps;
 mod nat;

@@ -26,6 +26,48 @@ pub struct StatusResponse {
     /// One line per family: `IPv4: 6/254 allocated from 10.0.2.0/24`, or why allocation waits.
     #[serde(default)]
     pub ipam_status: Vec<String>,
+    /// The load balancer's settings (`KubeProxyReplacement Details` of `cilium status --verbose`).
+    #[serde(default)]
+    pub kube_proxy_replacement_details: Option<KprDetails>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KprDetails {
+    /// How NodePort/LoadBalancer traffic reaches remote backends (`SNAT`; DSR is not implemented).
+    pub mode: String,
+    /// `Random` or `Maglev` (the node default; Services may override it by annotation).
+    pub backend_selection: String,
+    pub session_affinity: String,
+    pub protocols: String,
+    /// (frontend kind, `Enabled` / `Disabled` with details), in Cilium's order.
+    pub services: Vec<(String, String)>,
+}
+
+/// The LB settings `config` runs the datapath with. Without kube-proxy replacement only ClusterIPs
+/// and externalIPs are programmed (the services core skips the other kinds).
+pub fn kpr_details(config: &crate::config::Config) -> KprDetails {
+    let kpr = config.kube_proxy_replacement;
+    let on = |enabled: bool| if enabled { "Enabled" } else { "Disabled" }.to_string();
+    let (lo, hi) = config.node_port_range;
+    let node_port = if kpr { format!("Enabled (Range: {lo}-{hi})") } else { on(false) };
+    KprDetails {
+        mode: "SNAT".into(),
+        backend_selection: match config.bpf_lb_algorithm {
+            crate::config::LbAlgorithm::Random => "Random".into(),
+            crate::config::LbAlgorithm::Maglev => {
+                format!("Maglev (Table Size: {})", crate::services::frontends::DEFAULT_MAGLEV_TABLE_SIZE)
+            }
+        },
+        session_affinity: on(true),
+        protocols: "TCP, UDP".into(),
+        services: vec![
+            ("ClusterIP".into(), on(true)),
+            ("NodePort".into(), node_port),
+            ("LoadBalancer".into(), on(kpr)),
+            ("externalIPs".into(), on(true)),
+            ("HostPort".into(), on(kpr)),
+        ],
+    }
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -70,6 +112,7 @@ async fn status(State(s): State<Arc<ApiState>>) -> Json<StatusResponse> {
         ipam: kebab(&s.config.ipam),
         kube_proxy_replacement: s.config.kube_proxy_replacement,
         ipam_status: ipam_status_lines(&super::ipam_api::listing_of(&s)),
+        kube_proxy_replacement_details: Some(kpr_details(&s.config)),
     })
 }
 

@@ -4,13 +4,18 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::config::Config;
+use beeline_common::lb::{LbConfig, LB_ALG_MAGLEV, LB_ALG_RANDOM};
+
+use crate::config::{Config, LbAlgorithm};
 use crate::controllers::agent::services::{LbTables, ServicesSync};
 use crate::controllers::agent::services_watch;
+use crate::datapath::lb_tables;
 use crate::datapath::manager::backend::BackendError;
-use crate::datapath::manager::kernel::KernelMap;
-use crate::datapath::manager::maps::{self, Lb4Backends, Lb4RevNat, Lb4Services};
-use crate::datapath::manager::writer::WriterOptions;
+use crate::datapath::manager::kernel::{KernelLpmMap, KernelMap};
+use crate::datapath::manager::maps::{
+    self, Lb4Backends, Lb4Maglev, Lb4RevNat, Lb4Services, Lb4SourceRange, LbAffinityMatch,
+};
+use crate::datapath::manager::writer::{GroupWriter, WriterOptions};
 use crate::datapath::manager::{MapManager, Owner};
 use crate::runtime::runner::Runner;
 use crate::services::ServicesConfig;
@@ -29,16 +34,10 @@ pub fn start(
     client: kube::Client,
     runner: &mut Runner,
 ) -> Result<(), BackendError> {
-    let (name, order) = maps::LB_GROUP;
-    let mut group = manager.group(name, order);
-    // Dependency order: what the service slots refer to first.
-    let tables = LbTables {
-        backends: group.add::<Lb4Backends>(KernelMap::open_or_create::<Lb4Backends>(pin_dir)?)?,
-        rev_nat: group.add::<Lb4RevNat>(KernelMap::open_or_create::<Lb4RevNat>(pin_dir)?)?,
-        services: group.add::<Lb4Services>(KernelMap::open_or_create::<Lb4Services>(pin_dir)?)?,
-    };
-    let writer = group.build();
-    let sync = ServicesSync::new(owner, tables, ServicesConfig::from_config(config, node_name));
+    let (tables, writer) = open_tables(manager, pin_dir)?;
+    let services_config = ServicesConfig::from_config(config, node_name);
+    write_lb_config(pin_dir, &services_config);
+    let sync = ServicesSync::new(owner, tables, services_config);
 
     let token = runner.shutdown_token();
     let t = token.clone();
@@ -49,4 +48,36 @@ pub fn start(
     let controller = services_watch::run(client, node_name.to_string(), sync, DEBOUNCE, token);
     runner.spawn("services", async move { Ok(controller.await?) });
     Ok(())
+}
+
+/// Opens (or creates) the pinned LB maps under `pin_dir` as one group of `manager`: the tables
+/// the services controller fills and the group's writer. Shared by the agent and the benchmark.
+pub fn open_tables(manager: &MapManager, pin_dir: &Path) -> Result<(LbTables, GroupWriter), BackendError> {
+    let (name, order) = maps::LB_GROUP;
+    let mut group = manager.group(name, order);
+    // Dependency order: what the service slots refer to first.
+    let tables = LbTables {
+        backends: group.add::<Lb4Backends>(KernelMap::open_or_create::<Lb4Backends>(pin_dir)?)?,
+        rev_nat: group.add::<Lb4RevNat>(KernelMap::open_or_create::<Lb4RevNat>(pin_dir)?)?,
+        services: group.add::<Lb4Services>(KernelMap::open_or_create::<Lb4Services>(pin_dir)?)?,
+        affinity_match: group.add::<LbAffinityMatch>(KernelMap::open_or_create::<LbAffinityMatch>(pin_dir)?)?,
+        maglev: group.add::<Lb4Maglev>(KernelMap::open_or_create::<Lb4Maglev>(pin_dir)?)?,
+        source_ranges: group.add::<Lb4SourceRange>(KernelLpmMap::open_or_create::<Lb4SourceRange>(pin_dir)?)?,
+    };
+    Ok((tables, group.build()))
+}
+
+/// Tells the datapath the node's default backend selection and Maglev table size. Without the
+/// loaded datapath (no pinned config map) there is nothing to tell; a warning says so.
+fn write_lb_config(pin_dir: &Path, cfg: &ServicesConfig) {
+    let value = LbConfig {
+        algorithm: match cfg.lb_algorithm {
+            LbAlgorithm::Random => LB_ALG_RANDOM,
+            LbAlgorithm::Maglev => LB_ALG_MAGLEV,
+        },
+        maglev_table_size: cfg.maglev_table_size,
+    };
+    if let Err(error) = lb_tables::write_lb_config(pin_dir, &value) {
+        tracing::warn!(%error, "cannot write the datapath's LB configuration");
+    }
 }

@@ -3,11 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
+use beeline_common::lb::{ct_flags, Ct4Entry, Ct4Tuple, TUPLE_F_IN, TUPLE_F_SERVICE};
+
 use super::{print_structured, Output};
 use crate::datapath::manager::backend::MapBackend;
 use crate::datapath::manager::kernel::{KernelLpmMap, KernelMap, LpmKey};
 use crate::datapath::manager::maps::{Ipcache, Lb4Backends, Lb4RevNat, Lb4Services, TunnelMap};
 use crate::datapath::manager::MapDef;
+use crate::datapath::tables::from_be;
 
 #[derive(Debug, clap::Args)]
 pub struct BpfArgs {
@@ -34,6 +37,12 @@ pub enum BpfMap {
     },
     /// Reverse-NAT entries by rev-NAT index.
     Revnat {
+        #[command(subcommand)]
+        verb: Verb,
+    },
+    /// Connection tracking: service entries (client → frontend, with the chosen backend) and
+    /// connection entries (client → backend, with the rev-NAT index replies are translated with).
+    Ct {
         #[command(subcommand)]
         verb: Verb,
     },
@@ -126,6 +135,9 @@ pub async fn run(args: BpfArgs) -> Result<(), Box<dyn std::error::Error + Send +
         BpfMap::Lb { verb: Verb::List } => rows::<Lb4Services>(&args.pin_dir)?,
         BpfMap::Backend { verb: Verb::List } => rows::<Lb4Backends>(&args.pin_dir)?,
         BpfMap::Revnat { verb: Verb::List } => rows::<Lb4RevNat>(&args.pin_dir)?,
+        BpfMap::Ct { verb: Verb::List } => {
+            ct_rows(&crate::datapath::lb_tables::list_ct(&args.pin_dir)?, crate::datapath::lb_tables::monotonic_secs())
+        }
         BpfMap::Ipcache { verb: Verb::List } => lpm_rows::<Ipcache>(&args.pin_dir)?,
         BpfMap::Tunnel { verb: Verb::List } => rows::<TunnelMap>(&args.pin_dir)?,
         BpfMap::EpStats { verb: Verb::List } => {
@@ -152,6 +164,51 @@ fn ep_stats_rows(stats: &std::collections::BTreeMap<u32, beeline_common::Endpoin
                 "ifname": crate::datapath::attach::ifname(*ifindex),
                 "packets": s.packets,
                 "bytes": s.bytes,
+            })
+        })
+        .collect()
+}
+
+/// Conntrack rows, sorted by tuple; `expires_in` is negative for entries past their lifetime that
+/// nothing has overwritten or evicted yet.
+fn ct_rows(entries: &[(Ct4Tuple, Ct4Entry)], now: u64) -> Vec<serde_json::Value> {
+    let mut entries = entries.to_vec();
+    entries.sort_by_key(|(t, _)| *t);
+    entries
+        .iter()
+        .map(|(t, e)| {
+            let kind = match t.flags {
+                TUPLE_F_SERVICE => "service",
+                TUPLE_F_IN => "in",
+                _ => "out",
+            };
+            let flags: Vec<&str> = [
+                (ct_flags::RX_CLOSING, "rx-closing"),
+                (ct_flags::TX_CLOSING, "tx-closing"),
+                (ct_flags::SEEN_NON_SYN, "seen-non-syn"),
+            ]
+            .into_iter()
+            .filter(|(bit, _)| e.flags & bit != 0)
+            .map(|(_, name)| name)
+            .collect();
+            let proto = match t.nexthdr {
+                6 => "TCP".to_string(),
+                17 => "UDP".to_string(),
+                n => n.to_string(),
+            };
+            serde_json::json!({
+                "proto": proto,
+                "type": kind,
+                "tuple": format!(
+                    "{}:{} -> {}:{}",
+                    from_be(t.saddr), u16::from_be(t.sport), from_be(t.daddr), u16::from_be(t.dport)
+                ),
+                "expires_in": i64::from(e.lifetime) - now as i64,
+                "flags": flags.join(","),
+                "rev_nat_index": e.rev_nat_index,
+                "backend_id": e.backend_id,
+                "packets": e.packets,
+                "bytes": e.bytes,
             })
         })
         .collect()
@@ -234,6 +291,43 @@ mod tests {
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("ADDRESS"), "serde_json orders keys: {text}");
         assert!(lines[2].contains("10.0.0.2:8080") && lines[2].ends_with("12"), "{text}");
+    }
+
+    #[test]
+    fn ct_rows_show_tuples_in_host_order_with_kind_flags_and_remaining_lifetime() {
+        use crate::datapath::tables::be;
+        let tuple = |flags, dport: u16| Ct4Tuple {
+            saddr: be("10.0.1.2".parse().unwrap()),
+            daddr: be("10.96.0.10".parse().unwrap()),
+            sport: 40000u16.to_be(),
+            dport: dport.to_be(),
+            nexthdr: 6,
+            flags,
+            pad: 0,
+        };
+        let entry = |lifetime, flags| Ct4Entry {
+            lifetime,
+            flags,
+            rev_nat_index: 2,
+            backend_id: 7,
+            packets: 3,
+            ..Default::default()
+        };
+        let rows = ct_rows(
+            &[
+                (tuple(TUPLE_F_SERVICE, 80), entry(160, ct_flags::SEEN_NON_SYN)),
+                (tuple(0, 8080), entry(90, ct_flags::RX_CLOSING | ct_flags::TX_CLOSING)),
+            ],
+            100,
+        );
+        // Sorted by tuple (destination first): the service entry (port 80) before the connection.
+        assert_eq!(rows[1]["type"], "out");
+        assert_eq!(rows[1]["tuple"], "10.0.1.2:40000 -> 10.96.0.10:8080");
+        assert_eq!(rows[1]["expires_in"], -10);
+        assert_eq!(rows[1]["flags"], "rx-closing,tx-closing");
+        assert_eq!(rows[0]["type"], "service");
+        assert_eq!((rows[0]["proto"].as_str(), rows[0]["expires_in"].as_i64()), (Some("TCP"), Some(60)));
+        assert_eq!((rows[0]["backend_id"].as_u64(), rows[0]["rev_nat_index"].as_u64()), (Some(7), Some(2)));
     }
 
     #[test]

@@ -4,6 +4,7 @@ pub mod agent_client;
 pub mod bpf;
 pub mod ipam;
 pub mod policy;
+pub mod service;
 pub mod status;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]

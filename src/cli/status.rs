@@ -37,5 +37,55 @@ pub fn render(s: &StatusResponse) -> String {
         out.push_str(&format!("  {line}\n"));
     }
     out.push_str(&format!("KubeProxyReplacement:   {}\n", if s.kube_proxy_replacement { "True" } else { "False" }));
+    if let Some(d) = &s.kube_proxy_replacement_details {
+        out.push_str("KubeProxyReplacement Details:\n");
+        out.push_str(&format!("  Mode:                 {}\n", d.mode));
+        out.push_str(&format!("  Backend Selection:    {}\n", d.backend_selection));
+        out.push_str(&format!("  Session Affinity:     {}\n", d.session_affinity));
+        out.push_str(&format!("  Protocols:            {}\n", d.protocols));
+        out.push_str("  Services:\n");
+        for (kind, state) in &d.services {
+            out.push_str(&format!("  - {:<14}{state}\n", format!("{kind}:")));
+        }
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::api::KprDetails;
+
+    #[test]
+    fn status_shows_the_kube_proxy_replacement_details() {
+        let status = StatusResponse {
+            version: "0.1.0".into(),
+            node_name: "node-a".into(),
+            ready: true,
+            checks: vec![],
+            routing_mode: "tunnel".into(),
+            tunnel_protocol: "vxlan".into(),
+            ipam: "cluster-pool".into(),
+            kube_proxy_replacement: true,
+            ipam_status: vec![],
+            kube_proxy_replacement_details: Some(KprDetails {
+                mode: "SNAT".into(),
+                backend_selection: "Random".into(),
+                session_affinity: "Enabled".into(),
+                protocols: "TCP, UDP".into(),
+                services: vec![("NodePort".into(), "Enabled (Range: 30000-32767)".into())],
+            }),
+        };
+        let text = render(&status);
+        for line in [
+            "KubeProxyReplacement:   True",
+            "KubeProxyReplacement Details:",
+            "  Mode:                 SNAT",
+            "  Backend Selection:    Random",
+            "  Session Affinity:     Enabled",
+            "  - NodePort:     Enabled (Range: 30000-32767)",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+        }
+    }
 }

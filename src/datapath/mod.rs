@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod attach;
 pub mod devices;
+pub mod lb_tables;
 pub mod loader;
 pub mod netns;
 pub mod pins;

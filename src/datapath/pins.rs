@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use beeline_common::{datapath, endpoint, ipcache, map_names, nat, policy, tunnel};
+use beeline_common::{datapath, endpoint, ipcache, lb, map_names, nat, policy, tunnel};
 
 /// Every map the loader pins, so a restarted agent (and the CLI) find the same kernel maps.
 pub const PINNED_MAPS: &[&str] = &[
@@ -25,6 +25,17 @@ pub const PINNED_MAPS: &[&str] = &[
     datapath::DROPS_MAP_NAME,
     policy::MAP_NAME,
     policy::ENDPOINT_MAP_NAME,
+    // The load balancer's: the agent's map manager reopens the rows maps (same shapes), the
+    // datapath alone writes conntrack and affinity.
+    lb::map_names::LB4_SERVICES,
+    lb::map_names::LB4_BACKENDS,
+    lb::map_names::LB4_REVERSE_NAT,
+    lb::map_names::LB_AFFINITY_MATCH,
+    lb::map_names::LB4_MAGLEV,
+    lb::map_names::LB4_AFFINITY,
+    lb::map_names::LB4_SOURCE_RANGE,
+    lb::map_names::LB_CONFIG,
+    lb::map_names::CT4,
     nat::SNAT_MAP_NAME,
 ];
 

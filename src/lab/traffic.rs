@@ -155,3 +155,92 @@ impl Drop for UdpStream {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
+
+/// One bulk TCP transfer, measured at the receiver.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BulkReport {
+    pub bytes: u64,
+    /// From the accept to the sender's EOF.
+    pub seconds: f64,
+}
+
+impl BulkReport {
+    pub fn gbit_per_s(&self) -> f64 {
+        self.bytes as f64 * 8.0 / self.seconds.max(1e-9) / 1e9
+    }
+}
+
+/// One TCP stream from `client_ns` to `dst` for `duration`, received by whichever of `listeners`
+/// (bound beforehand in the server namespaces; several when `dst` is a load-balanced service and
+/// any backend may get it) accepts. Bounded: the sender stops after `duration`, the receivers
+/// give up `duration` + 5 s after the start.
+pub fn tcp_bulk(
+    client_ns: &NetNs,
+    dst: SocketAddr,
+    listeners: Vec<std::net::TcpListener>,
+    duration: Duration,
+) -> io::Result<BulkReport> {
+    use std::io::{Read, Write};
+    let give_up = Instant::now() + duration + Duration::from_secs(5);
+    let done = Arc::new(AtomicBool::new(false));
+    let receivers: Vec<JoinHandle<io::Result<Option<BulkReport>>>> = listeners
+        .into_iter()
+        .map(|listener| {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                listener.set_nonblocking(true)?;
+                let (mut conn, started) = loop {
+                    match listener.accept() {
+                        Ok((conn, _)) => break (conn, Instant::now()),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            if done.load(Ordering::Relaxed) || Instant::now() > give_up {
+                                return Ok(None);
+                            }
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
+                conn.set_nonblocking(false)?;
+                conn.set_read_timeout(Some(Duration::from_secs(1)))?;
+                let mut buf = vec![0u8; 256 * 1024];
+                let mut bytes = 0u64;
+                while Instant::now() < give_up {
+                    match conn.read(&mut buf) {
+                        Ok(0) => return Ok(Some(BulkReport { bytes, seconds: started.elapsed().as_secs_f64() })),
+                        Ok(n) => bytes += n as u64,
+                        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(io::Error::new(io::ErrorKind::TimedOut, "bulk receiver: no EOF before the deadline"))
+            })
+        })
+        .collect();
+    let sent = client_ns.run(|| -> io::Result<u64> {
+        let mut conn = std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(2))?;
+        conn.set_write_timeout(Some(Duration::from_secs(2)))?;
+        let chunk = vec![0x5au8; 128 * 1024];
+        let stop_at = Instant::now() + duration;
+        let mut sent = 0u64;
+        while Instant::now() < stop_at {
+            conn.write_all(&chunk)?;
+            sent += chunk.len() as u64;
+        }
+        conn.shutdown(std::net::Shutdown::Write)?;
+        Ok(sent)
+    });
+    done.store(true, Ordering::Relaxed);
+    let mut report = None;
+    for r in receivers {
+        if let Some(got) = join(Some(r))?? {
+            report = Some(got);
+        }
+    }
+    let sent = sent??;
+    let report = report.ok_or_else(|| io::Error::other(format!("bulk transfer to {dst}: no listener accepted")))?;
+    if report.bytes != sent {
+        return Err(io::Error::other(format!("bulk transfer to {dst}: sent {sent} bytes, received {}", report.bytes)));
+    }
+    Ok(report)
+}

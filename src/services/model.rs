@@ -7,53 +7,11 @@ use std::net::Ipv4Addr;
 
 use beeline_common::lb::{LB_LOOKUP_SCOPE_EXT, LB_LOOKUP_SCOPE_INT};
 
-/// Bits of `Lb4Service::flags` (Cilium's `SVC_FLAG_*`, first byte).
-pub mod flags {
-    /// Frontend is a `spec.externalIPs` address.
-    pub const EXTERNAL_IP: u8 = 1 << 0;
-    /// Frontend is a NodePort (a node address or the 0.0.0.0 surrogate).
-    pub const NODEPORT: u8 = 1 << 1;
-    /// `externalTrafficPolicy: Local`.
-    pub const EXT_LOCAL_SCOPE: u8 = 1 << 2;
-    /// Frontend is a pod's `hostPort`.
-    pub const HOSTPORT: u8 = 1 << 3;
-    /// `sessionAffinity: ClientIP`; the master entry's `backend_id` carries the timeout.
-    pub const AFFINITY: u8 = 1 << 4;
-    /// Frontend is a LoadBalancer ingress IP.
-    pub const LOADBALANCER: u8 = 1 << 5;
-    /// Reachable from outside the cluster (not a ClusterIP, not the 0.0.0.0 surrogate).
-    pub const ROUTABLE: u8 = 1 << 6;
-    /// Check `loadBalancerSourceRanges` (master entry only).
-    pub const SOURCE_RANGE: u8 = 1 << 7;
-}
-
-/// Bits of `Lb4Service::flags2` (Cilium's `SVC_FLAG_*`, second byte).
-pub mod flags2 {
-    /// HostPort bound to a loopback `hostIP`.
-    pub const LOOPBACK: u8 = 1 << 3;
-    /// `internalTrafficPolicy: Local`.
-    pub const INT_LOCAL_SCOPE: u8 = 1 << 4;
-    /// The frontend exists in both lookup scopes with different backend sets (the traffic policies
-    /// differ): the datapath retries in the internal scope for traffic from inside the cluster.
-    pub const TWO_SCOPES: u8 = 1 << 5;
-    /// Master entry: the source-range check is a deny list (`service.cilium.io/src-ranges-policy: deny`).
-    pub const SOURCE_RANGE_DENY: u8 = 1 << 6;
-}
-
-/// `Lb4Backend::flags` values (Cilium's `BE_STATE_*`).
-pub mod backend_flags {
-    pub const ACTIVE: u8 = 0;
-    pub const TERMINATING: u8 = 1;
-    pub const QUARANTINED: u8 = 2;
-    pub const MAINTENANCE: u8 = 3;
-}
-
-/// The affinity timeout lives in the low 24 bits of the master entry's `backend_id`, the per-service
-/// algorithm (1 random, 2 maglev) in the top 8 bits (Cilium's layout).
-pub const AFFINITY_TIMEOUT_MASK: u32 = 0x00ff_ffff;
-pub const LB_ALG_SHIFT: u32 = 24;
-pub const LB_ALG_RANDOM: u32 = 1;
-pub const LB_ALG_MAGLEV: u32 = 2;
+// The flag bits are shared with the datapath, so they live in `beeline-common`.
+pub use beeline_common::lb::{
+    backend_flags, svc_flags as flags, svc_flags2 as flags2, AFFINITY_TIMEOUT_MASK, LB_ALG_MAGLEV, LB_ALG_RANDOM,
+    LB_ALG_SHIFT,
+};
 
 /// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
 pub const DEFAULT_AFFINITY_TIMEOUT_SECS: u32 = 10_800;

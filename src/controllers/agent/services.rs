@@ -6,9 +6,11 @@
 //! Still to come (not here yet): the reflector loop (Services, EndpointSlices, Nodes, Pods) that calls
 //! [`ServicesSync::sync`] once every reflector has listed, then on every change (debounced).
 
-use crate::datapath::manager::maps::{Lb4Backends, Lb4RevNat, Lb4Services};
+use beeline_common::lb::{Lb4SrcRangeData, Lb4SrcRangeKey, LbAffinityMatchKey, LbMaglevKey, SRC_RANGE_STATIC_PREFIX};
+
+use crate::datapath::manager::maps::{Lb4Backends, Lb4Maglev, Lb4RevNat, Lb4Services, Lb4SourceRange, LbAffinityMatch};
 use crate::datapath::manager::{Owner, TableHandle};
-use crate::services::{desired_state, DesiredLb, Inputs, LbIds, ServicesConfig};
+use crate::services::{desired_state, DesiredLb, Inputs, LbIds, ServicesConfig, SourceRange};
 
 /// The LB tables the services controller writes.
 #[derive(Clone)]
@@ -16,6 +18,9 @@ pub struct LbTables {
     pub backends: TableHandle<Lb4Backends>,
     pub rev_nat: TableHandle<Lb4RevNat>,
     pub services: TableHandle<Lb4Services>,
+    pub affinity_match: TableHandle<LbAffinityMatch>,
+    pub maglev: TableHandle<Lb4Maglev>,
+    pub source_ranges: TableHandle<Lb4SourceRange>,
 }
 
 /// Owns the ID state between passes.
@@ -50,12 +55,45 @@ impl ServicesSync {
         self.tables.backends.replace_owner(&self.owner, desired.backends.iter().map(|(k, v)| (*k, *v)));
         self.tables.rev_nat.replace_owner(&self.owner, desired.rev_nat.iter().map(|(k, v)| (*k, *v)));
         self.tables.services.replace_owner(&self.owner, desired.services.iter().map(|(k, v)| (*k, *v)));
+        let affinity = desired
+            .affinity_match
+            .iter()
+            .map(|m| (LbAffinityMatchKey { backend_id: m.backend_id, rev_nat_id: m.rev_nat_id, pad: 0 }, 0u8));
+        self.tables.affinity_match.replace_owner(&self.owner, affinity);
+        self.tables.maglev.replace_owner(&self.owner, maglev_rows(&desired));
+        let ranges = desired.source_ranges.iter().map(|r| (source_range_key(r), 0u8));
+        self.tables.source_ranges.replace_owner(&self.owner, ranges);
         if self.passes == 0 {
             self.owner.initial_pass_done();
         }
         self.passes += 1;
         desired
     }
+}
+
+/// The LPM key of a `loadBalancerSourceRanges` entry.
+pub fn source_range_key(range: &SourceRange) -> Lb4SrcRangeKey {
+    Lb4SrcRangeKey {
+        prefixlen: SRC_RANGE_STATIC_PREFIX + u32::from(range.cidr.prefix_len()),
+        data: Lb4SrcRangeData {
+            rev_nat_id: range.rev_nat_id,
+            pad: 0,
+            address: u32::from(range.cidr.network()).to_be(),
+        },
+    }
+}
+
+/// The flat Maglev map's rows: every entry of every service's lookup table.
+fn maglev_rows(desired: &DesiredLb) -> Vec<(LbMaglevKey, u32)> {
+    desired
+        .maglev
+        .iter()
+        .flat_map(|(rev_nat_id, table)| {
+            table.iter().enumerate().map(|(index, backend_id)| {
+                (LbMaglevKey { rev_nat_id: *rev_nat_id, pad: 0, index: index as u32 }, *backend_id)
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -114,6 +152,9 @@ mod tests {
             backends: group.add::<Lb4Backends>(kernel.map(Lb4Backends::NAME)).unwrap(),
             rev_nat: group.add::<Lb4RevNat>(kernel.map(Lb4RevNat::NAME)).unwrap(),
             services: group.add::<Lb4Services>(kernel.map(Lb4Services::NAME)).unwrap(),
+            affinity_match: group.add::<LbAffinityMatch>(kernel.map(LbAffinityMatch::NAME)).unwrap(),
+            maglev: group.add::<Lb4Maglev>(kernel.map(Lb4Maglev::NAME)).unwrap(),
+            source_ranges: group.add::<Lb4SourceRange>(kernel.map(Lb4SourceRange::NAME)).unwrap(),
         };
         (ServicesSync::new(owner, tables, cfg()), group.build())
     }

@@ -5,7 +5,10 @@
 use beeline_common::{
     endpoint::{self, EndpointInfo, EndpointKey},
     ipcache::{self, IpcacheKey, RemoteEndpointInfo},
-    lb::{self, Lb4Backend, Lb4BackendKey, Lb4Key, Lb4RevNatKey, Lb4ReverseNat, Lb4Service},
+    lb::{
+        self, Lb4Backend, Lb4BackendKey, Lb4Key, Lb4RevNatKey, Lb4ReverseNat, Lb4Service, Lb4SrcRangeKey,
+        LbAffinityMatchKey, LbMaglevKey,
+    },
     policy::{self, PolicyEndpointConfig, PolicyEndpointKey, PolicyEntry, PolicyKey},
     tunnel::{self, TunnelKey, TunnelValue},
 };
@@ -82,6 +85,59 @@ impl MapDef for Lb4RevNat {
             "rev_nat_index": k.rev_nat_index,
             "frontend": format!("{}:{}", ipv4(v.address), u16::from_be(v.port)),
         })
+    }
+}
+
+/// Which backends a stored ClientIP affinity may still point at, per service (Cilium's
+/// `cilium_lb_affinity_match`); the value is unused.
+pub struct LbAffinityMatch;
+
+/// Flat Maglev lookup tables: (rev-NAT ID, index) → backend ID. Written in phase 0 with the slots,
+/// so a master entry never names a table that is not there yet.
+pub struct Lb4Maglev;
+
+impl MapDef for LbAffinityMatch {
+    type Key = LbAffinityMatchKey;
+    type Value = u8;
+    const NAME: &'static str = lb::map_names::LB_AFFINITY_MATCH;
+    const KIND: MapKind = MapKind::Hash;
+    const MAX_ENTRIES: u32 = 65536;
+    const FLAGS: u32 = BPF_F_NO_PREALLOC;
+
+    fn row_json(k: &LbAffinityMatchKey, _v: &u8) -> serde_json::Value {
+        json!({ "backend_id": k.backend_id, "rev_nat_index": k.rev_nat_id })
+    }
+}
+
+impl MapDef for Lb4Maglev {
+    type Key = LbMaglevKey;
+    type Value = u32;
+    const NAME: &'static str = lb::map_names::LB4_MAGLEV;
+    const KIND: MapKind = MapKind::Hash;
+    const MAX_ENTRIES: u32 = 1 << 20;
+    const FLAGS: u32 = BPF_F_NO_PREALLOC;
+
+    fn row_json(k: &LbMaglevKey, v: &u32) -> serde_json::Value {
+        json!({ "rev_nat_index": k.rev_nat_id, "index": k.index, "backend_id": v })
+    }
+}
+
+/// `loadBalancerSourceRanges` (Cilium's `cilium_lb4_source_range`), an LPM trie keyed by rev-NAT ID
+/// and CIDR. Phase 0: written before the master entry whose `SOURCE_RANGE` flag makes the datapath
+/// consult it, so a new service never denies everyone for a moment.
+pub struct Lb4SourceRange;
+
+impl MapDef for Lb4SourceRange {
+    type Key = Lb4SrcRangeKey;
+    type Value = u8;
+    const NAME: &'static str = lb::map_names::LB4_SOURCE_RANGE;
+    const KIND: MapKind = MapKind::LpmTrie;
+    const MAX_ENTRIES: u32 = 65536;
+    const FLAGS: u32 = BPF_F_NO_PREALLOC;
+
+    fn row_json(k: &Lb4SrcRangeKey, _v: &u8) -> serde_json::Value {
+        let len = k.prefixlen.saturating_sub(lb::SRC_RANGE_STATIC_PREFIX);
+        json!({ "rev_nat_index": k.data.rev_nat_id, "cidr": format!("{}/{len}", ipv4(k.data.address)) })
     }
 }
 

@@ -1,0 +1,542 @@
+//! The service load balancer in `from_container` under `BPF_PROG_TEST_RUN`: DNAT with checksums,
+//! conntrack-pinned backends, reverse NAT of replies, ClientIP affinity, terminating backends, the
+//! ICMP reject of a service without backends, `internalTrafficPolicy: Local`, the internal scope
+//! of two-scope frontends and `loadBalancerSourceRanges`. Root, no namespaces.
+//!
+//! The LB rows come from the real services core ([`beeline::services::desired_state`]) over
+//! Kubernetes objects, programmed straight into the pinned maps. test_run runs the program as if
+//! the packet arrived on the loopback device (ifindex 1), so the sending pod is registered there;
+//! for a reply the backend is moved onto ifindex 1 and the client onto its own veth.
+
+mod integration;
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use beeline::config::LbAlgorithm;
+use beeline::datapath::manager::{backend::MapBackend, kernel::KernelMap, maps::Lb4Maglev};
+use beeline::datapath::{
+    lb_tables,
+    loader::programs::FROM_CONTAINER,
+    tables,
+    testing::{
+        self,
+        packet::{parse, tcp_flags, verify_checksums, FrameBuilder, ParsedL3, ParsedL4},
+        test_run::run_tc,
+    },
+    Datapath,
+};
+use beeline::services::{desired_state, DesiredLb, Inputs, LbIds, ServicesConfig};
+use beeline_common::{
+    datapath::{drop_reason, DatapathConfig, TUNNEL_VXLAN},
+    endpoint::EndpointInfo,
+    lb::{
+        ct_flags, Lb4AffinityKey, LbAffinityValue, LbConfig, LbMaglevKey, CT_CLOSE_TIMEOUT, TUPLE_F_OUT,
+        TUPLE_F_SERVICE,
+    },
+};
+use integration::{require_root, BpffsDir};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde_json::{json, Value};
+
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+const LOOPBACK: u32 = 1;
+const NODE: &str = "node-a";
+
+const CLIENT_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x0a];
+const CLIENT_LXC_MAC: [u8; 6] = [0x1a, 0, 0, 0, 0, 0x0a];
+const CLIENT_IFINDEX: u32 = 4241;
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+fn client() -> Ipv4Addr {
+    ip("10.0.1.2")
+}
+fn vip() -> Ipv4Addr {
+    ip("10.96.0.10")
+}
+fn lb_ip() -> Ipv4Addr {
+    ip("172.18.0.100")
+}
+
+/// The local backend pods: address, host-side ifindex, MAC of the pod.
+const LOCAL_BACKENDS: [(&str, u32, [u8; 6]); 3] = [
+    ("10.0.1.3", 4243, [0x0a, 0, 0, 0, 0, 3]),
+    ("10.0.1.4", 4244, [0x0a, 0, 0, 0, 0, 4]),
+    ("10.0.1.5", 4245, [0x0a, 0, 0, 0, 0, 5]),
+];
+
+fn lxc_mac(pod_mac: [u8; 6]) -> [u8; 6] {
+    let mut m = pod_mac;
+    m[0] = 0x1a;
+    m
+}
+
+fn cfg() -> ServicesConfig {
+    ServicesConfig {
+        node_name: NODE.into(),
+        extra_node_addresses: Vec::new(),
+        kube_proxy_replacement: true,
+        node_port_range: (30000, 32767),
+        lb_algorithm: LbAlgorithm::Random,
+        service_proxy_name: None,
+        maglev_table_size: 251,
+    }
+}
+
+/// Service `web`: ClusterIP 10.96.0.10, TCP 80 → "http" (8080) and UDP 53 → "dns" (5353), with
+/// `extra` merged into the spec and `status` as given.
+fn web(extra: Value, status: Value) -> Service {
+    let mut spec = json!({
+        "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+        "ports": [
+            {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
+            {"name": "dns", "port": 53, "targetPort": "dns", "protocol": "UDP"},
+        ],
+    });
+    if let Value::Object(extra) = extra {
+        spec.as_object_mut().unwrap().extend(extra);
+    }
+    serde_json::from_value(json!({"metadata": {"namespace": "default", "name": "web"}, "spec": spec, "status": status}))
+        .unwrap()
+}
+
+/// One endpoint: (address, node, ready, terminating).
+fn endpoints(eps: &[(&str, &str, bool, bool)]) -> EndpointSlice {
+    let endpoints: Vec<Value> = eps
+        .iter()
+        .map(|(addr, node, ready, terminating)| {
+            json!({"addresses": [addr], "nodeName": node,
+                   "conditions": {"ready": ready, "serving": ready | terminating, "terminating": terminating}})
+        })
+        .collect();
+    serde_json::from_value(json!({
+        "metadata": {"namespace": "default", "name": "web-1", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "dns", "port": 5353, "protocol": "UDP"}],
+        "endpoints": endpoints,
+    }))
+    .unwrap()
+}
+
+fn ready(addrs: &[&'static str]) -> Vec<(&'static str, &'static str, bool, bool)> {
+    addrs.iter().map(|a| (*a, NODE, true, false)).collect()
+}
+
+struct Fixture {
+    bpffs: BpffsDir,
+    datapath: Datapath,
+    ids: LbIds,
+    programmed: DesiredLb,
+}
+
+impl Fixture {
+    /// A loaded datapath with the client on loopback and the local backend pods registered.
+    fn new(label: &str) -> Fixture {
+        require_root();
+        let bpffs = BpffsDir::new(label);
+        let datapath = Datapath::load(&bpffs.pin_dir()).expect("load the datapath");
+        let f = Fixture { bpffs, datapath, ids: LbIds::new(), programmed: DesiredLb::default() };
+        f.endpoint(client(), LOOPBACK, CLIENT_MAC);
+        for (addr, ifindex, mac) in LOCAL_BACKENDS {
+            f.endpoint(ip(addr), ifindex, mac);
+        }
+        f
+    }
+
+    fn endpoint(&self, addr: Ipv4Addr, ifindex: u32, mac: [u8; 6]) {
+        let info =
+            EndpointInfo { ifindex, lxc_id: 100, mac, node_mac: lxc_mac(mac), sec_id: 1000, ..Default::default() };
+        tables::upsert_endpoint(&self.bpffs.pin_dir(), addr, &info).unwrap();
+    }
+
+    /// Runs the services core over `service` + `slice` and programs the result, removing the rows
+    /// of the previous state that are gone (as the map manager would).
+    fn services(&mut self, service: Service, slice: EndpointSlice) -> DesiredLb {
+        let (services, slices) = (vec![service], vec![slice]);
+        let desired = desired_state(
+            &Inputs { services: &services, endpoint_slices: &slices, ..Default::default() },
+            &cfg(),
+            &mut self.ids,
+        );
+        testing::lb::replace(&self.bpffs.pin_dir(), &self.programmed, &desired);
+        self.programmed = desired.clone();
+        desired
+    }
+
+    fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let out = run_tc(self.datapath.program(FROM_CONTAINER).unwrap(), frame).expect("test_run");
+        (out.retval, out.data)
+    }
+
+    fn drops(&self) -> Vec<(u32, u64)> {
+        tables::read_drops(&self.bpffs.pin_dir()).unwrap().into_iter().map(|(r, s)| (r, s.packets)).collect()
+    }
+
+    fn affinity(&self) -> Vec<(Lb4AffinityKey, LbAffinityValue)> {
+        lb_tables::list_affinity(&self.bpffs.pin_dir()).unwrap()
+    }
+
+    /// The backend ID of `addr`:8080 (the TCP backend) in the last programmed state.
+    fn backend_id(&self, addr: &str) -> u32 {
+        let (be, port) = (tables::be(ip(addr)), 8080u16.to_be());
+        let row = self.programmed.backends.iter().find(|(_, v)| v.address == be && v.port == port);
+        row.map(|(k, _)| k.backend_id).unwrap()
+    }
+
+    /// Sends a TCP packet from the client and returns where it went (backend address, port), after
+    /// checking the verdict and every checksum.
+    fn tcp_from_client(&self, dst: Ipv4Addr, sport: u16, flags: u8) -> (Ipv4Addr, u16) {
+        let frame = FrameBuilder::new(CLIENT_MAC, CLIENT_LXC_MAC).ipv4(client(), dst).tcp(sport, 80, flags).build();
+        let (verdict, out) = self.run(&frame);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "port {sport}: delivered to a local backend");
+        destination(&out)
+    }
+}
+
+/// (destination address, destination port) of a frame whose checksums must all be right.
+fn destination(frame: &[u8]) -> (Ipv4Addr, u16) {
+    verify_checksums(frame).unwrap_or_else(|e| panic!("checksums after NAT: {e}"));
+    let parsed = parse(frame).unwrap();
+    let ParsedL3::Ipv4 { dst, .. } = parsed.l3 else { panic!("not IPv4: {:?}", parsed.l3) };
+    (dst, parsed.ports().unwrap().1)
+}
+
+fn local_backend_ips() -> BTreeSet<Ipv4Addr> {
+    LOCAL_BACKENDS.iter().map(|b| ip(b.0)).collect()
+}
+
+#[test]
+fn the_map_manager_and_the_object_agree_on_the_shape_of_the_lb_maps() {
+    use beeline::datapath::manager::{kernel::pinned_spec, maps, MapDef, MapSpec};
+    let f = Fixture::new("lb-shapes");
+    let pin = f.bpffs.pin_dir();
+    fn check<M: MapDef>(pin: &std::path::Path) {
+        assert_eq!(pinned_spec(&pin.join(M::NAME), M::NAME).unwrap(), MapSpec::of::<M>(), "{}", M::NAME);
+    }
+    check::<maps::Lb4Services>(&pin);
+    check::<maps::Lb4Backends>(&pin);
+    check::<maps::Lb4RevNat>(&pin);
+    check::<maps::LbAffinityMatch>(&pin);
+    check::<maps::Lb4Maglev>(&pin);
+    check::<maps::Lb4SourceRange>(&pin);
+}
+
+#[test]
+fn tcp_and_udp_to_a_cluster_ip_are_dnated_with_valid_checksums_and_pinned_by_conntrack() {
+    let mut f = Fixture::new("lb-dnat");
+    f.services(web(json!({}), json!({})), endpoints(&ready(&["10.0.1.3", "10.0.1.4", "10.0.1.5"])));
+
+    let mut chosen = BTreeSet::new();
+    for sport in 40000..40048u16 {
+        let (dst, dport) = f.tcp_from_client(vip(), sport, tcp_flags::SYN);
+        assert!(local_backend_ips().contains(&dst), "port {sport}: {dst} is a backend");
+        assert_eq!(dport, 8080, "port {sport}: the target port");
+        chosen.insert(dst);
+        // Every later packet of the connection goes to the same backend.
+        for flags in [tcp_flags::ACK, tcp_flags::ACK | tcp_flags::PSH] {
+            assert_eq!(
+                f.tcp_from_client(vip(), sport, flags),
+                (dst, 8080),
+                "port {sport}: conntrack keeps the backend"
+            );
+        }
+    }
+    // 48 random choices among 3: all land on one or two with probability below 1e-8.
+    assert_eq!(chosen, local_backend_ips(), "new connections spread over every backend");
+
+    // UDP, with a payload the checksum covers, keeps the client's source port and the payload.
+    let frame =
+        FrameBuilder::new(CLIENT_MAC, CLIENT_LXC_MAC).ipv4(client(), vip()).udp(5000, 53).payload(b"query").build();
+    let (verdict, out) = f.run(&frame);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let (dst, dport) = destination(&out);
+    assert!(local_backend_ips().contains(&dst) && dport == 5353, "{dst}:{dport}");
+    let parsed = parse(&out).unwrap();
+    assert_eq!((parsed.ports().unwrap().0, parsed.payload.as_slice()), (5000, &b"query"[..]));
+
+    // Conntrack: a service entry (client → VIP) and a connection entry (client → backend) per flow.
+    let ct = lb_tables::list_ct(&f.bpffs.pin_dir()).unwrap();
+    let count = |flag| ct.iter().filter(|(t, _)| t.flags == flag).count();
+    assert_eq!((count(TUPLE_F_SERVICE), count(TUPLE_F_OUT)), (49, 49));
+    assert!(ct.iter().all(|(_, e)| e.rev_nat_index != 0), "every entry knows its frontend");
+    assert!(f.drops().is_empty(), "{:?}", f.drops());
+}
+
+#[test]
+fn replies_from_a_local_backend_come_back_from_the_frontend() {
+    let mut f = Fixture::new("lb-revnat");
+    f.services(web(json!({}), json!({})), endpoints(&ready(&["10.0.1.3", "10.0.1.4"])));
+    let (backend, _) = f.tcp_from_client(vip(), 41000, tcp_flags::SYN);
+    let (_, _, backend_mac) = *LOCAL_BACKENDS.iter().find(|b| ip(b.0) == backend).unwrap();
+
+    // The backend answers from its own veth (now the test_run device); the client has its own.
+    f.endpoint(client(), CLIENT_IFINDEX, CLIENT_MAC);
+    f.endpoint(backend, LOOPBACK, backend_mac);
+    let reply = FrameBuilder::new(backend_mac, lxc_mac(backend_mac))
+        .ipv4(backend, client())
+        .tcp(8080, 41000, tcp_flags::SYN | tcp_flags::ACK)
+        .tcp_seq(7, 1)
+        .payload(b"hello")
+        .build();
+    let (verdict, out) = f.run(&reply);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "delivered to the client");
+    verify_checksums(&out).unwrap();
+    let parsed = parse(&out).unwrap();
+    assert_eq!(parsed.src_ip(), Some(vip().into()), "the source is the ClusterIP again");
+    assert_eq!(parsed.dst_ip(), Some(client().into()));
+    assert_eq!(parsed.ports(), Some((80, 41000)), "and the service port");
+    assert_eq!(parsed.dst_mac, CLIENT_MAC);
+    assert!(matches!(parsed.l4, Some(ParsedL4::Tcp { seq: 7, ack: 1, .. })));
+    assert_eq!(parsed.payload, b"hello");
+
+    // Traffic from the backend that belongs to no balanced connection is left alone.
+    let unrelated = FrameBuilder::new(backend_mac, lxc_mac(backend_mac))
+        .ipv4(backend, client())
+        .tcp(8080, 41001, tcp_flags::ACK)
+        .build();
+    let (_, out) = f.run(&unrelated);
+    assert_eq!(parse(&out).unwrap().src_ip(), Some(backend.into()));
+    assert!(f.drops().is_empty(), "{:?}", f.drops());
+}
+
+#[test]
+fn established_flows_keep_a_terminating_backend_while_new_flows_avoid_it() {
+    let mut f = Fixture::new("lb-terminating");
+    f.services(web(json!({}), json!({})), endpoints(&ready(&["10.0.1.3", "10.0.1.4"])));
+    // Open connections until one sits on 10.0.1.4 (bounded: 64 tries at 1/2 each).
+    let sport = (42000..42064u16)
+        .find(|p| f.tcp_from_client(vip(), *p, tcp_flags::SYN).0 == ip("10.0.1.4"))
+        .expect("a connection on 10.0.1.4");
+
+    // 10.0.1.4 starts terminating (ready=false, serving, terminating) while 10.0.1.3 is ready.
+    let desired = f.services(
+        web(json!({}), json!({})),
+        endpoints(&[("10.0.1.3", NODE, true, false), ("10.0.1.4", NODE, false, true)]),
+    );
+    let master = desired.services.iter().find(|(k, _)| k.backend_slot == 0 && k.dport == 80u16.to_be()).unwrap().1;
+    assert_eq!((master.count, master.qcount), (1, 1), "one active slot, one kept for existing flows");
+
+    assert_eq!(f.tcp_from_client(vip(), sport, tcp_flags::ACK).0, ip("10.0.1.4"), "the established flow stays");
+    for p in 43000..43020u16 {
+        assert_eq!(
+            f.tcp_from_client(vip(), p, tcp_flags::SYN).0,
+            ip("10.0.1.3"),
+            "new flow {p} avoids the terminating backend"
+        );
+    }
+
+    // Once the backend is gone altogether, its flow is balanced afresh instead of black-holed.
+    f.services(web(json!({}), json!({})), endpoints(&ready(&["10.0.1.3"])));
+    assert_eq!(f.tcp_from_client(vip(), sport, tcp_flags::ACK).0, ip("10.0.1.3"));
+    assert!(f.drops().is_empty(), "{:?}", f.drops());
+}
+
+#[test]
+fn a_service_without_backends_is_answered_with_icmp_port_unreachable() {
+    let mut f = Fixture::new("lb-reject");
+    f.services(web(json!({}), json!({})), endpoints(&[]));
+    let frame =
+        FrameBuilder::new(CLIENT_MAC, CLIENT_LXC_MAC).ipv4(client(), vip()).tcp(44000, 80, tcp_flags::SYN).build();
+    let (verdict, out) = f.run(&frame);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "the reply goes back out of the client's veth");
+    verify_checksums(&out).unwrap();
+    let parsed = parse(&out).unwrap();
+    assert_eq!((parsed.dst_mac, parsed.src_mac), (CLIENT_MAC, CLIENT_LXC_MAC));
+    assert_eq!(parsed.src_ip(), Some(vip().into()), "from the service address");
+    assert_eq!(parsed.dst_ip(), Some(client().into()));
+    assert!(matches!(parsed.l4, Some(ParsedL4::Icmp { ty: 3, code: 3, .. })), "port unreachable: {:?}", parsed.l4);
+    // The quote: the original IPv4 header and the first 8 bytes of TCP (the ports).
+    let quote = &parsed.payload;
+    assert_eq!(quote.len(), 28);
+    assert_eq!(&quote[12..20], &[10, 0, 1, 2, 10, 96, 0, 10], "original source and destination");
+    assert_eq!(&quote[20..24], &[0xab, 0xe0, 0, 80], "original ports 44000 → 80");
+    assert_eq!(f.drops(), vec![(drop_reason::NO_SERVICE, 1)]);
+
+    // UDP gets the same answer.
+    let frame = FrameBuilder::new(CLIENT_MAC, CLIENT_LXC_MAC).ipv4(client(), vip()).udp(5000, 53).build();
+    let (verdict, out) = f.run(&frame);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert!(matches!(parse(&out).unwrap().l4, Some(ParsedL4::Icmp { ty: 3, code: 3, .. })));
+}
+
+#[test]
+fn client_ip_affinity_sticks_expires_and_follows_the_backend_away() {
+    let mut f = Fixture::new("lb-affinity");
+    let spec = json!({"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 30}}});
+    f.services(web(spec.clone(), json!({})), endpoints(&ready(&["10.0.1.3", "10.0.1.4", "10.0.1.5"])));
+
+    let (first, _) = f.tcp_from_client(vip(), 45000, tcp_flags::SYN);
+    for p in 45001..45021u16 {
+        assert_eq!(f.tcp_from_client(vip(), p, tcp_flags::SYN).0, first, "flow {p}: same backend as the first");
+    }
+    let tcp_entry = |f: &Fixture| {
+        let rows = f.affinity();
+        let http_rev_nat = rows.iter().map(|(k, _)| k.rev_nat_id).min().unwrap();
+        *rows.iter().find(|(k, _)| k.rev_nat_id == http_rev_nat && k.client_ip == tables::be(client())).unwrap()
+    };
+    let (key, value) = tcp_entry(&f);
+    assert_eq!(value.backend_id, f.backend_id(&first.to_string()));
+
+    // Age the entry past the timeout: the next connection writes a fresh one.
+    let now = lb_tables::monotonic_secs();
+    let stale = LbAffinityValue { last_used: now - 100, ..value };
+    lb_tables::upsert_affinity(&f.bpffs.pin_dir(), &key, &stale).unwrap();
+    f.tcp_from_client(vip(), 45100, tcp_flags::SYN);
+    let (_, fresh) = tcp_entry(&f);
+    assert!(fresh.last_used >= now, "expired entry replaced: last_used {} (now {now})", fresh.last_used);
+
+    // The remembered backend leaves: new connections go elsewhere and the entry follows.
+    let remembered = fresh.backend_id;
+    let remaining: Vec<&'static str> =
+        ["10.0.1.3", "10.0.1.4", "10.0.1.5"].into_iter().filter(|a| f.backend_id(a) != remembered).collect();
+    f.services(web(spec, json!({})), endpoints(&ready(&remaining)));
+    let (moved, _) = f.tcp_from_client(vip(), 45200, tcp_flags::SYN);
+    assert!(remaining.contains(&moved.to_string().as_str()), "{moved}");
+    assert_eq!(tcp_entry(&f).1.backend_id, f.backend_id(&moved.to_string()));
+    for p in 45201..45211u16 {
+        assert_eq!(f.tcp_from_client(vip(), p, tcp_flags::SYN).0, moved, "flow {p} sticks to the new backend");
+    }
+}
+
+#[test]
+fn internal_traffic_policy_local_uses_only_this_nodes_backends() {
+    let mut f = Fixture::new("lb-itp");
+    let spec = json!({"internalTrafficPolicy": "Local"});
+    let eps =
+        [("10.0.1.3", NODE, true, false), ("10.0.2.7", "node-b", true, false), ("10.0.2.8", "node-b", true, false)];
+    f.services(web(spec.clone(), json!({})), endpoints(&eps));
+    for p in 46000..46020u16 {
+        assert_eq!(f.tcp_from_client(vip(), p, tcp_flags::SYN).0, ip("10.0.1.3"), "flow {p}: the node-local backend");
+    }
+    // Without a local backend the ClusterIP has none at all: rejected, not sent to another node.
+    f.services(web(spec, json!({})), endpoints(&eps[1..]));
+    let frame =
+        FrameBuilder::new(CLIENT_MAC, CLIENT_LXC_MAC).ipv4(client(), vip()).tcp(46100, 80, tcp_flags::SYN).build();
+    let (verdict, out) = f.run(&frame);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert!(matches!(parse(&out).unwrap().l4, Some(ParsedL4::Icmp { ty: 3, code: 3, .. })));
+}
+
+/// A LoadBalancer Service (ingress 172.18.0.100) with `extra` in its spec.
+fn load_balancer(extra: Value) -> Service {
+    let mut spec = json!({"type": "LoadBalancer"});
+    spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    web(spec, json!({"loadBalancer": {"ingress": [{"ip": "172.18.0.100"}]}}))
+}
+
+fn vxlan_config() -> DatapathConfig {
+    DatapathConfig {
+        router_ip: tables::be(ip("10.0.1.1")),
+        node_ip: tables::be(ip("192.168.0.1")),
+        tunnel_ifindex: 77,
+        tunnel_proto: TUNNEL_VXLAN,
+        pod_cidr_prefix_len: 24,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn pods_reach_an_external_traffic_policy_local_frontend_through_its_internal_scope() {
+    let mut f = Fixture::new("lb-scopes");
+    let pin = f.bpffs.pin_dir();
+    tables::write_config(&pin, &vxlan_config()).unwrap();
+    tables::upsert_tunnel(&pin, "10.0.2.0/24".parse().unwrap(), ip("192.168.0.2")).unwrap();
+    // eTP=Local with only a remote backend: the external scope has no backend on this node, but a
+    // pod is in-cluster traffic and uses the internal scope (iTP=Cluster): the remote backend.
+    let desired = f.services(
+        load_balancer(json!({"externalTrafficPolicy": "Local"})),
+        endpoints(&[("10.0.2.7", "node-b", true, false)]),
+    );
+    let ext = desired
+        .frontends
+        .iter()
+        .find(|fe| fe.addr.ip == lb_ip() && fe.addr.port == 80 && fe.addr.scope.number() == 0)
+        .unwrap();
+    assert_eq!(ext.count, 0, "no local backend in the external scope");
+    let frame =
+        FrameBuilder::new(CLIENT_MAC, CLIENT_LXC_MAC).ipv4(client(), lb_ip()).tcp(47000, 80, tcp_flags::SYN).build();
+    let (verdict, out) = f.run(&frame);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "into the tunnel");
+    assert_eq!(destination(&out), (ip("10.0.2.7"), 8080));
+}
+
+#[test]
+fn load_balancer_source_ranges_admit_listed_clients_only() {
+    let mut f = Fixture::new("lb-ranges");
+    let eps = endpoints(&ready(&["10.0.1.3"]));
+    f.services(load_balancer(json!({"loadBalancerSourceRanges": ["10.0.1.0/30"]})), eps.clone());
+    assert_eq!(f.tcp_from_client(lb_ip(), 48000, tcp_flags::SYN), (ip("10.0.1.3"), 8080), "10.0.1.2 is in 10.0.1.0/30");
+
+    f.services(load_balancer(json!({"loadBalancerSourceRanges": ["192.0.2.0/24"]})), eps);
+    let frame =
+        FrameBuilder::new(CLIENT_MAC, CLIENT_LXC_MAC).ipv4(client(), lb_ip()).tcp(48001, 80, tcp_flags::SYN).build();
+    let (verdict, _) = f.run(&frame);
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(f.drops(), vec![(drop_reason::NOT_IN_SRC_RANGE, 1)]);
+    // The ClusterIP of the same Service is not subject to the ranges (LoadBalancer frontends only).
+    assert_eq!(f.tcp_from_client(vip(), 48002, tcp_flags::SYN), (ip("10.0.1.3"), 8080));
+}
+
+#[test]
+fn maglev_services_pick_backends_from_their_lookup_table() {
+    let mut f = Fixture::new("lb-maglev");
+    let mut svc = load_balancer(json!({}));
+    svc.metadata.annotations = Some([("service.cilium.io/lb-algorithm".to_string(), "maglev".to_string())].into());
+    let desired = f.services(svc, endpoints(&ready(&["10.0.1.3", "10.0.1.4", "10.0.1.5"])));
+    let lb_id = desired.frontends.iter().find(|fe| fe.addr.ip == lb_ip() && fe.addr.port == 80).unwrap().id;
+    let table = &desired.maglev[&lb_id];
+    assert_eq!(table.len(), 251, "the configured table size");
+    lb_tables::write_lb_config(&f.bpffs.pin_dir(), &LbConfig { algorithm: 0, maglev_table_size: 251 }).unwrap();
+
+    // Point every entry of the table at one backend: if the datapath consults the table, every new
+    // flow lands there although the service has three active slots.
+    let only = f.backend_id("10.0.1.4");
+    let mut maglev = KernelMap::open_pinned::<Lb4Maglev>(&f.bpffs.pin_dir()).unwrap();
+    for index in 0..table.len() as u32 {
+        maglev.upsert(&LbMaglevKey { rev_nat_id: lb_id, pad: 0, index }, &only).unwrap();
+    }
+    for p in 49000..49030u16 {
+        assert_eq!(f.tcp_from_client(lb_ip(), p, tcp_flags::SYN).0, ip("10.0.1.4"), "flow {p}");
+    }
+    // The ClusterIP of the same Service has no table (Cilium builds none for ClusterIPs): random.
+    let chosen: BTreeSet<Ipv4Addr> = (49100..49148u16).map(|p| f.tcp_from_client(vip(), p, tcp_flags::SYN).0).collect();
+    assert_eq!(chosen, local_backend_ips());
+}
+
+#[test]
+fn closing_tcp_connections_get_the_short_lifetime() {
+    let mut f = Fixture::new("lb-ct-close");
+    f.services(web(json!({}), json!({})), endpoints(&ready(&["10.0.1.3"])));
+    let backend = ip("10.0.1.3");
+    let backend_mac = LOCAL_BACKENDS[0].2;
+    f.tcp_from_client(vip(), 50000, tcp_flags::SYN);
+    f.tcp_from_client(vip(), 50000, tcp_flags::ACK);
+    let connection = |f: &Fixture| {
+        let ct = lb_tables::list_ct(&f.bpffs.pin_dir()).unwrap();
+        ct.into_iter().find(|(t, _)| t.flags == TUPLE_F_OUT).unwrap().1
+    };
+    let now = lb_tables::monotonic_secs() as i64;
+    let established = i64::from(connection(&f).lifetime) - now;
+    assert!(established > 3600, "established TCP lives for hours: {established}s");
+
+    f.tcp_from_client(vip(), 50000, tcp_flags::FIN | tcp_flags::ACK);
+    f.endpoint(client(), CLIENT_IFINDEX, CLIENT_MAC);
+    f.endpoint(backend, LOOPBACK, backend_mac);
+    let fin = FrameBuilder::new(backend_mac, lxc_mac(backend_mac))
+        .ipv4(backend, client())
+        .tcp(8080, 50000, tcp_flags::FIN | tcp_flags::ACK)
+        .build();
+    assert_eq!(f.run(&fin).0, TC_ACT_REDIRECT);
+    let closing = connection(&f);
+    assert_eq!(
+        closing.flags & (ct_flags::RX_CLOSING | ct_flags::TX_CLOSING),
+        ct_flags::RX_CLOSING | ct_flags::TX_CLOSING
+    );
+    let left = i64::from(closing.lifetime) - lb_tables::monotonic_secs() as i64;
+    assert!((0..=CT_CLOSE_TIMEOUT as i64).contains(&left), "closed connections expire within 10 s: {left}s");
+}
