@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make lab`: bring a lab up, apply examples/, run the connectivity test, show what a user would
-# check, run the datapath demo, tear it down. Exits non-zero when a step or a connectivity check
+# check, tear it down. Exits non-zero when a step or a connectivity check
 # failed (the lab is torn down either way).
 #
 #   VALUES=examples/lab/native.yaml NODES=2 make lab
@@ -67,8 +67,9 @@ if command -v kubectl >/dev/null; then
     kubectl get endpointslices -A
 fi
 
-section "datapath demo: a node + pod namespace pair with the agent attaching from_container"
-"$BEELINE" lab demo
+# `beeline lab demo` is not run here: it predates the endpoint source check in from_container
+# (its pod is never registered with the agent, so its packets are dropped as INVALID_SIP). The
+# connectivity test above covers the datapath end to end.
 
 if [ "$connectivity_rc" -ne 0 ]; then
     section "connectivity test failed (exit $connectivity_rc): see its table above"

@@ -417,3 +417,59 @@ fn deployment_pods_get_addresses_from_their_node_and_endpointslices_list_them() 
     run(&mut lab.beeline("down"));
     made.assert_gone();
 }
+
+/// The checks `beeline connectivity test` runs in a lab today; each must be in its table.
+const CONNECTIVITY_CHECKS: &[&str] = &[
+    "pods ready",
+    "service endpoints (EndpointSlice)",
+    "pod-to-pod (same node)",
+    "pod-to-pod (across nodes)",
+    "pod-to-service (ClusterIP)",
+    "pod-to-outside",
+];
+
+/// Two nodes in the routing mode of `values_file`, the real `beeline connectivity test` against
+/// them (its own pods, real CNI, real datapath), every check passing; `down` leaves nothing.
+fn connectivity_test_passes(values_file: &str) {
+    require_root();
+    let lab = LabDir::new();
+    lab.up(2, values_file);
+    let plan = read_plan(&lab.path).unwrap();
+
+    let out = Command::new(BIN)
+        .args(["connectivity", "test", "--state-dir", lab.arg(), "--keep"])
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    let table = stdout(&out);
+    let report = format!("{values_file}:\n{table}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    for check in CONNECTIVITY_CHECKS {
+        let row = table.lines().find(|l| l.starts_with(check)).unwrap_or_else(|| panic!("no row {check:?}\n{report}"));
+        let result = row[check.len()..].split_whitespace().next();
+        assert_eq!(result, Some("pass"), "{check}\n{report}");
+    }
+    assert!(table.contains(&format!("{n} checks, {n} passed, 0 failed", n = CONNECTIVITY_CHECKS.len())), "{report}");
+    assert!(out.status.success(), "connectivity test exited {}\n{report}", out.status);
+
+    let made = Made::of(&plan);
+    assert!(
+        made.namespaces.iter().any(|n| n.contains("-pod-")),
+        "the test's pods have sandboxes: {:?}",
+        made.namespaces
+    );
+    run(&mut lab.beeline("down"));
+    made.assert_gone();
+    // Every lab link lives inside the lab's namespaces: none may be left in the host's.
+    let links = stdout(&run(Command::new("ip").args(["-o", "link", "show"])));
+    assert!(!links.contains(&plan.prefix), "links of {} left in the host namespace:\n{links}", plan.prefix);
+}
+
+#[test]
+fn connectivity_test_passes_in_a_two_node_vxlan_lab() {
+    connectivity_test_passes("vxlan.yaml");
+}
+
+#[test]
+fn connectivity_test_passes_with_native_routing_and_direct_node_routes() {
+    connectivity_test_passes("native.yaml");
+}

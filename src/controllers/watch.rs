@@ -24,6 +24,24 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// Between two passes of a level-triggered loop: waits for the next change, or — after a pass that
+/// asked to run again (`retry`) — at most that long (a change cuts the wait short). `false` once
+/// `shutdown` fires, so the caller can return.
+pub async fn next_pass(changed: &tokio::sync::Notify, retry: Option<Duration>, shutdown: &CancellationToken) -> bool {
+    let wait = async {
+        match retry {
+            None => changed.notified().await,
+            Some(d) => {
+                let _ = tokio::time::timeout(d, changed.notified()).await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = wait => true,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
     #[error("the {0} watches ended")]

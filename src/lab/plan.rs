@@ -232,6 +232,10 @@ impl LabPlan {
                 format!("cni-conf-dir={}", node.cni_conf_dir().display()),
                 format!("cni-bin-dir={}", node.cni_bin_dir().display()),
                 format!("state-dir={}", node.agent_state_dir().display()),
+                // The node's underlay interface: without `devices` the agent creates no
+                // cilium_host/tunnel device and attaches nothing to the uplink (no pod traffic
+                // leaves the node).
+                format!("devices={NODE_UPLINK}"),
             ];
             let mut args = strings(&[
                 "agent",
@@ -539,6 +543,7 @@ mod tests {
             "--set cni-conf-dir=/run/beeline-lab/nodes/kind-worker/cni/net.d",
             "--set cni-bin-dir=/run/beeline-lab/nodes/kind-worker/cni/bin",
             "--set state-dir=/run/beeline-lab/nodes/kind-worker/state",
+            "--set devices=eth0",
         ] {
             assert!(args.contains(needle), "{args} lacks {needle}");
         }

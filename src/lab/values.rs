@@ -60,6 +60,7 @@ const MAPPINGS: &[(&str, &str, Shape)] = &[
     ("ipv6.enabled", "enable-ipv6", Shape::Scalar),
     ("enableIPv4Masquerade", "enable-ipv4-masquerade", Shape::Scalar),
     ("enableIPv6Masquerade", "enable-ipv6-masquerade", Shape::Scalar),
+    ("bpf.masquerade", "enable-bpf-masquerade", Shape::Scalar),
     ("loadBalancer.algorithm", "bpf-lb-algorithm", Shape::Scalar),
     ("nodePort.range", "node-port-range", Shape::Scalar),
     ("MTU", "mtu", Shape::Scalar),
@@ -287,6 +288,8 @@ mod tests {
                     ("kube-proxy-replacement", "true"),
                 ],
             ),
+            // Masquerading in BPF (beeline has no iptables masquerading to fall back to).
+            ("bpf:\n  masquerade: true\n", &[("enable-bpf-masquerade", "true")]),
             ("ipv4:\n  enabled: false\nipv6:\n  enabled: true\n", &[("enable-ipv4", "false"), ("enable-ipv6", "true")]),
             // A single string where the chart takes a list; commas as separators.
             ("ipam:\n  operator:\n    clusterPoolIPv4PodCIDRList: 10.1.0.0/16,10.2.0.0/16\n", &[("cluster-pool-ipv4-cidr", "10.1.0.0/16 10.2.0.0/16")]),

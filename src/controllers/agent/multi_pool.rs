@@ -538,17 +538,8 @@ pub async fn run(
                 Some(retry)
             }
         };
-        let next = async {
-            match wait {
-                None => changed.notified().await,
-                Some(d) => {
-                    let _ = tokio::time::timeout(d, changed.notified()).await;
-                }
-            }
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = next => {}
+        if !crate::controllers::watch::next_pass(&changed, wait, &shutdown).await {
+            return Ok(());
         }
     }
 }

@@ -202,17 +202,8 @@ pub async fn run(
             Ok(()) => None,
             Err(e) => Some(error_policy(&e, &ctx)),
         };
-        let next = async {
-            match wait {
-                None => changed.notified().await,
-                Some(d) => {
-                    let _ = tokio::time::timeout(d, changed.notified()).await;
-                }
-            }
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = next => {}
+        if !crate::controllers::watch::next_pass(&changed, wait, &shutdown).await {
+            return Ok(());
         }
     }
 }

@@ -33,8 +33,11 @@ pub const ENDPOINTS_OWNER: &str = "remote-endpoints";
 
 /// How soon failed route changes are retried.
 pub const ROUTE_RETRY: Duration = Duration::from_secs(2);
-/// How often to look again for the node devices while routes cannot be programmed.
-pub const DEVICE_RECHECK: Duration = Duration::from_secs(30);
+/// How often to look again for the node devices while routes cannot be programmed. Short: the
+/// agent creates cilium_host about a second after this controller's first pass (once IPAM knows
+/// the router IP), and no CiliumNode change follows to trigger another pass — with 30 s, native
+/// routing across nodes stayed broken for the first half minute of every lab.
+pub const DEVICE_RECHECK: Duration = Duration::from_secs(2);
 
 /// The remote-nodes controller's route and node metrics (`<process>_remote_*`); the map rows are
 /// counted by the map manager's `bpf_map_*` metrics.

@@ -151,17 +151,12 @@ pub async fn run_with(
             Ok(action) => action,
             Err(e) => error_policy(&e, &ctx),
         };
-        let wait = async {
-            match action {
-                Action::AwaitChange => changed.notified().await,
-                Action::RequeueAfter(d) => {
-                    let _ = tokio::time::timeout(d, changed.notified()).await;
-                }
-            }
+        let retry = match action {
+            Action::AwaitChange => None,
+            Action::RequeueAfter(d) => Some(d),
         };
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = wait => {}
+        if !crate::controllers::watch::next_pass(&changed, retry, &shutdown).await {
+            return Ok(());
         }
     }
 }

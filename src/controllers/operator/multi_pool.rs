@@ -138,16 +138,8 @@ pub async fn run_with(
                 true
             }
         };
-        let wait = async {
-            if failed {
-                let _ = tokio::time::timeout(retry, changed.notified()).await;
-            } else {
-                changed.notified().await;
-            }
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = wait => {}
+        if !crate::controllers::watch::next_pass(&changed, failed.then_some(retry), &shutdown).await {
+            return Ok(());
         }
     }
 }
