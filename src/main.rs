@@ -30,6 +30,10 @@ enum Command {
     Status(cli::status::StatusArgs),
     /// List the local agent's pod address allocations.
     Ipam(cli::ipam::IpamArgs),
+    /// The local agent's network policies and the selectors' identities (`get`, `selectors`).
+    Policy(cli::policy::PolicyArgs),
+    /// The local agent's endpoints with their identity and policy enforcement (`list`).
+    Endpoint(cli::policy::EndpointArgs),
     /// The services the datapath balances (`beeline service list`), from the pinned LB maps.
     Service(cli::service::ServiceArgs),
     /// Read the pinned BPF maps directly (`beeline bpf lb list`) and remove the datapath.
@@ -90,6 +94,8 @@ fn main() {
             Command::Lab(args) => lab::run(args).await,
             Command::Connectivity(args) => lab::connectivity::run(args).await,
             Command::Ipam(args) => cli::ipam::run(args).await,
+            Command::Policy(args) => cli::policy::run_policy(args).await,
+            Command::Endpoint(args) => cli::policy::run_endpoint(args).await,
             Command::Cni | Command::Crdgen(_) => unreachable!("handled above"),
         }
     });

@@ -72,6 +72,7 @@ async fn fixture() -> Fixture {
         config: beeline::config::Config::from_raw(&Default::default()).unwrap(),
         health: beeline::runtime::health::Telemetry::new("test").health,
         ipam: ipam.clone(),
+        policy: Default::default(),
         endpoints: endpoints.clone(),
         endpoint_kube: None,
         multi_pool: None,

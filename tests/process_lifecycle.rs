@@ -141,11 +141,19 @@ fn agent_reports_a_vanished_api_server_as_not_ready() {
         &format!("cni-bin-dir={}", dir.path().join("bin").display()),
     ]);
     assert_eq!(wait_for_status(health_port, "/healthz", 200), "ok\n");
-    let body = wait_for_status(health_port, "/readyz", 503);
+    // The connectivity check starts as "starting" and turns "unreachable" after its first probe.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let body = wait_for_status(health_port, "/readyz", 503);
+        if body.contains("[-]kubernetes failed: API server unreachable") || Instant::now() > deadline {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(body.contains("[-]kubernetes failed: API server unreachable"), "{body}");
     assert!(
         body.contains(
-            "[-]datapath-maps failed: waiting for the first full pass of: remote-endpoints, remote-nodes, services"
+            "[-]datapath-maps failed: waiting for the first full pass of: policy, remote-endpoints, remote-nodes, services"
         ),
         "{body}"
     );

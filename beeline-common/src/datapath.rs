@@ -63,6 +63,8 @@ impl DatapathConfig {
 pub mod drop_reason {
     /// Source IP does not belong to the endpoint it came from (spoofing).
     pub const INVALID_SIP: u32 = 132;
+    /// Policy enforced and no entry allows the packet (default deny).
+    pub const POLICY: u32 = 133;
     /// Malformed packet: truncated headers, bad IPv4 version/IHL/length, bad ARP.
     pub const INVALID: u32 = 134;
     /// A packet rewrite or helper call failed.
@@ -79,18 +81,30 @@ pub mod drop_reason {
     pub const NAT_NO_MAPPING: u32 = 167;
     /// Masquerading cannot translate this protocol (not TCP, UDP or ICMP echo).
     pub const NAT_UNSUPP_PROTO: u32 = 168;
+    /// An explicit deny entry matched (`ingressDeny` / `egressDeny`).
+    pub const POLICY_DENY: u32 = 181;
     /// Size of the drop counter array: every reason is below it.
     pub const MAX: u32 = 256;
 
     /// Every reason the programs use, for listings.
-    pub const ALL: &[u32] =
-        &[INVALID_SIP, INVALID, WRITE_ERROR, FRAG_NOSUPPORT, NO_TUNNEL_ENDPOINT, NAT_NO_MAPPING, NAT_UNSUPP_PROTO];
+    pub const ALL: &[u32] = &[
+        INVALID_SIP,
+        POLICY,
+        INVALID,
+        WRITE_ERROR,
+        FRAG_NOSUPPORT,
+        NO_TUNNEL_ENDPOINT,
+        NAT_NO_MAPPING,
+        NAT_UNSUPP_PROTO,
+        POLICY_DENY,
+    ];
 
     /// Cilium's text for the reason (`pkg/monitor/api/drop.go`), as `cilium monitor`, Hubble and
     /// the `cilium_drop_count_total{reason=...}` metric show it.
     pub fn name(reason: u32) -> &'static str {
         match reason {
             INVALID_SIP => "Invalid source ip",
+            POLICY => "Policy denied",
             INVALID => "Invalid packet",
             WRITE_ERROR => "Error writing to packet",
             NO_SERVICE => "Service backend not found",
@@ -99,6 +113,7 @@ pub mod drop_reason {
             NO_TUNNEL_ENDPOINT => "No tunnel/encapsulation endpoint (datapath BUG!)",
             NAT_NO_MAPPING => "No mapping for NAT masquerade",
             NAT_UNSUPP_PROTO => "Unsupported protocol for NAT masquerade",
+            POLICY_DENY => "Policy denied by denylist",
             _ => "Unknown",
         }
     }
@@ -136,12 +151,14 @@ mod tests {
         // Numbers and texts checked against Cilium's bpf/lib/common.h and pkg/monitor/api/drop.go.
         let want = [
             (132, "Invalid source ip"),
+            (133, "Policy denied"),
             (134, "Invalid packet"),
             (141, "Error writing to packet"),
             (157, "IP fragmentation not supported"),
             (160, "No tunnel/encapsulation endpoint (datapath BUG!)"),
             (167, "No mapping for NAT masquerade"),
             (168, "Unsupported protocol for NAT masquerade"),
+            (181, "Policy denied by denylist"),
         ];
         assert_eq!(drop_reason::ALL.len(), want.len());
         for (code, name) in want {

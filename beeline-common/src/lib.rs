@@ -10,6 +10,7 @@ pub mod endpoint;
 pub mod ipcache;
 pub mod lb;
 pub mod nat;
+pub mod policy;
 pub mod tunnel;
 
 /// Names of the pinned maps. Every map is pinned under the agent's bpffs directory with this name.
@@ -48,6 +49,11 @@ mod pod_impls {
     unsafe impl aya::Pod for crate::tunnel::TunnelValue {}
     unsafe impl aya::Pod for crate::datapath::DatapathConfig {}
     unsafe impl aya::Pod for crate::datapath::DropStats {}
+    unsafe impl aya::Pod for crate::policy::PolicyLpmData {}
+    unsafe impl aya::Pod for crate::policy::PolicyKey {}
+    unsafe impl aya::Pod for crate::policy::PolicyEntry {}
+    unsafe impl aya::Pod for crate::policy::PolicyEndpointKey {}
+    unsafe impl aya::Pod for crate::policy::PolicyEndpointConfig {}
     unsafe impl aya::Pod for crate::nat::NatTuple {}
     unsafe impl aya::Pod for crate::nat::NatEntry {}
 }
@@ -72,6 +78,28 @@ mod tests {
         assert_eq!(size_of::<tunnel::TunnelValue>(), 20);
         assert_eq!(size_of::<datapath::DatapathConfig>(), 36);
         assert_eq!(size_of::<datapath::DropStats>(), 16);
+        assert_eq!(size_of::<policy::PolicyLpmData>(), 12);
+        assert_eq!(size_of::<policy::PolicyKey>(), 16);
+        assert_eq!(size_of::<policy::PolicyEntry>(), 8);
+        assert_eq!(size_of::<policy::PolicyEndpointKey>(), 4);
+        assert_eq!(size_of::<policy::PolicyEndpointConfig>(), 4);
+    }
+
+    #[test]
+    fn policy_keys_put_the_port_prefix_in_network_order_after_the_static_part() {
+        // Ports 8080..=8081 as one /15 prefix: the high 15 bits of 8080, stored big-endian.
+        let k = policy::PolicyKey::l4(7, 300, policy::DIR_INGRESS, 6, 8081, 15);
+        assert_eq!(k.prefixlen, 72 + 8 + 15);
+        assert_eq!(k.port_prefix_len(), 15);
+        let bytes: [u8; 16] = unsafe { core::mem::transmute(k) };
+        assert_eq!(&bytes[4..8], &7u32.to_ne_bytes());
+        assert_eq!(&bytes[8..12], &300u32.to_ne_bytes());
+        assert_eq!(&bytes[12..16], &[0, 6, 0x1f, 0x90]);
+        let l3 = policy::PolicyKey::l3(7, 0, policy::DIR_EGRESS);
+        assert_eq!((l3.prefixlen, l3.port_prefix_len(), l3.data.protocol), (72, 0, 0));
+        // A prefix longer than 16 bits is clamped; a zero prefix wildcards every port.
+        assert_eq!(policy::PolicyKey::l4(1, 1, 0, 17, 53, 40).prefixlen, 96);
+        assert_eq!(policy::PolicyKey::l4(1, 1, 0, 17, 53, 0).data.dport_be, 0);
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! 1. count the packet per endpoint (`beeline_ep_stats`);
 //! 2. ARP → the gateway responder ([`crate::arp`]);
 //! 3. IPv4 → validate, check the source belongs to this veth (else drop), service translation
-//!    ([`crate::lb`]: DNAT to a backend, or reverse NAT of a local backend's reply), then forward: a local
+//!    ([`crate::lb`]: DNAT to a backend, or reverse NAT of a local backend's reply), then policy on
+//!    the translated packet (the source's egress policy, a local destination's ingress policy, as
+//!    Cilium applies policy to the backend, not the frontend), then forward: a local
 //!    destination straight to its pod; in tunnel mode a remote pod into the tunnel (VNI = source
 //!    identity) and anything else to the host stack; in native routing everything non-local by
 //!    the kernel's FIB ([`crate::fib`]);
@@ -25,6 +27,7 @@ use crate::{
     lb::{self, Next},
     lookup,
     parse::{self, Malformed, ETH_P_ARP, ETH_P_IP},
+    policy,
 };
 
 /// Keyed by the ingress ifindex (the host-side veth), so one pinned map serves every endpoint.
@@ -66,9 +69,17 @@ fn ipv4(ctx: &TcContext, ifindex: u32) -> i32 {
     // Forwarding (and the FIB lookup in native routing) decides on the translated destination.
     let ip = parse::Ipv4Hdr { daddr: dst.to_ne_bytes(), ..ip };
     let config = lookup::config();
-    if let Some(ep) = lookup::endpoint(dst) {
+    // Policy sees the backend (address and, read from the rewritten packet, port).
+    let dst_ep = lookup::endpoint(dst);
+    if let Some(verdict) = policy::egress(ctx, &src, &ip, lookup::identity(dst, dst_ep.as_ref())) {
+        return verdict;
+    }
+    if let Some(ep) = dst_ep {
         if ep.flags & ENDPOINT_F_HOST != 0 {
             return TC_ACT_OK;
+        }
+        if let Some(verdict) = policy::ingress(ctx, &ep, &ip, src.sec_id) {
+            return verdict;
         }
         return forward::to_local_endpoint(ctx, &ip, &ep, &config);
     }

@@ -1,8 +1,9 @@
 //! `from_overlay`: tc ingress on `cilium_vxlan` / `cilium_geneve` (collect-metadata devices), i.e.
-//! decapsulated packets from other nodes. The VNI is the sender's security identity (for ingress
-//! policy, later); the inner destination is looked up among the local endpoints and delivered
-//! to its pod; a remote backend's reply to a local client gets its frontend back first
-//! ([`crate::lb::from_overlay`]). Anything else (the node itself, unknown addresses) goes to the stack.
+//! decapsulated packets from other nodes. The VNI is the sender's security identity; a remote
+//! backend's reply to a local client gets its frontend back first ([`crate::lb::from_overlay`]);
+//! the inner destination is looked up among the local endpoints, its ingress policy applied with
+//! that identity, and the packet delivered to its pod. Anything else (the node itself, unknown
+//! addresses) goes to the stack.
 
 use aya_ebpf::{
     bindings::{bpf_tunnel_key, TC_ACT_OK},
@@ -16,6 +17,7 @@ use crate::{
     drop::drop,
     forward, lb, lookup,
     parse::{self, ETH_P_IP},
+    policy,
 };
 
 #[classifier]
@@ -30,7 +32,8 @@ pub fn from_overlay(ctx: TcContext) -> i32 {
         // Not from a tunnel (no metadata): not ours to decide.
         return TC_ACT_OK;
     }
-    let _source_identity = key.tunnel_id;
+    // The VNI carries the sender's security identity (24 bits).
+    let source_identity = key.tunnel_id & 0x00ff_ffff;
     let eth = match parse::eth(&ctx) {
         Ok(eth) => eth,
         Err(_) => return drop(&ctx, drop_reason::INVALID),
@@ -46,7 +49,12 @@ pub fn from_overlay(ctx: TcContext) -> i32 {
         return verdict;
     }
     match lookup::endpoint(ip.daddr_be()) {
-        Some(ep) if ep.flags & ENDPOINT_F_HOST == 0 => forward::to_local_endpoint(&ctx, &ip, &ep, &lookup::config()),
+        Some(ep) if ep.flags & ENDPOINT_F_HOST == 0 => {
+            if let Some(verdict) = policy::ingress(&ctx, &ep, &ip, source_identity) {
+                return verdict;
+            }
+            forward::to_local_endpoint(&ctx, &ip, &ep, &lookup::config())
+        }
         _ => TC_ACT_OK,
     }
 }

@@ -4,7 +4,7 @@ use aya_ebpf::maps::lpm_trie::Key;
 use beeline_common::{
     datapath::DatapathConfig,
     endpoint::{EndpointInfo, EndpointKey},
-    ipcache::{IpcacheLpmData, RemoteEndpointInfo, STATIC_PREFIX_BITS},
+    ipcache::{IpcacheLpmData, RemoteEndpointInfo, IDENTITY_WORLD, STATIC_PREFIX_BITS},
     tunnel::{TunnelKey, TunnelValue},
 };
 
@@ -22,6 +22,16 @@ pub fn endpoint(ip_be: u32) -> Option<EndpointInfo> {
 pub fn ipcache(ip_be: u32) -> Option<RemoteEndpointInfo> {
     let key = Key::new(STATIC_PREFIX_BITS + 32, IpcacheLpmData::ipv4(ip_be, 32));
     IPCACHE.get(&key).copied()
+}
+
+/// The security identity behind `ip_be`: the local endpoint's own (already looked up by the
+/// caller), else the ipcache's, else `world`.
+#[inline(always)]
+pub fn identity(ip_be: u32, local: Option<&EndpointInfo>) -> u32 {
+    match local {
+        Some(ep) => ep.sec_id,
+        None => ipcache(ip_be).map(|i| i.sec_identity).unwrap_or(IDENTITY_WORLD),
+    }
 }
 
 /// The node owning the pod CIDR of `ip_be`, with per-node CIDRs of `prefix_len` bits.

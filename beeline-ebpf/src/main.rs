@@ -16,6 +16,7 @@ mod maps;
 mod nat;
 mod netdev;
 mod parse;
+mod policy;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -10,6 +10,7 @@ use beeline_common::{
     datapath::{drop_reason, DatapathConfig, DropStats},
     endpoint::{self, EndpointInfo, EndpointKey},
     ipcache::{self, IpcacheLpmData, RemoteEndpointInfo},
+    policy::{self, PolicyEndpointConfig, PolicyEndpointKey, PolicyEntry, PolicyLpmData},
     nat::{self, NatEntry, NatTuple},
     tunnel::{self, TunnelKey, TunnelValue},
 };
@@ -36,6 +37,14 @@ pub static CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
 #[map(name = "beeline_drops")]
 pub static DROPS: PerCpuArray<DropStats> = PerCpuArray::with_max_entries(drop_reason::MAX, 0);
 
+/// Per-endpoint policy entries (Cilium's `cilium_policy_<ep>`, one trie for all endpoints).
+#[map(name = "beeline_policy")]
+pub static POLICY: LpmTrie<PolicyLpmData, PolicyEntry> = LpmTrie::with_max_entries(policy::MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Per-endpoint enforcement flags; no entry = not enforcing.
+#[map(name = "beeline_policy_ep")]
+pub static POLICY_ENDPOINTS: HashMap<PolicyEndpointKey, PolicyEndpointConfig> =
+    HashMap::with_max_entries(policy::ENDPOINT_MAX_ENTRIES, 0);
 /// Masquerading (and later NodePort SNAT) translations, both directions (`cilium_snat_v4_external`).
 /// LRU: idle flows age out without a garbage collector.
 #[map(name = "beeline_snat_v4")]

@@ -83,6 +83,8 @@ pub struct ApiState {
     pub config: crate::config::Config,
     pub health: Health,
     pub ipam: Arc<crate::controllers::agent::ipam_state::NodeIpam>,
+    /// What the policy controller's last pass computed (empty until it runs).
+    pub policy: crate::controllers::agent::policy_watch::SharedPolicyView,
     pub endpoints: Arc<super::endpoints::EndpointManager>,
     /// Identities and CiliumEndpoints; `None` runs endpoints without the API server (identity `init`).
     pub endpoint_kube: Option<Arc<super::endpoint_kube::EndpointKube>>,
@@ -94,6 +96,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .merge(super::ipam_api::routes())
+        .merge(super::policy_api::routes())
         .merge(super::endpoint_api::routes())
         .with_state(state)
 }

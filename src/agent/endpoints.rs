@@ -13,6 +13,7 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use beeline_common::endpoint::EndpointInfo;
@@ -20,6 +21,7 @@ use beeline_common::endpoint::EndpointInfo;
 use super::endpoint_core::{endpoint_rows, CoreError, Endpoint, EndpointRequest, EndpointTable};
 use super::ipam_expiry::{Attachment, Clock, PendingAllocations, PENDING_TTL};
 use crate::controllers::agent::ipam_state::{write_atomically, NodeIpam, NodeIpamError};
+use crate::controllers::agent::local_endpoints::{self, LocalEndpoint, LocalEndpointsRx, LocalEndpointsTx};
 use crate::datapath::{agent::AgentDatapath, loader::programs, Direction, PinLayout};
 use crate::ipam::Owner;
 
@@ -128,6 +130,11 @@ pub struct EndpointManager {
     ipam: Arc<NodeIpam>,
     clock: Arc<dyn Clock>,
     pending: Mutex<PendingAllocations>,
+    /// The registered endpoints as the policy controller reads them, republished on every change.
+    published: LocalEndpointsTx,
+    /// Whether [`Self::publish`] ran (restore or a registration): subscribers joining later must
+    /// still see a first value, as that is what tells the policy controller the set is known.
+    has_published: AtomicBool,
 }
 
 impl EndpointManager {
@@ -144,7 +151,41 @@ impl EndpointManager {
             ipam,
             clock,
             pending: Mutex::new(PendingAllocations::new(PENDING_TTL)),
+            published: local_endpoints::channel().0,
+            has_published: AtomicBool::new(false),
         }
+    }
+
+    /// The local endpoints as the policy controller wants them. The receiver sees a change once
+    /// the set is known (right away when it already is: after [`Self::restore`]).
+    pub fn subscribe(&self) -> LocalEndpointsRx {
+        let mut rx = self.published.subscribe();
+        if self.has_published.load(Ordering::SeqCst) {
+            rx.mark_changed();
+        }
+        rx
+    }
+
+    /// Publishes `table`'s endpoints (called with the table lock held, so publications follow the
+    /// order of the changes).
+    fn publish(&self, table: &EndpointTable) {
+        let endpoints = table
+            .endpoints
+            .values()
+            .map(|e| {
+                let local = LocalEndpoint {
+                    id: e.id,
+                    identity: e.identity,
+                    labels: local_endpoints::own_labels(&e.identity_labels),
+                    namespace: e.spec.namespace.clone(),
+                    pod: e.spec.pod.clone(),
+                };
+                (e.id, local)
+            })
+            .collect();
+        self.has_published.store(true, Ordering::SeqCst);
+        // `send_replace` stores the value even while nobody subscribes yet.
+        self.published.send_replace(Arc::new(endpoints));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, EndpointTable> {
@@ -216,6 +257,7 @@ impl EndpointManager {
         next.insert(endpoint.clone());
         self.save(&next)?;
         *table = next;
+        self.publish(&table);
         tracing::info!(container = %container_id, id = endpoint.id, identity, host_ifname = %endpoint.spec.host_ifname, "endpoint registered");
         Ok(endpoint)
     }
@@ -231,6 +273,7 @@ impl EndpointManager {
         next.remove(container_id);
         self.save(&next)?;
         *table = next;
+        self.publish(&table);
         let released = self.ipam.release(container_id, &endpoint.spec.ifname)?;
         tracing::info!(container = %container_id, id = endpoint.id, ?released, "endpoint removed");
         Ok(RemoveOutcome { removed: Some(endpoint), released })
@@ -292,6 +335,7 @@ impl EndpointManager {
         if let Err(e) = self.save(&table) {
             warnings.push(e.to_string());
         }
+        self.publish(&table);
         warnings
     }
 

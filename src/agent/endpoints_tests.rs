@@ -121,6 +121,44 @@ fn restore_keeps_endpoints_whose_veth_exists_and_drops_the_others() {
 }
 
 #[test]
+fn local_endpoints_are_published_after_restore_and_on_every_register_and_remove() {
+    let s = setup();
+    let ip = allocate(&s, "a");
+    s.manager.register("a", request("a", ip), 300, vec!["k8s:app=web".into()]).unwrap();
+
+    // A new agent: nothing published before restore; a subscriber joining after restore still
+    // sees the restored set as a change (that is what tells the policy controller it is known).
+    let datapath = Arc::new(FakeDatapath::default());
+    *datapath.interfaces.lock().unwrap() = Some([(crate::cni::network::host_ifname("a"), 20)].into());
+    let manager = EndpointManager::new(s.dir.path(), datapath, s.ipam.clone(), s.clock.clone());
+    assert!(!manager.subscribe().has_changed().unwrap(), "nothing known before restore");
+    assert!(manager.restore().is_empty());
+    let mut rx = manager.subscribe();
+    assert!(rx.has_changed().unwrap());
+    let want = LocalEndpoint {
+        id: 1,
+        identity: 300,
+        labels: [("app".to_string(), "web".to_string())].into(),
+        namespace: "default".into(),
+        pod: "a".into(),
+    };
+    assert_eq!(rx.borrow_and_update().values().cloned().collect::<Vec<_>>(), vec![want]);
+
+    let b = allocate(&s, "b");
+    let mut rb = request("b", b);
+    rb.host_ifindex = 21;
+    manager.register("b", rb, 301, vec![]).unwrap();
+    assert!(rx.has_changed().unwrap());
+    assert_eq!(rx.borrow_and_update().keys().copied().collect::<Vec<_>>(), vec![1, 2]);
+    manager.remove("a").unwrap();
+    assert!(rx.has_changed().unwrap());
+    assert_eq!(rx.borrow_and_update().keys().copied().collect::<Vec<_>>(), vec![2]);
+    // A refused registration publishes nothing.
+    assert!(manager.register("c", request("c", b), 5, vec![]).is_err());
+    assert!(!rx.has_changed().unwrap());
+}
+
+#[test]
 fn allocations_without_an_endpoint_expire_after_ten_minutes_registered_ones_never() {
     let s = setup();
     let registered = allocate(&s, "reg");

@@ -34,6 +34,7 @@ pub(crate) fn serve_test_agent() -> TestAgent {
         config: crate::config::Config::from_raw(&Default::default()).unwrap(),
         health: crate::runtime::health::Telemetry::new("test").health,
         ipam: ipam.clone(),
+        policy: Default::default(),
         endpoints: Arc::new(crate::agent::endpoints::EndpointManager::new(
             &dir.path().join("state"),
             datapath.clone(),

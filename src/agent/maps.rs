@@ -1,4 +1,4 @@
-//! The agent's one map manager: every BPF map group (LB, remote) syncs through it, so there is one
+//! The agent's one map manager: every BPF map group (LB, remote, policy) syncs through it, so there is one
 //! prune gate over all row owners, one set of `<process>_bpf_map_*` metrics, and one
 //! `datapath-maps` readiness check.
 
@@ -13,6 +13,7 @@ pub const CHECK: &str = "datapath-maps";
 
 /// Owner names of the agent's controllers.
 pub const SERVICES_OWNER: &str = "services";
+pub const POLICY_OWNER: &str = "policy";
 
 /// The manager with its metrics registered. Register every owner (see [`Owners`]) before any
 /// group's writer starts: an owner registered after the gate opened is not waited for.
@@ -27,6 +28,7 @@ pub struct Owners {
     pub services: Owner,
     pub remote_nodes: Owner,
     pub remote_endpoints: Owner,
+    pub policy: Owner,
 }
 
 impl Owners {
@@ -36,6 +38,7 @@ impl Owners {
             services: manager.register_owner(SERVICES_OWNER),
             remote_nodes: manager.register_owner(NODES_OWNER),
             remote_endpoints: manager.register_owner(ENDPOINTS_OWNER),
+            policy: manager.register_owner(POLICY_OWNER),
         }
     }
 }

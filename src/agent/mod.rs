@@ -10,6 +10,8 @@ pub mod ipam_api;
 pub mod ipam_expiry;
 pub mod lb;
 pub mod maps;
+pub mod policy;
+pub mod policy_api;
 pub mod remote;
 
 use std::sync::Arc;
@@ -89,6 +91,9 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
             Ok(())
         }
     });
+    // Subscribed after restore: the policy controller's first pass sees the restored endpoints.
+    let local_endpoints = endpoint_manager.subscribe();
+    let policy_view = crate::controllers::agent::policy_watch::SharedPolicyView::default();
     let multi_pool = multi_pool::start(&config, &client, &node_name, &mut runner, token.clone());
     let api_state = Arc::new(api::ApiState {
         node_name: node_name.clone(),
@@ -102,6 +107,7 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
             &config.cluster_name,
         ))),
         multi_pool,
+        policy: policy_view.clone(),
     });
     let api = api::serve(&config.agent_socket_path, api_state, token.clone())?;
     runner.spawn("agent-api", async move { Ok(api.await?) });
@@ -130,6 +136,16 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
         &node_name,
         client.clone(),
         &telemetry,
+        &mut runner,
+    )?;
+    policy::start(
+        &config,
+        &manager,
+        owners.policy,
+        &pin_dir,
+        local_endpoints,
+        policy_view,
+        client.clone(),
         &mut runner,
     )?;
     maps::start_readiness(&manager, &telemetry, &mut runner);

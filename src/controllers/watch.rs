@@ -20,6 +20,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Resource;
 use serde::de::DeserializeOwned;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -84,6 +85,21 @@ impl Watches {
         .boxed();
         self.events.push(stream);
         store
+    }
+
+    /// Adds an in-process input published on a `tokio::sync::watch` channel (e.g. the endpoint
+    /// manager's local endpoints). It counts as listed at its first value published after `rx` was
+    /// subscribed (a publisher that has nothing to restore still publishes once), and each later
+    /// value arms a pass like an object change. Read the values through a clone of `rx`.
+    pub fn add_channel<T: Send + Sync + 'static>(&mut self, kind: &'static str, rx: watch::Receiver<T>) {
+        let index = self.kinds.len();
+        self.kinds.push(kind);
+        let stream = futures::stream::unfold(rx, move |mut rx| async move {
+            // A dropped sender ends the stream; the other inputs keep the loop running.
+            rx.changed().await.ok().map(|()| (Ok((index, true)), rx))
+        })
+        .boxed();
+        self.events.push(stream);
     }
 
     /// Runs passes until `shutdown`. A pass resolves to when it wants to run again without a

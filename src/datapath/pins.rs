@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use beeline_common::{datapath, endpoint, ipcache, lb, map_names, nat, tunnel};
+use beeline_common::{datapath, endpoint, ipcache, lb, map_names, nat, policy, tunnel};
 
 /// Every map the loader pins, so a restarted agent (and the CLI) find the same kernel maps.
 pub const PINNED_MAPS: &[&str] = &[
@@ -23,6 +23,8 @@ pub const PINNED_MAPS: &[&str] = &[
     tunnel::MAP_NAME,
     datapath::CONFIG_MAP_NAME,
     datapath::DROPS_MAP_NAME,
+    policy::MAP_NAME,
+    policy::ENDPOINT_MAP_NAME,
     // The load balancer's: the agent's map manager reopens the rows maps (same shapes), the
     // datapath alone writes conntrack and affinity.
     lb::map_names::LB4_SERVICES,

@@ -1,5 +1,6 @@
 //! Typed access to the connectivity maps through their pins: local endpoints (`beeline_lxc`), the
-//! ipcache (`beeline_ipcache`), the tunnel map, the node configuration and the drop counters.
+//! ipcache (`beeline_ipcache`), the tunnel map, the policy maps, the node configuration and the drop
+//! counters.
 //!
 //! This is the thin kernel shell the agent's endpoint/node controllers will feed (through the map
 //! manager for the hash maps, see [`super::manager::maps`]); tests populate maps with it directly.
@@ -16,6 +17,7 @@ use beeline_common::{
     datapath::{self, drop_reason, DatapathConfig, DropStats},
     endpoint::{self, EndpointInfo, EndpointKey},
     ipcache::{self, IpcacheKey, IpcacheLpmData, RemoteEndpointInfo},
+    policy::{self, PolicyEndpointConfig, PolicyEndpointKey, PolicyEntry, PolicyKey, PolicyLpmData},
     tunnel::{self, TunnelKey, TunnelValue},
 };
 use ipnet::Ipv4Net;
@@ -126,6 +128,51 @@ pub fn read_drops(pin_dir: &Path) -> Result<BTreeMap<u32, DropStats>, DatapathEr
         }
     }
     Ok(out)
+}
+
+fn policy_map(pin_dir: &Path) -> Result<LpmTrie<MapData, PolicyLpmData, PolicyEntry>, DatapathError> {
+    LpmTrie::try_from(Map::LpmTrie(open(pin_dir, policy::MAP_NAME)?)).map_err(map_err(policy::MAP_NAME))
+}
+
+/// Adds or replaces one policy entry.
+pub fn upsert_policy(pin_dir: &Path, key: &PolicyKey, entry: &PolicyEntry) -> Result<(), DatapathError> {
+    policy_map(pin_dir)?.insert(&LpmKey::new(key.prefixlen, key.data), entry, 0).map_err(map_err(policy::MAP_NAME))
+}
+
+pub fn remove_policy(pin_dir: &Path, key: &PolicyKey) -> Result<(), DatapathError> {
+    policy_map(pin_dir)?.remove(&LpmKey::new(key.prefixlen, key.data)).map_err(map_err(policy::MAP_NAME))
+}
+
+/// Every policy entry (all endpoints).
+pub fn list_policy(pin_dir: &Path) -> Result<Vec<(PolicyKey, PolicyEntry)>, DatapathError> {
+    policy_map(pin_dir)?
+        .iter()
+        .map(|row| row.map(|(k, v)| (PolicyKey { prefixlen: k.prefix_len(), data: k.data() }, v)))
+        .collect::<Result<_, _>>()
+        .map_err(map_err(policy::MAP_NAME))
+}
+
+fn policy_endpoints(
+    pin_dir: &Path,
+) -> Result<HashMap<MapData, PolicyEndpointKey, PolicyEndpointConfig>, DatapathError> {
+    HashMap::try_from(Map::HashMap(open(pin_dir, policy::ENDPOINT_MAP_NAME)?))
+        .map_err(map_err(policy::ENDPOINT_MAP_NAME))
+}
+
+/// Sets endpoint `endpoint_id`'s enforcement flags (`policy::EP_F_*`).
+pub fn set_policy_enforcement(pin_dir: &Path, endpoint_id: u32, flags: u32) -> Result<(), DatapathError> {
+    policy_endpoints(pin_dir)?
+        .insert(PolicyEndpointKey { endpoint_id }, PolicyEndpointConfig { flags }, 0)
+        .map_err(map_err(policy::ENDPOINT_MAP_NAME))
+}
+
+/// Every endpoint's enforcement flags, by endpoint ID.
+pub fn list_policy_enforcement(pin_dir: &Path) -> Result<BTreeMap<u32, u32>, DatapathError> {
+    policy_endpoints(pin_dir)?
+        .iter()
+        .map(|row| row.map(|(k, v)| (k.endpoint_id, v.flags)))
+        .collect::<Result<_, _>>()
+        .map_err(map_err(policy::ENDPOINT_MAP_NAME))
 }
 
 /// Every row of the SNAT map (both directions), for the CLI and tests.

@@ -164,29 +164,26 @@ pub trait LpmKey: aya::Pod {
     fn from_lpm(key: &lpm_trie::Key<Self::Data>) -> Self;
 }
 
-impl LpmKey for beeline_common::ipcache::IpcacheKey {
-    type Data = beeline_common::ipcache::IpcacheLpmData;
+/// `LpmKey` for a `#[repr(C)]` key of the shape `{ prefixlen: u32, data: $data }`.
+macro_rules! lpm_key {
+    ($key:ty, $data:ty) => {
+        impl LpmKey for $key {
+            type Data = $data;
 
-    fn to_lpm(&self) -> lpm_trie::Key<Self::Data> {
-        lpm_trie::Key::new(self.prefixlen, self.data)
-    }
+            fn to_lpm(&self) -> lpm_trie::Key<Self::Data> {
+                lpm_trie::Key::new(self.prefixlen, self.data)
+            }
 
-    fn from_lpm(key: &lpm_trie::Key<Self::Data>) -> Self {
-        Self { prefixlen: key.prefix_len(), data: key.data() }
-    }
+            fn from_lpm(key: &lpm_trie::Key<Self::Data>) -> Self {
+                Self { prefixlen: key.prefix_len(), data: key.data() }
+            }
+        }
+    };
 }
 
-impl LpmKey for beeline_common::lb::Lb4SrcRangeKey {
-    type Data = beeline_common::lb::Lb4SrcRangeData;
-
-    fn to_lpm(&self) -> lpm_trie::Key<Self::Data> {
-        lpm_trie::Key::new(self.prefixlen, self.data)
-    }
-
-    fn from_lpm(key: &lpm_trie::Key<Self::Data>) -> Self {
-        Self { prefixlen: key.prefix_len(), data: key.data() }
-    }
-}
+lpm_key!(beeline_common::ipcache::IpcacheKey, beeline_common::ipcache::IpcacheLpmData);
+lpm_key!(beeline_common::policy::PolicyKey, beeline_common::policy::PolicyLpmData);
+lpm_key!(beeline_common::lb::Lb4SrcRangeKey, beeline_common::lb::Lb4SrcRangeData);
 
 /// A typed pinned LPM trie.
 pub struct KernelLpmMap<K: LpmKey, V> {

@@ -9,6 +9,7 @@ use beeline_common::{
         self, Lb4Backend, Lb4BackendKey, Lb4Key, Lb4RevNatKey, Lb4ReverseNat, Lb4Service, Lb4SrcRangeKey,
         LbAffinityMatchKey, LbMaglevKey,
     },
+    policy::{self, PolicyEndpointConfig, PolicyEndpointKey, PolicyEntry, PolicyKey},
     tunnel::{self, TunnelKey, TunnelValue},
 };
 use serde_json::json;
@@ -175,6 +176,53 @@ impl MapDef for TunnelMap {
 
     fn row_json(k: &TunnelKey, v: &TunnelValue) -> serde_json::Value {
         json!({ "prefix": ipv4(k.ip4), "endpoint": ipv4(v.ip4) })
+    }
+}
+
+/// Policy entries of every local endpoint (`beeline_policy`, Cilium's `cilium_policy_<ep>`). An LPM
+/// trie: the key is the whole kernel key, prefix length first.
+pub struct PolicyMap;
+
+/// Per-endpoint enforcement flags (`beeline_policy_ep`).
+pub struct PolicyEndpoints;
+
+/// The policy maps share one writer, [`PolicyMap`] added before [`PolicyEndpoints`]: enforcement
+/// flags are upserted after the entries and deleted before them, so an endpoint never starts
+/// enforcing a half-written policy.
+pub const POLICY_GROUP: (&str, WriteOrder) = ("policy", WriteOrder::MakeBeforeBreak);
+
+impl MapDef for PolicyMap {
+    type Key = PolicyKey;
+    type Value = PolicyEntry;
+    const NAME: &'static str = policy::MAP_NAME;
+    const KIND: MapKind = MapKind::LpmTrie;
+    const MAX_ENTRIES: u32 = policy::MAX_ENTRIES;
+    const FLAGS: u32 = BPF_F_NO_PREALLOC;
+
+    fn row_json(k: &PolicyKey, v: &PolicyEntry) -> serde_json::Value {
+        let d = &k.data;
+        json!({
+            "endpoint": d.endpoint_id, "identity": d.identity,
+            "direction": if d.egress == policy::DIR_EGRESS { "egress" } else { "ingress" },
+            "protocol": d.protocol, "port": u16::from_be(d.dport_be), "port_prefix_len": k.port_prefix_len(),
+            "verdict": if v.is_deny() { "deny" } else { "allow" },
+        })
+    }
+}
+
+impl MapDef for PolicyEndpoints {
+    type Key = PolicyEndpointKey;
+    type Value = PolicyEndpointConfig;
+    const NAME: &'static str = policy::ENDPOINT_MAP_NAME;
+    const KIND: MapKind = MapKind::Hash;
+    const MAX_ENTRIES: u32 = policy::ENDPOINT_MAX_ENTRIES;
+
+    fn row_json(k: &PolicyEndpointKey, v: &PolicyEndpointConfig) -> serde_json::Value {
+        json!({
+            "endpoint": k.endpoint_id,
+            "ingress_enforcing": v.flags & policy::EP_F_INGRESS_ENFORCE != 0,
+            "egress_enforcing": v.flags & policy::EP_F_EGRESS_ENFORCE != 0,
+        })
     }
 }
 

@@ -1,0 +1,286 @@
+//! Policy verdicts of `from_container` under `BPF_PROG_TEST_RUN`: the egress policy of the sending
+//! endpoint and the ingress policy of a local destination, from the policy trie and the
+//! per-endpoint enforcement flags. Root, no namespaces.
+//!
+//! Pod A sends (it sits on loopback, the device test_run runs on); pod B is local behind an
+//! arbitrary ifindex. A delivered packet is `TC_ACT_REDIRECT`, a packet to the world that passes is
+//! `TC_ACT_OK` (to the stack), a dropped one `TC_ACT_SHOT` with its reason counted.
+//! (`from_overlay`'s ingress check needs tunnel metadata, which test_run cannot attach.)
+
+mod integration;
+
+use std::net::Ipv4Addr;
+
+use beeline::datapath::{
+    loader::programs::FROM_CONTAINER,
+    tables,
+    testing::{
+        packet::{tcp_flags, FrameBuilder},
+        test_run::run_tc,
+    },
+    Datapath,
+};
+use beeline_common::{
+    datapath::drop_reason,
+    endpoint::EndpointInfo,
+    ipcache::RemoteEndpointInfo,
+    policy::{PolicyEntry, PolicyKey, DIR_EGRESS, DIR_INGRESS, EP_F_EGRESS_ENFORCE, EP_F_INGRESS_ENFORCE},
+};
+use integration::{require_root, BpffsDir};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+const LOOPBACK: u32 = 1;
+
+const EP_A: u32 = 11;
+const EP_B: u32 = 22;
+const ID_A: u32 = 51234;
+const ID_B: u32 = 40000;
+const ID_OTHER: u32 = 777;
+const ID_WORLD: u32 = 2;
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const ICMP: u8 = 1;
+
+const MAC_A: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x0a];
+const LXC_A: [u8; 6] = [0x1a, 0, 0, 0, 0, 0x0a];
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+struct Fixture {
+    bpffs: BpffsDir,
+    datapath: Datapath,
+}
+
+impl Fixture {
+    fn new(label: &str) -> Fixture {
+        require_root();
+        let bpffs = BpffsDir::new(label);
+        let datapath = Datapath::load(&bpffs.pin_dir()).expect("load the datapath");
+        let f = Fixture { bpffs, datapath };
+        let pin = f.bpffs.pin_dir();
+        let ep = |ifindex, lxc_id: u32, sec_id| EndpointInfo {
+            ifindex,
+            lxc_id: lxc_id as u16,
+            mac: MAC_A,
+            node_mac: LXC_A,
+            sec_id,
+            ..Default::default()
+        };
+        tables::upsert_endpoint(&pin, ip("10.0.1.2"), &ep(LOOPBACK, EP_A, ID_A)).unwrap();
+        tables::upsert_endpoint(&pin, ip("10.0.1.3"), &ep(4242, EP_B, ID_B)).unwrap();
+        let world = RemoteEndpointInfo { sec_identity: ID_WORLD, ..Default::default() };
+        tables::upsert_ipcache(&pin, "0.0.0.0/0".parse().unwrap(), &world).unwrap();
+        let other = RemoteEndpointInfo { sec_identity: ID_OTHER, ..Default::default() };
+        tables::upsert_ipcache(&pin, "192.168.7.0/24".parse().unwrap(), &other).unwrap();
+        f
+    }
+
+    fn enforce(&self, endpoint: u32, flags: u32) {
+        tables::set_policy_enforcement(&self.bpffs.pin_dir(), endpoint, flags).unwrap();
+    }
+
+    fn allow(&self, key: PolicyKey) {
+        tables::upsert_policy(&self.bpffs.pin_dir(), &key, &PolicyEntry::ALLOW).unwrap();
+    }
+
+    fn deny(&self, key: PolicyKey) {
+        tables::upsert_policy(&self.bpffs.pin_dir(), &key, &PolicyEntry::DENY).unwrap();
+    }
+
+    fn verdict(&self, frame: &[u8]) -> u32 {
+        run_tc(self.datapath.program(FROM_CONTAINER).unwrap(), frame).expect("test_run").retval
+    }
+
+    fn drops(&self) -> Vec<(u32, u64)> {
+        tables::read_drops(&self.bpffs.pin_dir()).unwrap().into_iter().map(|(r, s)| (r, s.packets)).collect()
+    }
+}
+
+fn from_a(dst: &str) -> FrameBuilder {
+    FrameBuilder::new(MAC_A, LXC_A).ipv4(ip("10.0.1.2"), ip(dst))
+}
+
+fn tcp_to(dst: &str, port: u16) -> Vec<u8> {
+    from_a(dst).tcp(40000, port, tcp_flags::SYN).build()
+}
+
+fn udp_to(dst: &str, port: u16) -> Vec<u8> {
+    from_a(dst).udp(40000, port).build()
+}
+
+const B: &str = "10.0.1.3";
+
+/// Runs `(name, frame, expected verdict)` cases and checks the drop counters grew by exactly the
+/// expected reasons.
+fn check(f: &Fixture, cases: &[(&str, Vec<u8>, u32, Option<u32>)]) {
+    let mut expected: std::collections::BTreeMap<u32, u64> = f.drops().into_iter().collect();
+    for (name, frame, want, reason) in cases {
+        assert_eq!(f.verdict(frame), *want, "{name}");
+        if let Some(r) = reason {
+            *expected.entry(*r).or_default() += 1;
+        }
+        assert_eq!(f.drops(), expected.iter().map(|(r, n)| (*r, *n)).collect::<Vec<_>>(), "{name}: drop counters");
+    }
+}
+
+#[test]
+fn without_enforcement_everything_passes_even_with_entries() {
+    let f = Fixture::new("pol-none");
+    // Entries alone do nothing: the direction must be enforced (Cilium's default-allow endpoints).
+    f.deny(PolicyKey::l3(EP_B, ID_A, DIR_INGRESS));
+    f.deny(PolicyKey::l3(EP_A, 0, DIR_EGRESS));
+    f.enforce(EP_B, EP_F_EGRESS_ENFORCE);
+    check(
+        &f,
+        &[
+            ("to local B", tcp_to(B, 80), TC_ACT_REDIRECT, None),
+            ("to the world", udp_to("8.8.8.8", 53), TC_ACT_OK, None),
+        ],
+    );
+}
+
+#[test]
+fn ingress_enforcement_with_no_entries_is_a_default_deny() {
+    let f = Fixture::new("pol-default-deny");
+    f.enforce(EP_B, EP_F_INGRESS_ENFORCE);
+    check(
+        &f,
+        &[
+            ("tcp", tcp_to(B, 80), TC_ACT_SHOT, Some(drop_reason::POLICY)),
+            ("udp", udp_to(B, 53), TC_ACT_SHOT, Some(drop_reason::POLICY)),
+            // A's egress is not enforced, so the world is reachable.
+            ("world", udp_to("8.8.8.8", 53), TC_ACT_OK, None),
+        ],
+    );
+}
+
+#[test]
+fn l3_allow_admits_every_port_of_that_identity_only() {
+    let f = Fixture::new("pol-l3");
+    f.enforce(EP_B, EP_F_INGRESS_ENFORCE);
+    f.allow(PolicyKey::l3(EP_B, ID_A, DIR_INGRESS));
+    // Another endpoint's entry for the same peer must not leak into B's decisions.
+    f.allow(PolicyKey::l3(EP_A, ID_OTHER, DIR_INGRESS));
+    check(
+        &f,
+        &[
+            ("tcp 80", tcp_to(B, 80), TC_ACT_REDIRECT, None),
+            ("udp 53", udp_to(B, 53), TC_ACT_REDIRECT, None),
+            ("icmp", from_a(B).icmp_echo_request(1, 1).build(), TC_ACT_REDIRECT, None),
+        ],
+    );
+    // Replacing the peer's entry takes effect at once.
+    tables::remove_policy(&f.bpffs.pin_dir(), &PolicyKey::l3(EP_B, ID_A, DIR_INGRESS)).unwrap();
+    f.allow(PolicyKey::l3(EP_B, ID_OTHER, DIR_INGRESS));
+    check(&f, &[("peer no longer allowed", tcp_to(B, 80), TC_ACT_SHOT, Some(drop_reason::POLICY))]);
+}
+
+#[test]
+fn l4_allow_matches_protocol_and_exact_or_masked_ports() {
+    let f = Fixture::new("pol-l4");
+    f.enforce(EP_B, EP_F_INGRESS_ENFORCE);
+    f.allow(PolicyKey::l4(EP_B, ID_A, DIR_INGRESS, TCP, 80, 16));
+    // 8080-8081 as one /15 prefix.
+    f.allow(PolicyKey::l4(EP_B, ID_A, DIR_INGRESS, TCP, 8080, 15));
+    // Every UDP port.
+    f.allow(PolicyKey::l4(EP_B, ID_A, DIR_INGRESS, UDP, 0, 0));
+    // ICMP echo request (type 8) only.
+    f.allow(PolicyKey::l4(EP_B, ID_A, DIR_INGRESS, ICMP, 8, 16));
+    let denied = Some(drop_reason::POLICY);
+    check(
+        &f,
+        &[
+            ("tcp 80", tcp_to(B, 80), TC_ACT_REDIRECT, None),
+            ("tcp 81", tcp_to(B, 81), TC_ACT_SHOT, denied),
+            ("tcp 8080", tcp_to(B, 8080), TC_ACT_REDIRECT, None),
+            ("tcp 8081", tcp_to(B, 8081), TC_ACT_REDIRECT, None),
+            ("tcp 8079", tcp_to(B, 8079), TC_ACT_SHOT, denied),
+            ("tcp 8082", tcp_to(B, 8082), TC_ACT_SHOT, denied),
+            ("udp 80", udp_to(B, 80), TC_ACT_REDIRECT, None),
+            ("udp 65535", udp_to(B, 65535), TC_ACT_REDIRECT, None),
+            ("icmp echo request", from_a(B).icmp_echo_request(1, 1).build(), TC_ACT_REDIRECT, None),
+            ("icmp timestamp", from_a(B).icmp(13, 0, [0; 4]).build(), TC_ACT_SHOT, denied),
+        ],
+    );
+}
+
+#[test]
+fn identity_zero_is_a_wildcard_peer() {
+    let f = Fixture::new("pol-wildcard");
+    f.enforce(EP_B, EP_F_INGRESS_ENFORCE);
+    f.allow(PolicyKey::l4(EP_B, 0, DIR_INGRESS, TCP, 443, 16));
+    check(
+        &f,
+        &[
+            ("any peer on 443", tcp_to(B, 443), TC_ACT_REDIRECT, None),
+            ("any peer on 80", tcp_to(B, 80), TC_ACT_SHOT, Some(drop_reason::POLICY)),
+        ],
+    );
+}
+
+#[test]
+fn deny_wins_over_allow_from_either_lookup() {
+    let f = Fixture::new("pol-deny");
+    f.enforce(EP_B, EP_F_INGRESS_ENFORCE);
+    // Allow everything from everyone, deny A on TCP 80: the specific deny wins over the wildcard allow.
+    f.allow(PolicyKey::l3(EP_B, 0, DIR_INGRESS));
+    f.deny(PolicyKey::l4(EP_B, ID_A, DIR_INGRESS, TCP, 80, 16));
+    // Allow A on UDP, deny UDP 53 for everyone: the wildcard deny wins over the specific allow.
+    f.allow(PolicyKey::l4(EP_B, ID_A, DIR_INGRESS, UDP, 0, 0));
+    f.deny(PolicyKey::l4(EP_B, 0, DIR_INGRESS, UDP, 53, 16));
+    let deny = Some(drop_reason::POLICY_DENY);
+    check(
+        &f,
+        &[
+            ("tcp 80 denied", tcp_to(B, 80), TC_ACT_SHOT, deny),
+            ("tcp 443 allowed by the wildcard", tcp_to(B, 443), TC_ACT_REDIRECT, None),
+            ("udp 53 denied for everyone", udp_to(B, 53), TC_ACT_SHOT, deny),
+            ("udp 54 allowed", udp_to(B, 54), TC_ACT_REDIRECT, None),
+        ],
+    );
+}
+
+#[test]
+fn egress_is_checked_against_the_destination_identity_from_the_ipcache() {
+    let f = Fixture::new("pol-egress");
+    f.enforce(EP_A, EP_F_EGRESS_ENFORCE);
+    f.allow(PolicyKey::l4(EP_A, ID_B, DIR_EGRESS, TCP, 80, 16));
+    f.allow(PolicyKey::l4(EP_A, ID_OTHER, DIR_EGRESS, UDP, 53, 16));
+    // An ingress entry for A's peer must not open A's egress.
+    f.allow(PolicyKey::l3(EP_A, ID_WORLD, DIR_INGRESS));
+    let denied = Some(drop_reason::POLICY);
+    check(
+        &f,
+        &[
+            ("to local B on 80", tcp_to(B, 80), TC_ACT_REDIRECT, None),
+            ("to local B on 81", tcp_to(B, 81), TC_ACT_SHOT, denied),
+            ("to the /24 identity on 53", udp_to("192.168.7.9", 53), TC_ACT_OK, None),
+            ("to the /24 identity on 54", udp_to("192.168.7.9", 54), TC_ACT_SHOT, denied),
+            ("to the world", udp_to("8.8.8.8", 53), TC_ACT_SHOT, denied),
+        ],
+    );
+    // Egress and ingress are separate: B enforcing ingress now also needs an ingress allow for A.
+    f.enforce(EP_B, EP_F_INGRESS_ENFORCE);
+    check(&f, &[("B's ingress denies", tcp_to(B, 80), TC_ACT_SHOT, denied)]);
+    f.allow(PolicyKey::l3(EP_B, ID_A, DIR_INGRESS));
+    check(&f, &[("both allow", tcp_to(B, 80), TC_ACT_REDIRECT, None)]);
+}
+
+#[test]
+fn the_map_manager_and_the_object_agree_on_the_shape_of_the_policy_maps() {
+    use beeline::datapath::manager::{kernel::pinned_spec, maps, MapDef, MapSpec};
+    let f = Fixture::new("pol-shapes");
+    let pin = f.bpffs.pin_dir();
+    assert_eq!(
+        pinned_spec(&pin.join(maps::PolicyMap::NAME), maps::PolicyMap::NAME).unwrap(),
+        MapSpec::of::<maps::PolicyMap>()
+    );
+    assert_eq!(
+        pinned_spec(&pin.join(maps::PolicyEndpoints::NAME), maps::PolicyEndpoints::NAME).unwrap(),
+        MapSpec::of::<maps::PolicyEndpoints>()
+    );
+}
