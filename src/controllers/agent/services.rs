@@ -97,6 +97,26 @@ fn maglev_rows(desired: &DesiredLb) -> Vec<(LbMaglevKey, u32)> {
 }
 
 #[cfg(test)]
+impl LbTables {
+    /// The LB tables of `group` over a fake kernel's maps (which survive between "agent lifetimes"
+    /// like pinned maps), for the controller's tests.
+    pub(crate) fn over_fake(
+        group: &mut crate::datapath::manager::GroupBuilder,
+        kernel: &crate::datapath::manager::fake::FakeKernel,
+    ) -> LbTables {
+        use crate::datapath::manager::MapDef;
+        LbTables {
+            backends: group.add::<Lb4Backends>(kernel.map(Lb4Backends::NAME)).unwrap(),
+            rev_nat: group.add::<Lb4RevNat>(kernel.map(Lb4RevNat::NAME)).unwrap(),
+            services: group.add::<Lb4Services>(kernel.map(Lb4Services::NAME)).unwrap(),
+            affinity_match: group.add::<LbAffinityMatch>(kernel.map(LbAffinityMatch::NAME)).unwrap(),
+            maglev: group.add::<Lb4Maglev>(kernel.map(Lb4Maglev::NAME)).unwrap(),
+            source_ranges: group.add::<Lb4SourceRange>(kernel.map(Lb4SourceRange::NAME)).unwrap(),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
     use std::time::Instant;
@@ -148,14 +168,7 @@ mod tests {
         let owner = manager.register_owner("services");
         let (name, order) = maps::LB_GROUP;
         let mut group = manager.group(name, order);
-        let tables = LbTables {
-            backends: group.add::<Lb4Backends>(kernel.map(Lb4Backends::NAME)).unwrap(),
-            rev_nat: group.add::<Lb4RevNat>(kernel.map(Lb4RevNat::NAME)).unwrap(),
-            services: group.add::<Lb4Services>(kernel.map(Lb4Services::NAME)).unwrap(),
-            affinity_match: group.add::<LbAffinityMatch>(kernel.map(LbAffinityMatch::NAME)).unwrap(),
-            maglev: group.add::<Lb4Maglev>(kernel.map(Lb4Maglev::NAME)).unwrap(),
-            source_ranges: group.add::<Lb4SourceRange>(kernel.map(Lb4SourceRange::NAME)).unwrap(),
-        };
+        let tables = LbTables::over_fake(&mut group, kernel);
         (ServicesSync::new(owner, tables, cfg()), group.build())
     }
 

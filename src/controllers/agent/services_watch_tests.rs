@@ -15,9 +15,7 @@ use crate::config::LbAlgorithm;
 use crate::controllers::agent::services::LbTables;
 use crate::controllers::test_util::{api_with_crds, eventually};
 use crate::datapath::manager::fake::{FakeKernel, Faults};
-use crate::datapath::manager::maps::{
-    self, Lb4Backends, Lb4Maglev, Lb4RevNat, Lb4Services, Lb4SourceRange, LbAffinityMatch,
-};
+use crate::datapath::manager::maps::{self, Lb4Backends, Lb4RevNat, Lb4Services};
 use crate::datapath::manager::writer::WriterOptions;
 use crate::datapath::manager::{ManagerOptions, MapDef, MapManager};
 use crate::services::ServicesConfig;
@@ -105,14 +103,7 @@ async fn service_and_slice_changes_reach_the_lb_maps_through_reflectors() {
     let owner = manager.register_owner("services");
     let (name, order) = maps::LB_GROUP;
     let mut group = manager.group(name, order);
-    let tables = LbTables {
-        backends: group.add::<Lb4Backends>(kernel.map(Lb4Backends::NAME)).unwrap(),
-        rev_nat: group.add::<Lb4RevNat>(kernel.map(Lb4RevNat::NAME)).unwrap(),
-        services: group.add::<Lb4Services>(kernel.map(Lb4Services::NAME)).unwrap(),
-        affinity_match: group.add::<LbAffinityMatch>(kernel.map(LbAffinityMatch::NAME)).unwrap(),
-        maglev: group.add::<Lb4Maglev>(kernel.map(Lb4Maglev::NAME)).unwrap(),
-        source_ranges: group.add::<Lb4SourceRange>(kernel.map(Lb4SourceRange::NAME)).unwrap(),
-    };
+    let tables = LbTables::over_fake(&mut group, &kernel);
     let sync = ServicesSync::new(owner, tables, cfg());
     let token = CancellationToken::new();
     let _stop = token.clone().drop_guard();
