@@ -6,154 +6,15 @@
 //! Each test uses its own state directory, so the lab's names (derived from it) never collide
 //! with another test's or a user's lab. A guard runs `lab down` if a test fails midway.
 
-use std::{
-    path::{Path, PathBuf},
-    process::{Command, Output},
-    time::Duration,
+mod integration;
+
+use std::{path::Path, process::Command, time::Duration};
+
+use beeline::lab::{cluster::read_plan, probe};
+use integration::{
+    lab::{assert_no_process_mentions, down_and_assert_gone, poll, run, stdout, values, LabDir, Made, BIN},
+    require_root,
 };
-
-use beeline::lab::{cluster::read_plan, plan::LabPlan, probe};
-
-const BIN: &str = env!("CARGO_BIN_EXE_beeline");
-const KUBECTL: &str = "/usr/bin/kubectl";
-
-fn require_root() {
-    if let Err(msg) = beeline::lab::require_root("this test") {
-        panic!("{msg}: the lab creates network namespaces and runs the agent");
-    }
-}
-
-fn values(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/lab").join(name).to_string_lossy().into_owned()
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    if !out.status.success() {
-        panic!(
-            "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    out
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A lab's state directory; `lab down` on drop, so a failing test leaves nothing behind.
-struct LabDir {
-    _parent: tempfile::TempDir,
-    path: PathBuf,
-}
-
-impl LabDir {
-    fn new() -> LabDir {
-        let parent = tempfile::Builder::new().prefix("bl-lab-test").tempdir().unwrap();
-        let path = parent.path().join("lab");
-        LabDir { _parent: parent, path }
-    }
-
-    fn arg(&self) -> &str {
-        self.path.to_str().unwrap()
-    }
-
-    fn beeline(&self, verb: &str) -> Command {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["lab", verb, "--state-dir", self.arg()]).env_remove("KUBECONFIG");
-        cmd
-    }
-
-    fn up(&self, nodes: usize, values_file: &str) -> Output {
-        let n = nodes.to_string();
-        run(self.beeline("up").args(["--nodes", &n, "--values", &values(values_file), "--timeout", "30"]))
-    }
-
-    fn kubectl_json(&self, args: &[&str]) -> serde_json::Value {
-        let mut all = args.to_vec();
-        all.extend(["-o", "json"]);
-        serde_json::from_str(&self.kubectl(&all)).unwrap()
-    }
-
-    fn kubectl(&self, args: &[&str]) -> String {
-        let kubeconfig = self.path.join("kubeconfig");
-        stdout(&run(Command::new(KUBECTL).arg("--kubeconfig").arg(kubeconfig).args(args).arg("--request-timeout=10s")))
-    }
-}
-
-impl Drop for LabDir {
-    fn drop(&mut self) {
-        let _ = self.beeline("down").output();
-    }
-}
-
-/// What a lab made, read from its plan before `down` removes it.
-struct Made {
-    namespaces: Vec<String>,
-    pin_root: PathBuf,
-    pids: Vec<u32>,
-    marker: String,
-    state_dir: PathBuf,
-}
-
-impl Made {
-    fn of(plan: &LabPlan) -> Made {
-        let mut namespaces: Vec<String> = plan.nodes.iter().map(|n| n.netns.clone()).collect();
-        namespaces.push(plan.underlay_netns.clone());
-        namespaces.push(plan.outside_netns.clone());
-        // Pod sandboxes made by the kubelet emulation.
-        namespaces.extend(
-            std::fs::read_dir("/run/netns")
-                .unwrap()
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&format!("{}-pod-", plan.prefix))),
-        );
-        let mut pids: Vec<u32> = std::iter::once("supervisor".to_string())
-            .chain(plan.processes.iter().map(|p| p.name.clone()))
-            .filter_map(|name| probe::read_pid(&plan.pid_file(&name)))
-            .collect();
-        // Everything inside the node namespaces, whether or not it has a pid file.
-        for ns in &namespaces {
-            pids.extend(probe::netns_pids(ns));
-        }
-        pids.sort_unstable();
-        pids.dedup();
-        Made {
-            namespaces,
-            pin_root: plan.pin_root.clone(),
-            pids,
-            marker: plan.state_dir.to_string_lossy().into_owned(),
-            state_dir: plan.state_dir.clone(),
-        }
-    }
-
-    fn assert_gone(&self) {
-        for ns in &self.namespaces {
-            assert!(!Path::new("/run/netns").join(ns).exists(), "namespace {ns} left behind");
-        }
-        assert!(!self.pin_root.exists(), "pins left behind under {}", self.pin_root.display());
-        for pid in &self.pids {
-            assert!(!probe::is_ours(*pid, &self.marker), "process {pid} of the lab still running");
-        }
-        assert!(!self.state_dir.exists(), "state {} left behind", self.state_dir.display());
-        assert_no_process_mentions(&self.marker);
-    }
-}
-
-/// No process on the machine has the lab's state directory in its command line (every lab
-/// process has: the supervisor, the operator, the agents).
-fn assert_no_process_mentions(marker: &str) {
-    let ours: Vec<u32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|pid| probe::is_ours(*pid, marker))
-        .collect();
-    assert!(ours.is_empty(), "processes of the lab still running: {ours:?}");
-}
 
 #[test]
 fn lab_up_serves_kubectl_runs_ready_agents_and_down_leaves_nothing() {
@@ -305,18 +166,6 @@ fn a_failed_up_removes_what_it_made() {
     assert_no_process_mentions(lab.arg());
 }
 
-/// Polls `check` every 200 ms until it returns `Some`, at most `timeout`; panics with `what`.
-fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(std::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 const WEB: &str = "apiVersion: apps/v1
 kind: Deployment
 metadata: {name: web, namespace: default}
@@ -348,15 +197,13 @@ fn deployment_pods_get_addresses_from_their_node_and_endpointslices_list_them() 
     let lab = LabDir::new();
     lab.up(2, "vxlan.yaml");
     let plan = read_plan(&lab.path).unwrap();
-    let manifest = lab._parent.path().join("web.yaml");
-    std::fs::write(&manifest, WEB).unwrap();
-    run(lab.beeline("apply").arg("-f").arg(&manifest));
+    lab.apply("web.yaml", WEB);
 
-    let worker_cidr: ipnet::IpNet = wait_for("the worker's CiliumNode CIDR", Duration::from_secs(30), || {
+    let worker_cidr: ipnet::IpNet = poll("the worker's CiliumNode CIDR", Duration::from_secs(30), || {
         let cn = lab.kubectl_json(&["get", "ciliumnode", "kind-worker"]);
         cn["spec"]["ipam"]["podCIDRs"][0].as_str()?.parse().ok()
     });
-    let pods = wait_for("two Running pods with addresses", Duration::from_secs(60), || {
+    let pods = poll("two Running pods with addresses", Duration::from_secs(60), || {
         let pods = lab.kubectl_json(&["get", "pods", "-l", "app=web"]);
         let items = pods["items"].as_array().cloned().unwrap_or_default();
         let running =
@@ -382,7 +229,7 @@ fn deployment_pods_get_addresses_from_their_node_and_endpointslices_list_them() 
     }
     ips.sort();
 
-    let endpoints = wait_for("the Service's EndpointSlice listing both pods", Duration::from_secs(10), || {
+    let endpoints = poll("the Service's EndpointSlice listing both pods", Duration::from_secs(10), || {
         let slices = lab.kubectl_json(&["get", "endpointslices", "-l", "kubernetes.io/service-name=web"]);
         let mut ready: Vec<(String, String)> = slices["items"]
             .as_array()?
@@ -401,7 +248,7 @@ fn deployment_pods_get_addresses_from_their_node_and_endpointslices_list_them() 
     let victim_netns = pods[0]["metadata"]["annotations"]["beeline.io/lab-netns"].as_str().unwrap().to_string();
     lab.kubectl(&["delete", "pod", victim]);
     assert!(!Path::new("/run/netns").join(&victim_netns).exists(), "{victim_netns} removed before the delete returned");
-    wait_for("a replacement pod running", Duration::from_secs(30), || {
+    poll("a replacement pod running", Duration::from_secs(30), || {
         let pods = lab.kubectl_json(&["get", "pods", "-l", "app=web"]);
         let names: Vec<String> = pods["items"]
             .as_array()?
@@ -457,11 +304,8 @@ fn connectivity_test_passes(values_file: &str) {
         "the test's pods have sandboxes: {:?}",
         made.namespaces
     );
-    run(&mut lab.beeline("down"));
-    made.assert_gone();
     // Every lab link lives inside the lab's namespaces: none may be left in the host's.
-    let links = stdout(&run(Command::new("ip").args(["-o", "link", "show"])));
-    assert!(!links.contains(&plan.prefix), "links of {} left in the host namespace:\n{links}", plan.prefix);
+    down_and_assert_gone(&lab);
 }
 
 #[test]

@@ -12,6 +12,8 @@
 
 #![allow(dead_code, unused_imports)] // each test binary uses a different subset
 
+pub mod lab;
+
 use std::{
     path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
@@ -107,14 +109,19 @@ pub fn state_dir() -> tempfile::TempDir {
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, or panics with `what` after `timeout`.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(what: &str, timeout: Duration, check: impl FnMut() -> Option<T>) -> T {
+    wait_every(what, timeout, Duration::from_millis(20), check)
+}
+
+/// Polls `check` every `interval` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_every<T>(what: &str, timeout: Duration, interval: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = check() {
             return value;
         }
         assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(interval);
     }
 }
 
