@@ -115,6 +115,9 @@ pub struct Config {
     pub enable_lb_ipam: bool,
     pub identity_gc_interval: Duration,
     pub identity_heartbeat_timeout: Duration,
+    /// Agent conntrack GC: a fixed interval, or zero for Cilium's dynamic one.
+    pub conntrack_gc_interval: Duration,
+    pub conntrack_gc_max_interval: Duration,
 }
 
 /// Every key beeline understands, with its default. Keys are Cilium's spelling; the few
@@ -164,6 +167,10 @@ const KNOWN_KEYS: &[(&str, &str)] = &[
     // and twice that).
     ("identity-gc-interval", "15m0s"),
     ("identity-heartbeat-timeout", "30m0s"),
+    // Agent conntrack GC: `0s` = dynamic (5 min at start, 10 s..max), as in Cilium; a max of
+    // `0s` means Cilium's 12 h.
+    ("conntrack-gc-interval", "0s"),
+    ("conntrack-gc-max-interval", "0s"),
 ];
 
 /// Keys of Cilium's rendered ConfigMap that beeline accepts but does not act on (yet), so that a
@@ -391,6 +398,8 @@ impl Config {
             enable_lb_ipam: v.bool("enable-lb-ipam")?,
             identity_gc_interval: v.duration("identity-gc-interval")?,
             identity_heartbeat_timeout: v.duration("identity-heartbeat-timeout")?,
+            conntrack_gc_interval: v.duration("conntrack-gc-interval")?,
+            conntrack_gc_max_interval: v.duration("conntrack-gc-max-interval")?,
         };
         cfg.check_consistency()?;
         Ok(cfg)

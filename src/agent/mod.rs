@@ -149,6 +149,7 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
         &mut runner,
     )?;
     maps::start_readiness(&manager, &telemetry, &mut runner);
+    crate::datapath::ct_gc::start(&config, &telemetry, &mut runner);
     runner.spawn("apiserver-connectivity", connectivity::watch_apiserver(client, telemetry.health.clone(), token));
     tracing::info!(node = %node_name, routing_mode = ?config.routing_mode, "agent started");
     runner.run().await?;

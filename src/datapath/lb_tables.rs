@@ -57,12 +57,25 @@ pub fn list_affinity(pin_dir: &Path) -> Result<Vec<(Lb4AffinityKey, LbAffinityVa
     dump(pin_dir, map_names::LB4_AFFINITY)
 }
 
+fn upsert<K: aya::Pod, V: aya::Pod>(
+    pin_dir: &Path,
+    name: &'static str,
+    key: &K,
+    value: &V,
+) -> Result<(), DatapathError> {
+    let map = Map::from_map_data(open(pin_dir, name)?).map_err(map_err(name))?;
+    let mut map: HashMap<MapData, K, V> = HashMap::try_from(map).map_err(map_err(name))?;
+    map.insert(key, value, 0).map_err(map_err(name))
+}
+
 /// Writes an affinity entry (tests age entries this way instead of sleeping).
 pub fn upsert_affinity(pin_dir: &Path, key: &Lb4AffinityKey, value: &LbAffinityValue) -> Result<(), DatapathError> {
-    let name = map_names::LB4_AFFINITY;
-    let map = Map::from_map_data(open(pin_dir, name)?).map_err(map_err(name))?;
-    let mut map: HashMap<MapData, Lb4AffinityKey, LbAffinityValue> = HashMap::try_from(map).map_err(map_err(name))?;
-    map.insert(key, value, 0).map_err(map_err(name))
+    upsert(pin_dir, map_names::LB4_AFFINITY, key, value)
+}
+
+/// Writes a conntrack entry (tests of the conntrack GC plant expired and live entries this way).
+pub fn upsert_ct(pin_dir: &Path, key: &Ct4Tuple, value: &Ct4Entry) -> Result<(), DatapathError> {
+    upsert(pin_dir, map_names::CT4, key, value)
 }
 
 /// The monotonic clock the datapath stamps entries with (`bpf_ktime_get_ns`, CLOCK_MONOTONIC), in

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod attach;
+pub mod ct_gc;
 pub mod devices;
 pub mod lb_tables;
 pub mod loader;
