@@ -13,7 +13,9 @@ as_root() {
 }
 
 # 1. Debian packages the build and the tests use.
-APT_PACKAGES=(iproute2 bpftool shellcheck ethtool jq make iputils-ping netcat-openbsd)
+# iptables + nftables: the lab tests assert that Services add no rules to either (and the
+# kube-proxy baselines use them); curl: the walkthrough test curls from a pod like the seeds do.
+APT_PACKAGES=(iproute2 bpftool shellcheck ethtool jq make iputils-ping netcat-openbsd iptables nftables curl)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

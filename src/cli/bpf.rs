@@ -3,7 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use beeline_common::lb::{ct_flags, Ct4Entry, Ct4Tuple, TUPLE_F_IN, TUPLE_F_SERVICE};
+use beeline_common::lb::{
+    ct_flags, svc_flags, Ct4Entry, Ct4Tuple, Lb4AffinityKey, Lb4Key, Lb4Service, LbAffinityValue,
+    AFFINITY_TIMEOUT_MASK, TUPLE_F_IN, TUPLE_F_SERVICE,
+};
 
 use super::{print_structured, Output};
 use crate::datapath::manager::backend::MapBackend;
@@ -43,6 +46,12 @@ pub enum BpfMap {
     /// Connection tracking: service entries (client → frontend, with the chosen backend) and
     /// connection entries (client → backend, with the rev-NAT index replies are translated with).
     Ct {
+        #[command(subcommand)]
+        verb: Verb,
+    },
+    /// ClientIP session affinity: client + service (rev-NAT index) → remembered backend, with
+    /// how long the entry has been idle and whether it is past the service's timeout.
+    Affinity {
         #[command(subcommand)]
         verb: Verb,
     },
@@ -138,6 +147,14 @@ pub async fn run(args: BpfArgs) -> Result<(), Box<dyn std::error::Error + Send +
         BpfMap::Ct { verb: Verb::List } => {
             ct_rows(&crate::datapath::lb_tables::list_ct(&args.pin_dir)?, crate::datapath::lb_tables::monotonic_secs())
         }
+        BpfMap::Affinity { verb: Verb::List } => {
+            let services = KernelMap::open_pinned::<Lb4Services>(&args.pin_dir)?.dump()?;
+            affinity_rows(
+                &crate::datapath::lb_tables::list_affinity(&args.pin_dir)?,
+                &services,
+                crate::datapath::lb_tables::monotonic_secs(),
+            )
+        }
         BpfMap::Ipcache { verb: Verb::List } => lpm_rows::<Ipcache>(&args.pin_dir)?,
         BpfMap::Tunnel { verb: Verb::List } => rows::<TunnelMap>(&args.pin_dir)?,
         BpfMap::EpStats { verb: Verb::List } => {
@@ -209,6 +226,44 @@ fn ct_rows(entries: &[(Ct4Tuple, Ct4Entry)], now: u64) -> Vec<serde_json::Value>
                 "backend_id": e.backend_id,
                 "packets": e.packets,
                 "bytes": e.bytes,
+            })
+        })
+        .collect()
+}
+
+/// Affinity rows, by client then service. The timeout is the service's (its master entry carries
+/// it), so `state` says what the datapath will decide on the client's next new connection:
+/// `expired` entries are removed and replaced then, not before (the map is not swept).
+fn affinity_rows(
+    entries: &[(Lb4AffinityKey, LbAffinityValue)],
+    services: &[(Lb4Key, Lb4Service)],
+    now: u64,
+) -> Vec<serde_json::Value> {
+    let timeouts: std::collections::BTreeMap<u16, u32> = services
+        .iter()
+        .filter(|(k, s)| k.backend_slot == 0 && s.flags & svc_flags::AFFINITY != 0)
+        .map(|(_, s)| (s.rev_nat_index, s.backend_id & AFFINITY_TIMEOUT_MASK))
+        .collect();
+    let mut entries = entries.to_vec();
+    entries.sort_by_key(|(k, _)| (from_be(k.client_ip), k.rev_nat_id));
+    entries
+        .iter()
+        .map(|(k, v)| {
+            let idle = now as i64 - v.last_used as i64;
+            let timeout = timeouts.get(&k.rev_nat_id).copied();
+            let state = match timeout {
+                None => "no affinity service",
+                Some(t) if idle > i64::from(t) => "expired",
+                Some(_) => "valid",
+            };
+            serde_json::json!({
+                "client": from_be(k.client_ip).to_string(),
+                "rev_nat_index": k.rev_nat_id,
+                "backend_id": v.backend_id,
+                "last_used": v.last_used,
+                "idle_s": idle,
+                "timeout_s": timeout,
+                "state": state,
             })
         })
         .collect()
@@ -328,6 +383,54 @@ mod tests {
         assert_eq!(rows[0]["type"], "service");
         assert_eq!((rows[0]["proto"].as_str(), rows[0]["expires_in"].as_i64()), (Some("TCP"), Some(60)));
         assert_eq!((rows[0]["backend_id"].as_u64(), rows[0]["rev_nat_index"].as_u64()), (Some(7), Some(2)));
+    }
+
+    #[test]
+    fn affinity_rows_judge_entries_against_their_services_timeout() {
+        use crate::datapath::tables::be;
+        let key =
+            |client: &str, rev_nat_id| Lb4AffinityKey { client_ip: be(client.parse().unwrap()), rev_nat_id, pad: 0 };
+        let seen = |last_used, backend_id| LbAffinityValue { last_used, backend_id, pad: 0 };
+        let master = |rev_nat_index, flags, timeout| {
+            (
+                Lb4Key { backend_slot: 0, ..Default::default() },
+                Lb4Service { backend_id: timeout, flags, rev_nat_index, ..Default::default() },
+            )
+        };
+        let services = [
+            master(3, svc_flags::AFFINITY, 5),
+            // A backend slot of service 3 (its backend_id is a backend, not a timeout).
+            (
+                Lb4Key { backend_slot: 1, ..Default::default() },
+                Lb4Service { backend_id: 99, rev_nat_index: 3, ..Default::default() },
+            ),
+            master(4, 0, 0),
+        ];
+        let rows = affinity_rows(
+            &[
+                (key("10.0.2.7", 3), seen(90, 11)),
+                (key("10.0.1.5", 3), seen(96, 12)),
+                (key("10.0.1.5", 4), seen(99, 13)),
+            ],
+            &services,
+            100,
+        );
+        let cells: Vec<(&str, u64, i64, &str)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r["client"].as_str().unwrap(),
+                    r["backend_id"].as_u64().unwrap(),
+                    r["idle_s"].as_i64().unwrap(),
+                    r["state"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            cells,
+            [("10.0.1.5", 12, 4, "valid"), ("10.0.1.5", 13, 1, "no affinity service"), ("10.0.2.7", 11, 10, "expired")]
+        );
+        assert_eq!(rows[0]["timeout_s"], 5);
     }
 
     #[test]

@@ -63,6 +63,58 @@ pub struct UpArgs {
     pub retain: bool,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// The node whose agent to stop or start (`kind-worker`, ...).
+    pub node: String,
+}
+
+/// `lab stop-agent` (`stop`) / `lab start-agent`: holds a node's agent stopped, as in the seeds'
+/// resilience demo (its programs and maps stay pinned, so the node keeps forwarding), or releases
+/// it; waits (bounded) until the agent is gone, or back and ready.
+pub fn hold_agent(args: AgentArgs, stop: bool) -> Result<(), BoxError> {
+    super::require_root("`beeline lab stop-agent/start-agent`")?;
+    let plan = read_plan(&args.state.absolute()?)?;
+    let marker = plan.state_dir.to_string_lossy().to_string();
+    let name = format!("agent-{}", args.node);
+    let process = plan.processes.iter().find(|p| p.name == name).ok_or_else(|| {
+        let nodes: Vec<&str> = plan.nodes.iter().map(|n| n.name.as_str()).collect();
+        format!("no node {:?} in lab {} (nodes: {})", args.node, plan.name, nodes.join(", "))
+    })?;
+    supervisor_running(&plan).ok_or("the lab supervisor is not running (lab status)")?;
+    let hold = plan.hold_file(&name);
+    let before = probe::read_pid(&plan.pid_file(&name)).filter(|pid| probe::is_ours(*pid, &marker));
+    if stop {
+        std::fs::write(&hold, "held by `beeline lab stop-agent`\n")?;
+        if let Some(pid) = before {
+            if !probe::wait_gone(pid, &marker, Duration::from_secs(20)) {
+                return Err(format!("{name} (pid {pid}) still running after 20s").into());
+            }
+        }
+        println!("{name} stopped (held until `beeline lab start-agent {}`)", args.node);
+        return Ok(());
+    }
+    match std::fs::remove_file(&hold) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("{}: {e}", hold.display()).into()),
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pid = probe::read_pid(&plan.pid_file(&name)).filter(|pid| probe::is_ours(*pid, &marker));
+        if pid.is_some() && matches!(probe::http_get_in(&process.netns, process.health, "/readyz"), Ok((200, _))) {
+            println!("{name} running and ready (pid {})", pid.unwrap_or_default());
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("{name} not ready 60s after its release; see {}", plan.log(&name).display()).into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 pub fn read_plan(state_dir: &Path) -> Result<LabPlan, BoxError> {
     let path = LabPlan::plan_file(state_dir);
     let text =

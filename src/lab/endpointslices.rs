@@ -10,8 +10,10 @@
 //! terminating pods keeps one empty slice (upstream's placeholder). Slices are labelled
 //! `kubernetes.io/service-name` and `endpointslice.kubernetes.io/managed-by`, and owned by the
 //! Service (deleting the Service garbage-collects them). Departure: names are `<service>-<hash>`
-//! derived from family and ports (upstream uses `generateName`), which makes the pass idempotent;
-//! slices are not split at 100 endpoints.
+//! derived from family and ports (upstream uses `generateName`), which makes the pass idempotent.
+//! A group of more than [`MAX_ENDPOINTS_PER_SLICE`] endpoints is split into slices of at most that
+//! many (`<service>-<hash>`, `<service>-<hash>-1`, ...), in pod-name order; upstream packs them
+//! to minimise churn instead, so here a departing pod can move others between slices.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -29,6 +31,8 @@ pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 /// Upstream's value, so tools that look for controller-managed slices find these.
 pub const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// kube-controller-manager's `--max-endpoints-per-slice` default.
+pub const MAX_ENDPOINTS_PER_SLICE: usize = 100;
 
 /// The port a Service port targets on one pod: `None` when a named `targetPort` is not declared
 /// by any of the pod's containers (the pod then has no endpoint for that port).
@@ -140,7 +144,16 @@ pub fn desired_slices(service: &Service, pods: &[Pod], nodes: &[Node]) -> Vec<En
         let family = families.first().cloned().unwrap_or_else(|| "IPv4".into());
         groups.insert((family, Vec::new()), Vec::new());
     }
-    groups.into_iter().map(|((family, ports), endpoints)| slice(service, &family, &ports, endpoints)).collect()
+    let mut slices = Vec::new();
+    for ((family, ports), endpoints) in groups {
+        if endpoints.is_empty() {
+            slices.push(slice(service, &family, &ports, 0, Vec::new()));
+        }
+        for (index, chunk) in endpoints.chunks(MAX_ENDPOINTS_PER_SLICE).enumerate() {
+            slices.push(slice(service, &family, &ports, index, chunk.to_vec()));
+        }
+    }
+    slices
 }
 
 /// One resolved endpoint port (ordered, so it can key a group).
@@ -152,16 +165,24 @@ struct EndpointPortKey {
     app_protocol: Option<String>,
 }
 
-fn slice(service: &Service, family: &str, ports: &[EndpointPortKey], endpoints: Vec<Endpoint>) -> EndpointSlice {
+/// Slice `index` of one (family, ports) group; the first keeps the unsuffixed name.
+fn slice(
+    service: &Service,
+    family: &str,
+    ports: &[EndpointPortKey],
+    index: usize,
+    endpoints: Vec<Endpoint>,
+) -> EndpointSlice {
     let svc_name = service.name_any();
     let key = serde_json::to_vec(&(family, ports)).expect("serialisable");
     let hash = super::plan::fnv1a(&key);
+    let name = if index == 0 { format!("{svc_name}-{hash:08x}") } else { format!("{svc_name}-{hash:08x}-{index}") };
     let mut labels = service.labels().clone();
     labels.insert(SERVICE_NAME_LABEL.into(), svc_name.clone());
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
     EndpointSlice {
         metadata: ObjectMeta {
-            name: Some(format!("{svc_name}-{hash:08x}")),
+            name: Some(name),
             namespace: service.namespace(),
             labels: Some(labels),
             owner_references: controller_ref(service).map(|r| vec![r]),

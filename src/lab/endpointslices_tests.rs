@@ -166,3 +166,38 @@ fn same_content_ignores_metadata_other_than_labels() {
     stored.endpoints[0].conditions.as_mut().unwrap().ready = Some(false);
     assert!(!same_content(&stored, &desired));
 }
+
+#[test]
+fn groups_split_at_the_max_endpoints_per_slice() {
+    // (ready pods, expected endpoints per slice)
+    let cases: &[(usize, &[usize])] =
+        &[(0, &[0]), (1, &[1]), (100, &[100]), (101, &[100, 1]), (250, &[100, 100, 50]), (300, &[100, 100, 100])];
+    for &(count, expected) in cases {
+        let pods: Vec<Pod> = (0..count)
+            .map(|i| {
+                pod(&format!("p{i:03}"), &format!("10.0.{}.{}", i / 200, i % 200 + 1), "n1", true, 8080, json!({}))
+            })
+            .collect();
+        let slices = desired_slices(&service(json!({})), &pods, &[node("n1", None)]);
+        let sizes: Vec<usize> = slices.iter().map(|s| s.endpoints.len()).collect();
+        assert_eq!(sizes, expected, "{count} pods");
+        let names: std::collections::BTreeSet<String> =
+            slices.iter().map(|s| s.metadata.name.clone().unwrap()).collect();
+        assert_eq!(names.len(), slices.len(), "{count} pods: distinct names {names:?}");
+        let mut all: Vec<String> =
+            slices.iter().flat_map(|s| s.endpoints.iter().map(|e| e.addresses[0].clone())).collect();
+        let total = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!((total, all.len()), (count, count), "every endpoint exactly once");
+        assert!(slices.iter().all(|s| s.ports == slices[0].ports), "every slice carries the group's ports");
+    }
+    // The first slice keeps its name as the group grows past the limit (no churn for small services).
+    let one =
+        desired_slices(&service(json!({})), &[pod("a", "10.0.0.1", "n1", true, 8080, json!({}))], &[node("n1", None)]);
+    let many: Vec<Pod> =
+        (0..101).map(|i| pod(&format!("p{i:03}"), &format!("10.0.1.{}", i + 1), "n1", true, 8080, json!({}))).collect();
+    let split = desired_slices(&service(json!({})), &many, &[node("n1", None)]);
+    assert_eq!(one[0].metadata.name, split[0].metadata.name);
+    assert_eq!(split[1].metadata.name.clone().unwrap(), format!("{}-1", split[0].metadata.name.clone().unwrap()));
+}

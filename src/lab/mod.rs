@@ -45,6 +45,11 @@ pub enum LabCommand {
     Exec(apply::ExecArgs),
     /// Restart the lab's supervisor (API objects are kept: saved on stop, restored on start).
     Restart(cluster::StateArgs),
+    /// Stop a node's agent and keep it stopped (the supervisor does not restart it); the node's
+    /// datapath keeps forwarding with its pinned programs and maps.
+    StopAgent(cluster::AgentArgs),
+    /// Start a node's agent stopped by `stop-agent` again; returns once it is ready.
+    StartAgent(cluster::AgentArgs),
     /// The lab's long-running process (started by `lab up`; not for direct use).
     #[command(hide = true)]
     Supervise(cluster::StateArgs),
@@ -60,6 +65,8 @@ pub async fn run(args: LabArgs) -> Result<(), Box<dyn std::error::Error + Send +
         LabCommand::Apply(a) => apply::apply(a).await,
         LabCommand::Exec(a) => apply::exec(a).await,
         LabCommand::Restart(a) => tokio::task::spawn_blocking(move || cluster::restart(a)).await?,
+        LabCommand::StopAgent(a) => tokio::task::spawn_blocking(move || cluster::hold_agent(a, true)).await?,
+        LabCommand::StartAgent(a) => tokio::task::spawn_blocking(move || cluster::hold_agent(a, false)).await?,
         LabCommand::Supervise(a) => supervisor::run(&a.absolute()?).await,
     }
 }

@@ -299,6 +299,12 @@ impl LabPlan {
     pub fn pids_dir(&self) -> PathBuf {
         self.state_dir.join("pids")
     }
+    /// Present while a user holds `process` stopped (`lab stop-agent`): the supervisor stops it
+    /// and does not restart it until the file is removed (`lab start-agent`).
+    pub fn hold_file(&self, process: &str) -> PathBuf {
+        self.pids_dir().join(format!("{process}.held"))
+    }
+
     pub fn pid_file(&self, process: &str) -> PathBuf {
         self.pids_dir().join(format!("{process}.pid"))
     }

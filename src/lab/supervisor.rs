@@ -172,11 +172,13 @@ struct Supervised {
     child: Option<Child>,
     restarts: u32,
     next_start: Option<Instant>,
+    /// SIGTERM sent because a user holds the process stopped; its exit is not a crash.
+    held: bool,
 }
 
 impl Supervised {
     fn new(plan: ProcessPlan) -> Self {
-        Supervised { plan, child: None, restarts: 0, next_start: None }
+        Supervised { plan, child: None, restarts: 0, next_start: None, held: false }
     }
 
     fn start(&mut self, exe: &Path, lab: &LabPlan) -> std::io::Result<()> {
@@ -201,10 +203,25 @@ impl Supervised {
         Ok(())
     }
 
-    /// Notices an exit and restarts after a delay that doubles per restart (1 s .. 30 s).
+    /// Notices an exit and restarts after a delay that doubles per restart (1 s .. 30 s). A held
+    /// process (its hold file exists) is sent SIGTERM once and left stopped; released, it starts
+    /// at once (a user's stop is not a crash, so no back-off).
     fn check(&mut self, exe: &Path, lab: &LabPlan) {
+        let hold = lab.hold_file(&self.plan.name).exists();
+        if hold && !self.held {
+            self.held = true;
+            self.next_start = None;
+            if let Some(child) = self.child.as_ref() {
+                tracing::info!(process = %self.plan.name, pid = child.id(), "held stopped by the user; SIGTERM");
+                probe::signal(child.id(), libc::SIGTERM);
+            }
+        }
         if let Some(child) = self.child.as_mut() {
             match child.try_wait() {
+                Ok(Some(status)) if self.held => {
+                    tracing::info!(process = %self.plan.name, %status, "stopped; held until released");
+                    self.child = None;
+                }
                 Ok(Some(status)) => {
                     let delay = Duration::from_secs(1 << self.restarts.min(5)).min(Duration::from_secs(30));
                     tracing::warn!(process = %self.plan.name, %status, ?delay, "exited; restarting");
@@ -215,6 +232,11 @@ impl Supervised {
                 Ok(None) => {}
                 Err(e) => tracing::warn!(process = %self.plan.name, error = %e, "cannot poll"),
             }
+        }
+        if !hold && self.held && self.child.is_none() {
+            tracing::info!(process = %self.plan.name, "released; starting");
+            self.held = false;
+            self.next_start = Some(Instant::now());
         }
         if self.child.is_none() && self.next_start.is_some_and(|t| Instant::now() >= t) {
             self.next_start = None;
