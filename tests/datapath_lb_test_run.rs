@@ -17,7 +17,7 @@ use beeline::config::LbAlgorithm;
 use beeline::datapath::manager::{backend::MapBackend, kernel::KernelMap, maps::Lb4Maglev};
 use beeline::datapath::{
     lb_tables,
-    loader::programs::FROM_CONTAINER,
+    loader::programs::{FROM_CONTAINER, FROM_NETDEV},
     tables,
     testing::{
         self,
@@ -301,6 +301,32 @@ fn replies_from_a_local_backend_come_back_from_the_frontend() {
         .build();
     let (_, out) = f.run(&unrelated);
     assert_eq!(parse(&out).unwrap().src_ip(), Some(backend.into()));
+    assert!(f.drops().is_empty(), "{:?}", f.drops());
+}
+
+/// Native routing: the reply of a backend on another node arrives on the uplink (`from_netdev`),
+/// not from the overlay, and must get the frontend back there too.
+#[test]
+fn replies_from_a_remote_backend_on_the_uplink_come_back_from_the_frontend() {
+    let mut f = Fixture::new("lb-revnat-netdev");
+    let remote = ip("10.0.2.3");
+    f.services(web(json!({}), json!({})), endpoints(&ready(&["10.0.2.3"])));
+    let syn =
+        FrameBuilder::new(CLIENT_MAC, CLIENT_LXC_MAC).ipv4(client(), vip()).tcp(41000, 80, tcp_flags::SYN).build();
+    let (_, out) = f.run(&syn);
+    assert_eq!(destination(&out), (remote, 8080), "DNATed to the remote backend");
+
+    f.endpoint(client(), CLIENT_IFINDEX, CLIENT_MAC);
+    let reply = FrameBuilder::new([0x0e; 6], [0x0f; 6])
+        .ipv4(remote, client())
+        .tcp(8080, 41000, tcp_flags::SYN | tcp_flags::ACK)
+        .build();
+    let out = run_tc(f.datapath.program(FROM_NETDEV).unwrap(), &reply).expect("test_run");
+    assert_eq!(out.retval, TC_ACT_REDIRECT, "delivered to the client");
+    verify_checksums(&out.data).unwrap();
+    let parsed = parse(&out.data).unwrap();
+    assert_eq!(parsed.src_ip(), Some(vip().into()), "the source is the ClusterIP again");
+    assert_eq!(parsed.ports(), Some((80, 41000)));
     assert!(f.drops().is_empty(), "{:?}", f.drops());
 }
 

@@ -272,6 +272,7 @@ const CONNECTIVITY_CHECKS: &[&str] = &[
     "pod-to-pod (same node)",
     "pod-to-pod (across nodes)",
     "pod-to-service (ClusterIP)",
+    "pod-to-service (session affinity)",
     "pod-to-outside",
 ];
 

@@ -17,7 +17,7 @@ use beeline_common::{
 
 use crate::{
     drop::drop,
-    forward, lookup,
+    forward, lb, lookup,
     nat::{self, SnatTarget},
     parse::{self, Ipv4Hdr, ETH_P_IP},
 };
@@ -82,6 +82,12 @@ pub fn from_netdev(ctx: TcContext) -> i32 {
             Ok(None) => return TC_ACT_OK,
             Err(reason) => return drop(&ctx, reason),
         }
+    }
+    // With native routing a remote backend's reply to a local client of a ClusterIP comes in here
+    // (with a tunnel it comes from the overlay): give it its frontend back before delivery, or
+    // the client sees an answer from an address it never called and resets the connection.
+    if let Err(verdict) = lb::from_overlay(&ctx, &ip) {
+        return verdict;
     }
     match lookup::endpoint(dst) {
         Some(ep) if ep.flags & ENDPOINT_F_HOST == 0 => forward::to_local_endpoint(&ctx, &ip, &ep, &config),

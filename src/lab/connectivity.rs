@@ -2,7 +2,8 @@
 //!
 //! Deploys its own namespace: a `client` Deployment and an `echo-same-node` Deployment pinned to
 //! one node, an `echo-other-node` Deployment pinned to another (the lab's pods are the kubelet
-//! emulation's HTTP echo servers), and a Service `echo` over both echo Deployments. It waits
+//! emulation's HTTP echo servers), a Service `echo` over both echo Deployments and the same with
+//! ClientIP session affinity (`echo-affinity`: repeated connections must reach one pod). It waits
 //! (bounded) for the pods, then runs each check from inside the client pod's network namespace,
 //! each with a bounded number of attempts, and verifies who answered and which client address
 //! the server saw. Results are a table with the reason for every failure; any failure makes the
@@ -29,6 +30,10 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const ECHO_PORT: u16 = 8080;
 const ATTEMPTS: usize = 3;
+/// Requests of the session-affinity check: without affinity, all of them landing on one of the two
+/// echo pods has probability 2·2^-16.
+const AFFINITY_REQUESTS: usize = 16;
+const AFFINITY_SERVICE: &str = "echo-affinity";
 
 #[derive(Debug, clap::Args)]
 pub struct ConnectivityArgs {
@@ -136,7 +141,34 @@ pub fn manifests(namespace: &str, client_node: &str, other_node: Option<&str>) -
         "metadata": {"name": "echo", "namespace": namespace},
         "spec": {"selector": {"kind": "echo"}, "ports": [{"name": "http", "port": ECHO_PORT, "targetPort": "http"}]}
     }));
+    objects.push(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": AFFINITY_SERVICE, "namespace": namespace},
+        "spec": {"selector": {"kind": "echo"}, "ports": [{"name": "http", "port": ECHO_PORT, "targetPort": "http"}],
+                 "sessionAffinity": "ClientIP"}
+    }));
     objects
+}
+
+/// "pod-to-service (session affinity)": [`AFFINITY_REQUESTS`] new connections from the client to a
+/// ClientIP-affinity Service, every one answered (by an expected pod), all by the same pod.
+fn affinity_check(
+    netns: &str,
+    addr: SocketAddr,
+    expected: &[String],
+    client_ip: Option<IpAddr>,
+) -> Result<String, String> {
+    let mut answered = std::collections::BTreeSet::new();
+    for i in 0..AFFINITY_REQUESTS {
+        let detail = judge(get_from(netns, addr), expected, client_ip).map_err(|e| format!("request {i}: {e}"))?;
+        answered.insert(detail.split_whitespace().next().unwrap_or_default().to_string());
+    }
+    match answered.len() {
+        1 => {
+            Ok(format!("{addr}: {AFFINITY_REQUESTS} connections, all to {}", answered.pop_first().unwrap_or_default()))
+        }
+        _ => Err(format!("{AFFINITY_REQUESTS} connections spread over {answered:?}")),
+    }
 }
 
 fn pod_ip(pod: &Pod) -> Option<IpAddr> {
@@ -321,7 +353,7 @@ async fn run_checks(client: &Client, args: &TestArgs, two_nodes: bool) -> Vec<Ou
     targets.push(Target {
         name: "pod-to-service (ClusterIP)".into(),
         addr: cluster_ip.map(|ip| SocketAddr::new(ip, port)),
-        expected: echo_pods,
+        expected: echo_pods.clone(),
         client_ip,
     });
     let outside = SocketAddr::new(IpAddr::V4(super::plan::OUTSIDE_IPV4), super::plan::OUTSIDE_PORT);
@@ -353,6 +385,22 @@ async fn run_checks(client: &Client, args: &TestArgs, two_nodes: bool) -> Vec<Ou
         };
         outcomes.push(Outcome { name, failure, detail: String::new() });
     }
+    let sticky = Api::<Service>::namespaced(client.clone(), &args.namespace).get(AFFINITY_SERVICE).await.ok();
+    let sticky = sticky.and_then(|s| s.spec?.cluster_ip?.parse::<IpAddr>().ok()).map(|ip| SocketAddr::new(ip, port));
+    let failure = match (&netns, sticky) {
+        (Some(ns), Some(addr)) => {
+            let (ns, expected) = (ns.clone(), echo_pods.clone());
+            tokio::task::spawn_blocking(move || affinity_check(&ns, addr, &expected, client_ip))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
+        }
+        _ => Err("the client pod or the Service has no address".to_string()),
+    };
+    outcomes.push(Outcome {
+        name: "pod-to-service (session affinity)".into(),
+        detail: failure.clone().unwrap_or_default(),
+        failure: failure.err(),
+    });
     outcomes
 }
 
@@ -404,7 +452,7 @@ mod tests {
             .filter_map(|o| o["spec"]["template"]["spec"]["nodeSelector"][HOSTNAME_LABEL].as_str())
             .collect();
         assert_eq!(nodes, ["kind-worker", "kind-worker", "kind-worker2"]);
-        assert_eq!(manifests("t", "a", None).len(), 3, "no other-node server on one node");
+        assert_eq!(manifests("t", "a", None).len(), 4, "no other-node server on one node");
         let text = table(&[
             Outcome { name: "a".into(), failure: None, detail: "ok detail".into() },
             Outcome { name: "b".into(), failure: Some("why".into()), detail: String::new() },
