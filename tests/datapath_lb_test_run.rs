@@ -7,6 +7,11 @@
 //! Kubernetes objects, programmed straight into the pinned maps. test_run runs the program as if
 //! the packet arrived on the loopback device (ifindex 1), so the sending pod is registered there;
 //! for a reply the backend is moved onto ifindex 1 and the client onto its own veth.
+//!
+//! The second half runs `from_netdev` (the uplink) with clients outside the cluster: NodePort,
+//! LoadBalancer and externalIP frontends, SNAT for remote backends and the way back, eTP=Local, a
+//! ClusterIP from outside, source ranges. Where the datapath routes by the kernel's FIB, the
+//! program runs inside a namespace the test builds ([`UplinkNs`]), so the lookup sees our routes.
 
 mod integration;
 
@@ -28,14 +33,14 @@ use beeline::datapath::{
 };
 use beeline::services::{desired_state, DesiredLb, Inputs, LbIds, ServicesConfig};
 use beeline_common::{
-    datapath::{drop_reason, DatapathConfig, TUNNEL_VXLAN},
+    datapath::{drop_reason, DatapathConfig, TUNNEL_NONE, TUNNEL_VXLAN},
     endpoint::EndpointInfo,
     lb::{
         ct_flags, Lb4AffinityKey, LbAffinityValue, LbConfig, LbMaglevKey, CT_CLOSE_TIMEOUT, TUPLE_F_OUT,
         TUPLE_F_SERVICE,
     },
 };
-use integration::{require_root, BpffsDir};
+use integration::{require_root, BpffsDir, NetNs, Topology};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::{json, Value};
@@ -79,7 +84,8 @@ fn lxc_mac(pod_mac: [u8; 6]) -> [u8; 6] {
 fn cfg() -> ServicesConfig {
     ServicesConfig {
         node_name: NODE.into(),
-        extra_node_addresses: Vec::new(),
+        // The NodePort address of this node (the Node object is not among the inputs here).
+        extra_node_addresses: vec![node_ip()],
         kube_proxy_replacement: true,
         node_port_range: (30000, 32767),
         lb_algorithm: LbAlgorithm::Random,
@@ -169,7 +175,11 @@ impl Fixture {
     }
 
     fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let out = run_tc(self.datapath.program(FROM_CONTAINER).unwrap(), frame).expect("test_run");
+        self.run_prog(FROM_CONTAINER, frame)
+    }
+
+    fn run_prog(&self, program: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+        let out = run_tc(self.datapath.program(program).unwrap(), frame).expect("test_run");
         (out.retval, out.data)
     }
 
@@ -565,4 +575,189 @@ fn closing_tcp_connections_get_the_short_lifetime() {
     );
     let left = i64::from(closing.lifetime) - lb_tables::monotonic_secs() as i64;
     assert!((0..=CT_CLOSE_TIMEOUT as i64).contains(&left), "closed connections expire within 10 s: {left}s");
+}
+
+// ----- from outside the cluster: from_netdev on the uplink ---------------------------------------
+
+fn node_ip() -> Ipv4Addr {
+    ip("192.168.0.1")
+}
+/// A client outside the cluster (routed via the uplink's peer in [`UplinkNs`]).
+fn outside() -> Ipv4Addr {
+    ip("172.18.255.254")
+}
+const NODE_PORT: u16 = 30080;
+const OUTSIDE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xff, 0xfe];
+const UPLINK_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+
+/// A namespace whose FIB the test owns: `eth0` 192.168.0.1/24 (the node IP) with the router
+/// 192.168.0.254 towards the outside client, remote pod CIDR 10.0.2.0/24 via node 192.168.0.2,
+/// forwarding on. Removed on drop.
+struct UplinkNs {
+    _topo: Topology,
+    ns: NetNs,
+}
+
+impl UplinkNs {
+    fn new(label: &str) -> UplinkNs {
+        let mut topo = Topology::new(label);
+        let ns = topo.namespace("node").unwrap();
+        let peer = topo.namespace("router").unwrap();
+        topo.veth((&ns, "eth0"), (&peer, "eth0")).unwrap();
+        topo.address(&ns, "eth0", "192.168.0.1/24").unwrap();
+        topo.address(&peer, "eth0", "192.168.0.254/24").unwrap();
+        topo.sysctl(&ns, "net.ipv4.ip_forward", "1").unwrap();
+        topo.route(&ns, &["172.18.0.0/16", "via", "192.168.0.254"]).unwrap();
+        topo.route(&ns, &["10.0.2.0/24", "via", "192.168.0.2"]).unwrap();
+        UplinkNs { _topo: topo, ns }
+    }
+
+    fn run(&self, f: &Fixture, program: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.ns.run(|| f.run_prog(program, frame)).unwrap()
+    }
+}
+
+fn uplink_config(tunnel: bool) -> DatapathConfig {
+    let tunnel_proto = if tunnel { TUNNEL_VXLAN } else { TUNNEL_NONE };
+    DatapathConfig { node_ip: tables::be(node_ip()), tunnel_proto, ..vxlan_config() }
+}
+
+/// A NodePort Service (TCP 80 → nodePort 30080 → "http") with `extra` in its spec.
+fn node_port(extra: Value) -> Service {
+    let mut svc = web(json!({"type": "NodePort"}), json!({}));
+    let spec = svc.spec.as_mut().unwrap();
+    spec.ports.as_mut().unwrap()[0].node_port = Some(i32::from(NODE_PORT));
+    let mut value = serde_json::to_value(&svc).unwrap();
+    value["spec"].as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    serde_json::from_value(value).unwrap()
+}
+
+/// A TCP frame from the outside client, as it arrives on the uplink.
+fn from_outside(dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    FrameBuilder::new(OUTSIDE_MAC, UPLINK_MAC).ipv4(outside(), dst).tcp(sport, dport, flags).build()
+}
+
+/// (source, source port, destination, destination port) of a frame with valid checksums.
+fn four_tuple(frame: &[u8]) -> (Ipv4Addr, u16, Ipv4Addr, u16) {
+    verify_checksums(frame).unwrap_or_else(|e| panic!("checksums after NAT: {e}"));
+    let parsed = parse(frame).unwrap();
+    let ParsedL3::Ipv4 { src, dst, .. } = parsed.l3 else { panic!("not IPv4: {:?}", parsed.l3) };
+    let (sport, dport) = parsed.ports().unwrap();
+    (src, sport, dst, dport)
+}
+
+#[test]
+fn node_port_from_outside_to_a_local_backend_keeps_the_client_and_answers_from_the_node_port() {
+    let mut f = Fixture::new("np-local");
+    tables::write_config(&f.bpffs.pin_dir(), &uplink_config(true)).unwrap();
+    f.services(node_port(json!({})), endpoints(&ready(&["10.0.1.3"])));
+    let ns = UplinkNs::new("np-local");
+
+    let (verdict, out) = ns.run(&f, FROM_NETDEV, &from_outside(node_ip(), 51000, NODE_PORT, tcp_flags::SYN));
+    assert_eq!(verdict, TC_ACT_REDIRECT, "delivered to the local backend");
+    assert_eq!(four_tuple(&out), (outside(), 51000, ip("10.0.1.3"), 8080), "DNAT only: the client is kept");
+    assert_eq!(parse(&out).unwrap().dst_mac, LOCAL_BACKENDS[0].2);
+
+    // The backend's reply leaves its veth: source back to node IP:nodePort, routed to the client by
+    // the FIB (the stack would drop a packet from its own address arriving on a veth).
+    f.endpoint(ip("10.0.1.3"), LOOPBACK, LOCAL_BACKENDS[0].2);
+    let reply = FrameBuilder::new(LOCAL_BACKENDS[0].2, lxc_mac(LOCAL_BACKENDS[0].2))
+        .ipv4(ip("10.0.1.3"), outside())
+        .tcp(8080, 51000, tcp_flags::SYN | tcp_flags::ACK)
+        .build();
+    let (verdict, out) = ns.run(&f, FROM_CONTAINER, &reply);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "routed out of the uplink");
+    assert_eq!(four_tuple(&out), (node_ip(), NODE_PORT, outside(), 51000));
+    assert!(f.drops().is_empty(), "{:?}", f.drops());
+}
+
+#[test]
+fn node_port_to_a_remote_backend_is_snated_to_the_node_ip_and_the_reply_is_translated_back() {
+    for tunnel in [true, false] {
+        let mut f = Fixture::new("np-remote");
+        let pin = f.bpffs.pin_dir();
+        tables::write_config(&pin, &uplink_config(tunnel)).unwrap();
+        tables::upsert_tunnel(&pin, "10.0.2.0/24".parse().unwrap(), ip("192.168.0.2")).unwrap();
+        f.services(node_port(json!({})), endpoints(&[("10.0.2.7", "node-b", true, false)]));
+        let ns = UplinkNs::new("np-remote");
+
+        let mut seen = None;
+        for flags in [tcp_flags::SYN, tcp_flags::ACK] {
+            let (verdict, out) = ns.run(&f, FROM_NETDEV, &from_outside(node_ip(), 52000, NODE_PORT, flags));
+            assert_eq!(verdict, TC_ACT_REDIRECT, "tunnel={tunnel}: into the tunnel / routed");
+            let (src, sport, dst, dport) = four_tuple(&out);
+            assert_eq!((src, dst, dport), (node_ip(), ip("10.0.2.7"), 8080), "tunnel={tunnel}: DNAT + SNAT");
+            assert!(sport >= 32768, "tunnel={tunnel}: a NAT port above the NodePort range: {sport}");
+            assert_eq!(*seen.get_or_insert(sport), sport, "tunnel={tunnel}: one mapping per flow");
+        }
+        let nat_port = seen.unwrap();
+
+        // The backend's reply arrives on the uplink, to the node IP and the NAT port.
+        let reply = FrameBuilder::new([0x02, 0, 0, 0, 0, 2], UPLINK_MAC)
+            .ipv4(ip("10.0.2.7"), node_ip())
+            .tcp(8080, nat_port, tcp_flags::SYN | tcp_flags::ACK)
+            .payload(b"hi")
+            .build();
+        let (verdict, out) = ns.run(&f, FROM_NETDEV, &reply);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "tunnel={tunnel}: back out to the client");
+        assert_eq!(
+            four_tuple(&out),
+            (node_ip(), NODE_PORT, outside(), 52000),
+            "tunnel={tunnel}: rev-SNAT then rev-DNAT"
+        );
+        assert_eq!(parse(&out).unwrap().payload, b"hi");
+        assert!(f.drops().is_empty(), "tunnel={tunnel}: {:?}", f.drops());
+    }
+}
+
+#[test]
+fn external_traffic_policy_local_drops_without_a_local_backend_and_keeps_the_client_with_one() {
+    let mut f = Fixture::new("np-etp-local");
+    tables::write_config(&f.bpffs.pin_dir(), &uplink_config(true)).unwrap();
+    let spec = json!({"externalTrafficPolicy": "Local"});
+    f.services(node_port(spec.clone()), endpoints(&[("10.0.2.7", "node-b", true, false)]));
+    let (verdict, _) = f.run_prog(FROM_NETDEV, &from_outside(node_ip(), 53000, NODE_PORT, tcp_flags::SYN));
+    assert_eq!(verdict, TC_ACT_SHOT, "no local backend: dropped, not forwarded and not answered");
+    assert_eq!(f.drops(), vec![(drop_reason::NO_SERVICE, 1)]);
+
+    f.services(node_port(spec), endpoints(&[("10.0.2.7", "node-b", true, false), ("10.0.1.4", NODE, true, false)]));
+    for sport in 53001..53011u16 {
+        let (verdict, out) = f.run_prog(FROM_NETDEV, &from_outside(node_ip(), sport, NODE_PORT, tcp_flags::SYN));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(four_tuple(&out), (outside(), sport, ip("10.0.1.4"), 8080), "only the local backend, source kept");
+    }
+}
+
+#[test]
+fn from_outside_a_cluster_ip_is_dropped_source_ranges_apply_and_no_backends_are_rejected() {
+    let mut f = Fixture::new("np-edges");
+    tables::write_config(&f.bpffs.pin_dir(), &uplink_config(true)).unwrap();
+    let eps = endpoints(&ready(&["10.0.1.3"]));
+    f.services(load_balancer(json!({"loadBalancerSourceRanges": ["172.18.0.0/16"]})), eps.clone());
+
+    // The ClusterIP of the Service is not reachable from outside (Cilium: DROP_IS_CLUSTER_IP).
+    let (verdict, _) = f.run_prog(FROM_NETDEV, &from_outside(vip(), 54000, 80, tcp_flags::SYN));
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(f.drops(), vec![(drop_reason::IS_CLUSTER_IP, 1)]);
+    // The LoadBalancer address admits the listed range.
+    let (verdict, out) = f.run_prog(FROM_NETDEV, &from_outside(lb_ip(), 54001, 80, tcp_flags::SYN));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(four_tuple(&out), (outside(), 54001, ip("10.0.1.3"), 8080));
+
+    f.services(load_balancer(json!({"loadBalancerSourceRanges": ["10.0.0.0/8"]})), eps);
+    let (verdict, _) = f.run_prog(FROM_NETDEV, &from_outside(lb_ip(), 54002, 80, tcp_flags::SYN));
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert!(f.drops().contains(&(drop_reason::NOT_IN_SRC_RANGE, 1)), "{:?}", f.drops());
+
+    // An externalIP without backends: ICMP port unreachable back out of the uplink.
+    f.services(web(json!({"externalIPs": ["172.18.0.200"]}), json!({})), endpoints(&[]));
+    let (verdict, out) = f.run_prog(FROM_NETDEV, &from_outside(ip("172.18.0.200"), 54003, 80, tcp_flags::SYN));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let parsed = parse(&out).unwrap();
+    assert_eq!((parsed.dst_mac, parsed.dst_ip()), (OUTSIDE_MAC, Some(outside().into())));
+    assert!(matches!(parsed.l4, Some(ParsedL4::Icmp { ty: 3, code: 3, .. })), "{:?}", parsed.l4);
+
+    // Traffic to the node that is no frontend (its own services, the tunnel) is left alone.
+    let other = from_outside(node_ip(), 54004, 22, tcp_flags::SYN);
+    assert_eq!(f.run_prog(FROM_NETDEV, &other), (0, other));
 }

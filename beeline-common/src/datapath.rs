@@ -75,6 +75,8 @@ pub mod drop_reason {
     pub const NO_TUNNEL_ENDPOINT: u32 = 160;
     /// A service frontend without any backend (answered with ICMP port unreachable when possible).
     pub const NO_SERVICE: u32 = 158;
+    /// A ClusterIP (not reachable from outside) addressed by a packet arriving on an uplink.
+    pub const IS_CLUSTER_IP: u32 = 174;
     /// A client outside the frontend's `loadBalancerSourceRanges`.
     pub const NOT_IN_SRC_RANGE: u32 = 177;
     /// Masquerading found no free source port (or could not store the mapping).
@@ -97,6 +99,7 @@ pub mod drop_reason {
         NAT_NO_MAPPING,
         NAT_UNSUPP_PROTO,
         POLICY_DENY,
+        IS_CLUSTER_IP,
     ];
 
     /// Cilium's text for the reason (`pkg/monitor/api/drop.go`), as `cilium monitor`, Hubble and
@@ -109,6 +112,7 @@ pub mod drop_reason {
             WRITE_ERROR => "Error writing to packet",
             NO_SERVICE => "Service backend not found",
             NOT_IN_SRC_RANGE => "Source IP not in load balancer source ranges",
+            IS_CLUSTER_IP => "Is a ClusterIP",
             FRAG_NOSUPPORT => "IP fragmentation not supported",
             NO_TUNNEL_ENDPOINT => "No tunnel/encapsulation endpoint (datapath BUG!)",
             NAT_NO_MAPPING => "No mapping for NAT masquerade",
@@ -159,6 +163,7 @@ mod tests {
             (167, "No mapping for NAT masquerade"),
             (168, "Unsupported protocol for NAT masquerade"),
             (181, "Policy denied by denylist"),
+            (174, "Is a ClusterIP"),
         ];
         assert_eq!(drop_reason::ALL.len(), want.len());
         for (code, name) in want {

@@ -38,7 +38,7 @@ use beeline_common::{
 use crate::{
     conntrack::{self, Dir},
     drop::drop,
-    icmp,
+    fib, icmp, lookup,
     parse::{Ipv4Hdr, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IPV4_CSUM_OFF, IPV4_DADDR_OFF, IPV4_SADDR_OFF},
 };
 
@@ -133,7 +133,17 @@ pub fn from_container(ctx: &TcContext, ip: &Ipv4Hdr, ifindex: u32) -> Next {
     let now = conntrack::now_secs();
     match reply_nat(ctx, &flow, now) {
         Some(Err(verdict)) => return Next::Verdict(verdict),
-        Some(Ok(())) => return Next::Forward(flow.daddr),
+        Some(Ok(src)) => {
+            let config = lookup::config();
+            if src == config.node_ip && src != 0 {
+                // A NodePort reply now comes from this node's own address: the stack would drop
+                // it as a martian (local source arriving on a veth), so it is routed from here,
+                // as Cilium's rev-NAT path redirects to the native device.
+                let ip = Ipv4Hdr { saddr: src.to_ne_bytes(), ..*ip };
+                return Next::Verdict(fib::redirect_v4(ctx, &ip, ifindex));
+            }
+            return Next::Forward(flow.daddr);
+        }
         None => {}
     }
     let Some((key, svc)) = lookup_service(&flow) else {
@@ -147,6 +157,65 @@ pub fn from_container(ctx: &TcContext, ip: &Ipv4Hdr, ifindex: u32) -> Next {
         None if svc.count == 0 => return Next::Verdict(icmp::port_unreachable(ctx, ip, flow.l4_offset, ifindex)),
         None => return Next::Verdict(drop(ctx, drop_reason::NO_SERVICE)),
     };
+    match connect(ctx, &flow, &svc, &backend, now) {
+        Ok(()) => Next::Forward(backend.address),
+        Err(verdict) => Next::Verdict(verdict),
+    }
+}
+
+/// Service handling for a packet arriving from outside the cluster on an uplink (`ifindex`), after
+/// Cilium's `nodeport_lb4`: only the external scope counts (`externalTrafficPolicy`); a frontend
+/// that is not reachable from outside (a ClusterIP) is dropped as `IS_CLUSTER_IP`; source ranges
+/// apply; with `externalTrafficPolicy: Local` and no backend on this node the packet is dropped
+/// (the client's load balancer is meant to follow the health-check node port), any other frontend
+/// without backends is rejected with ICMP. `None`: not addressed to a frontend.
+#[inline(always)]
+pub fn from_netdev(ctx: &TcContext, ip: &Ipv4Hdr, ifindex: u32) -> Option<Next> {
+    let flow = Flow::parse(ctx, ip)?;
+    let key = Lb4Key {
+        address: flow.daddr,
+        dport: flow.dport,
+        backend_slot: 0,
+        proto: flow.proto,
+        scope: LB_LOOKUP_SCOPE_EXT,
+        pad: [0; 2],
+    };
+    // SAFETY: copied out at once.
+    let svc = unsafe { LB4_SERVICES.get(&key).copied() }?;
+    if svc.flags & svc_flags::ROUTABLE == 0 {
+        return Some(Next::Verdict(drop(ctx, drop_reason::IS_CLUSTER_IP)));
+    }
+    if svc.flags & svc_flags::SOURCE_RANGE != 0 && !source_range_allows(&svc, flow.saddr) {
+        return Some(Next::Verdict(drop(ctx, drop_reason::NOT_IN_SRC_RANGE)));
+    }
+    let now = conntrack::now_secs();
+    let backend = match backend_for(&flow, key, &svc, now) {
+        Some(b) => b,
+        None if svc.count == 0 && svc.flags & svc_flags::EXT_LOCAL_SCOPE != 0 => {
+            return Some(Next::Verdict(drop(ctx, drop_reason::NO_SERVICE)))
+        }
+        None if svc.count == 0 => {
+            return Some(Next::Verdict(icmp::port_unreachable(ctx, ip, flow.l4_offset, ifindex)))
+        }
+        None => return Some(Next::Verdict(drop(ctx, drop_reason::NO_SERVICE))),
+    };
+    Some(match connect(ctx, &flow, &svc, &backend, now) {
+        Ok(()) => Next::Forward(backend.address),
+        Err(verdict) => Next::Verdict(verdict),
+    })
+}
+
+/// Reverse NAT for a packet that may answer a connection balanced on this node (a remote
+/// backend's reply arriving on the uplink after rev-SNAT): `Some(Ok(new source))` when it was one.
+#[inline(always)]
+pub fn reply_from_backend(ctx: &TcContext, ip: &Ipv4Hdr) -> Option<Result<u32, i32>> {
+    let flow = Flow::parse(ctx, ip)?;
+    reply_nat(ctx, &flow, conntrack::now_secs())
+}
+
+/// The connection entry (client → backend, remembering the frontend for replies) and the DNAT.
+#[inline(always)]
+fn connect(ctx: &TcContext, flow: &Flow, svc: &Lb4Service, backend: &Lb4Backend, now: u32) -> Result<(), i32> {
     let dport = if backend.port != 0 { backend.port } else { flow.dport };
     let tuple = Ct4Tuple {
         daddr: backend.address,
@@ -165,12 +234,8 @@ pub fn from_container(ctx: &TcContext, ip: &Ipv4Hdr, ifindex: u32) -> Next {
             let _ = conntrack::create(&tuple, 0, svc.rev_nat_index, flow.proto, flow.tcp_flags, flow.len, now);
         }
     }
-    if rewrite(ctx, &flow, IPV4_DADDR_OFF, flow.daddr, backend.address, flow.l4_offset + 2, flow.dport, dport)
-        .is_err()
-    {
-        return Next::Verdict(drop(ctx, drop_reason::WRITE_ERROR));
-    }
-    Next::Forward(backend.address)
+    rewrite(ctx, flow, IPV4_DADDR_OFF, flow.daddr, backend.address, flow.l4_offset + 2, flow.dport, dport)
+        .map_err(|_| drop(ctx, drop_reason::WRITE_ERROR))
 }
 
 /// Reverse NAT for packets arriving from the overlay: a remote backend's reply to a local client.
@@ -180,13 +245,13 @@ pub fn from_overlay(ctx: &TcContext, ip: &Ipv4Hdr) -> Result<(), i32> {
     let Some(flow) = Flow::parse(ctx, ip) else {
         return Ok(());
     };
-    reply_nat(ctx, &flow, conntrack::now_secs()).unwrap_or(Ok(()))
+    reply_nat(ctx, &flow, conntrack::now_secs()).unwrap_or(Ok(0)).map(|_| ())
 }
 
 /// `None` when the packet is no reply of a balanced connection; otherwise its source is rewritten to
-/// the frontend (`Err` with a verdict when the rewrite fails).
+/// the frontend, which is returned (`Err` with a verdict when the rewrite fails).
 #[inline(always)]
-fn reply_nat(ctx: &TcContext, flow: &Flow, now: u32) -> Option<Result<(), i32>> {
+fn reply_nat(ctx: &TcContext, flow: &Flow, now: u32) -> Option<Result<u32, i32>> {
     let tuple = Ct4Tuple {
         daddr: flow.saddr,
         saddr: flow.daddr,
@@ -206,11 +271,11 @@ fn reply_nat(ctx: &TcContext, flow: &Flow, now: u32) -> Option<Result<(), i32>> 
     // SAFETY: copied out at once.
     let Some(frontend) = (unsafe { LB4_REVERSE_NAT.get(&Lb4RevNatKey { rev_nat_index }).copied() }) else {
         // The service is gone; the reply can no longer be translated.
-        return Some(Ok(()));
+        return Some(Ok(flow.saddr));
     };
     let port = if frontend.port != 0 { frontend.port } else { flow.sport };
     let result = rewrite(ctx, flow, IPV4_SADDR_OFF, flow.saddr, frontend.address, flow.l4_offset, flow.sport, port);
-    Some(result.map_err(|_| drop(ctx, drop_reason::WRITE_ERROR)))
+    Some(result.map(|()| frontend.address).map_err(|_| drop(ctx, drop_reason::WRITE_ERROR)))
 }
 
 /// The master entry of the frontend the packet is addressed to, with its key.

@@ -15,6 +15,7 @@ mod lookup;
 mod maps;
 mod nat;
 mod netdev;
+mod nodeport;
 mod parse;
 mod policy;
 

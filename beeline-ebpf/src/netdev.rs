@@ -6,6 +6,9 @@
 //!   in native routing, where peers route our pod CIDR to this node — delivers packets for local
 //!   pods straight to their veth peer (the node namespace has no routes to individual pods).
 //!
+//! - `from_netdev` also balances NodePort / LoadBalancer / externalIP traffic from outside
+//!   ([`crate::lb::from_netdev`], [`crate::nodeport`]) and returns the replies of remote backends.
+//!
 //! Anything else passes unchanged: the uplink carries the node's own traffic too.
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
@@ -17,8 +20,11 @@ use beeline_common::{
 
 use crate::{
     drop::drop,
-    forward, lb, lookup,
+    forward,
+    lb::{self, Next},
+    lookup,
     nat::{self, SnatTarget},
+    nodeport,
     parse::{self, Ipv4Hdr, ETH_P_IP},
 };
 
@@ -75,8 +81,17 @@ pub fn from_netdev(ctx: TcContext) -> i32 {
         return TC_ACT_OK;
     };
     let config = lookup::config();
+    // SAFETY: `skb` is the kernel's __sk_buff for this invocation.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // NodePort / LoadBalancer / externalIP from outside ([`crate::nodeport`]).
+    match lb::from_netdev(&ctx, &ip, ifindex) {
+        Some(Next::Forward(backend)) => return nodeport::to_backend(&ctx, &ip, backend, &config, ifindex),
+        Some(Next::Verdict(verdict)) => return verdict,
+        None => {}
+    }
     let mut dst = ip.daddr_be();
-    if config.flags & CONFIG_F_MASQUERADE != 0 && dst == config.node_ip && dst != 0 {
+    // Replies to translated flows (pod masquerading, NodePort SNAT) come back to the node IP.
+    if dst == config.node_ip && dst != 0 {
         match nat::rev_snat_v4(&ctx, &ip) {
             Ok(Some(original)) => dst = original,
             Ok(None) => return TC_ACT_OK,
@@ -86,11 +101,19 @@ pub fn from_netdev(ctx: TcContext) -> i32 {
     // With native routing a remote backend's reply to a local client of a ClusterIP comes in here
     // (with a tunnel it comes from the overlay): give it its frontend back before delivery, or
     // the client sees an answer from an address it never called and resets the connection.
-    if let Err(verdict) = lb::from_overlay(&ctx, &ip) {
-        return verdict;
+    // (Not after a rev-SNAT above: `ip` no longer describes that packet, and NodePort replies get
+    // their frontend back in `nodeport::reply_to_client`.)
+    if dst == ip.daddr_be() {
+        if let Err(verdict) = lb::from_overlay(&ctx, &ip) {
+            return verdict;
+        }
     }
     match lookup::endpoint(dst) {
         Some(ep) if ep.flags & ENDPOINT_F_HOST == 0 => forward::to_local_endpoint(&ctx, &ip, &ep, &config),
+        _ if dst != ip.daddr_be() => {
+            // Not a pod: a remote backend's reply to a NodePort client.
+            nodeport::reply_to_client(&ctx, &Ipv4Hdr { daddr: dst.to_ne_bytes(), ..ip }, ifindex)
+        }
         _ => TC_ACT_OK,
     }
 }

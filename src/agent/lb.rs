@@ -37,9 +37,15 @@ pub fn start(
     let (tables, writer) = open_tables(manager, pin_dir)?;
     let services_config = ServicesConfig::from_config(config, node_name);
     write_lb_config(pin_dir, &services_config);
-    let sync = ServicesSync::new(owner, tables, services_config);
+    let (health_tx, health_rx) = tokio::sync::watch::channel(Default::default());
+    let sync = ServicesSync::new(owner, tables, services_config).with_health_checks(health_tx);
 
     let token = runner.shutdown_token();
+    let t = token.clone();
+    runner.spawn("health-check-node-ports", async move {
+        super::health_check::serve(health_rx, t).await;
+        Ok(())
+    });
     let t = token.clone();
     runner.spawn("lb-map-writer", async move {
         writer.run(WriterOptions::default(), t).await;

@@ -6,6 +6,7 @@ pub mod endpoint_api;
 pub mod endpoint_core;
 pub mod endpoint_kube;
 pub mod endpoints;
+pub mod health_check;
 pub mod ipam_api;
 pub mod ipam_expiry;
 pub mod lb;

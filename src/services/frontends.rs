@@ -199,7 +199,7 @@ fn node_addresses(nodes: &[Node], cfg: &ServicesConfig, notes: &mut Vec<Note>) -
     addrs.into_iter().collect()
 }
 
-fn slices_by_service(slices: &[EndpointSlice]) -> BTreeMap<ObjectName, Vec<&EndpointSlice>> {
+pub(crate) fn slices_by_service(slices: &[EndpointSlice]) -> BTreeMap<ObjectName, Vec<&EndpointSlice>> {
     let mut by: BTreeMap<ObjectName, Vec<&EndpointSlice>> = BTreeMap::new();
     for slice in slices {
         let Some(service) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else { continue };

@@ -12,12 +12,14 @@
 
 pub mod desired;
 pub mod frontends;
+pub mod health_check;
 pub mod ids;
 pub mod maglev;
 pub mod model;
 
 pub use desired::{desired_state, AffinityMatch, DesiredLb, FrontendStatus, SourceRange};
 pub use frontends::{Inputs, Note, ServicesConfig};
+pub use health_check::{health_checks, HealthCheck};
 pub use ids::LbIds;
 
 #[cfg(test)]

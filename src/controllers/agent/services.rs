@@ -8,9 +8,10 @@
 
 use beeline_common::lb::{Lb4SrcRangeData, Lb4SrcRangeKey, LbAffinityMatchKey, LbMaglevKey, SRC_RANGE_STATIC_PREFIX};
 
+use crate::agent::health_check::HealthChecks;
 use crate::datapath::manager::maps::{Lb4Backends, Lb4Maglev, Lb4RevNat, Lb4Services, Lb4SourceRange, LbAffinityMatch};
 use crate::datapath::manager::{Owner, TableHandle};
-use crate::services::{desired_state, DesiredLb, Inputs, LbIds, ServicesConfig, SourceRange};
+use crate::services::{desired_state, health_checks, DesiredLb, Inputs, LbIds, ServicesConfig, SourceRange};
 
 /// The LB tables the services controller writes.
 #[derive(Clone)]
@@ -30,6 +31,8 @@ pub struct ServicesSync {
     ids: LbIds,
     cfg: ServicesConfig,
     passes: u64,
+    /// Where the health-check node port answers go (the agent's servers), if anywhere.
+    health_checks: Option<tokio::sync::watch::Sender<HealthChecks>>,
 }
 
 impl ServicesSync {
@@ -41,7 +44,13 @@ impl ServicesSync {
         }
         let (rev_nat, backends) = ids.len();
         tracing::info!(rev_nat, backends, "restored LB IDs from the pinned maps");
-        Self { owner, tables, ids, cfg, passes: 0 }
+        Self { owner, tables, ids, cfg, passes: 0, health_checks: None }
+    }
+
+    /// Also publishes the health-check node port answers of every pass to `tx`.
+    pub fn with_health_checks(mut self, tx: tokio::sync::watch::Sender<HealthChecks>) -> Self {
+        self.health_checks = Some(tx);
+        self
     }
 
     /// One full pass over a complete view of the cluster. Returns what was submitted.
@@ -63,6 +72,14 @@ impl ServicesSync {
         self.tables.maglev.replace_owner(&self.owner, maglev_rows(&desired));
         let ranges = desired.source_ranges.iter().map(|r| (source_range_key(r), 0u8));
         self.tables.source_ranges.replace_owner(&self.owner, ranges);
+        if let Some(tx) = &self.health_checks {
+            let answers = health_checks(inputs.services, inputs.endpoint_slices, &self.cfg.node_name);
+            tx.send_if_modified(|current| {
+                let changed = *current != answers;
+                *current = answers;
+                changed
+            });
+        }
         if self.passes == 0 {
             self.owner.initial_pass_done();
         }
