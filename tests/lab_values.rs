@@ -36,6 +36,7 @@ const CASES: &[Case] = &[
     ("geneve.yaml", IpamMode::ClusterPool, RoutingMode::Tunnel, TunnelProtocol::Geneve, true, false, &[]),
     ("native.yaml", IpamMode::ClusterPool, RoutingMode::Native, TunnelProtocol::Vxlan, true, false, &[]),
     ("cluster-pool-small.yaml", IpamMode::ClusterPool, RoutingMode::Tunnel, TunnelProtocol::Vxlan, true, false, &[]),
+    ("multi-pool.yaml", IpamMode::MultiPool, RoutingMode::Native, TunnelProtocol::Vxlan, true, false, &[]),
     (
         "kubernetes-ipam.yaml",
         IpamMode::Kubernetes,

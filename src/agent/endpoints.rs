@@ -20,8 +20,9 @@ use beeline_common::endpoint::EndpointInfo;
 
 use super::endpoint_core::{endpoint_rows, CoreError, Endpoint, EndpointRequest, EndpointTable};
 use super::ipam_expiry::{Attachment, Clock, PendingAllocations, PENDING_TTL};
-use crate::controllers::agent::ipam_state::{write_atomically, NodeIpam, NodeIpamError};
+use crate::controllers::agent::ipam_state::{write_atomically, NodeIpamError};
 use crate::controllers::agent::local_endpoints::{self, LocalEndpoint, LocalEndpointsRx, LocalEndpointsTx};
+use crate::controllers::agent::pod_ipam::PodIpam;
 use crate::datapath::{agent::AgentDatapath, loader::programs, Direction, PinLayout};
 use crate::ipam::Owner;
 
@@ -127,7 +128,8 @@ pub struct EndpointManager {
     state_file: PathBuf,
     table: Mutex<EndpointTable>,
     datapath: Arc<dyn EndpointDatapath>,
-    ipam: Arc<NodeIpam>,
+    /// Whichever allocator serves this node's IPAM mode.
+    ipam: Arc<dyn PodIpam>,
     clock: Arc<dyn Clock>,
     pending: Mutex<PendingAllocations>,
     /// The registered endpoints as the policy controller reads them, republished on every change.
@@ -141,7 +143,7 @@ impl EndpointManager {
     pub fn new(
         state_dir: &Path,
         datapath: Arc<dyn EndpointDatapath>,
-        ipam: Arc<NodeIpam>,
+        ipam: Arc<dyn PodIpam>,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {

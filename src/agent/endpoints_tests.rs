@@ -4,6 +4,7 @@ use super::fake::FakeDatapath;
 use super::*;
 use crate::agent::endpoint_core::EndpointRequest;
 use crate::agent::ipam_expiry::ManualClock;
+use crate::controllers::agent::ipam_state::NodeIpam;
 use crate::ipam::Family;
 
 struct Setup {

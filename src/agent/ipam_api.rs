@@ -134,7 +134,7 @@ async fn release(
     }
     let mut released = s.ipam.release(&container_id, &ifname).map_err(map_error)?;
     if let Some(mp) = &s.multi_pool {
-        released.extend(mp.ipam.release(&container_id, &ifname));
+        released.extend(mp.ipam.release(&container_id, &ifname).map_err(map_error)?);
     }
     if !released.is_empty() {
         tracing::info!(%container_id, %ifname, ?released, "released");

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use futures::TryFutureExt;
 use std::time::Duration;
 
-use crate::controllers::agent::{ipam_state::NodeIpam, multi_pool, node_ipam};
+use crate::controllers::agent::{ipam_state::NodeIpam, multi_pool, node_ipam, pod_ipam::PodIpam};
 
 use crate::runtime::{args::ConfigArgs, connectivity, health, kubeclient, runner::Runner, shutdown};
 
@@ -60,24 +60,32 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
     let families = [(config.enable_ipv4, crate::ipam::Family::V4), (config.enable_ipv6, crate::ipam::Family::V6)];
     let families = families.into_iter().filter_map(|(on, f)| on.then_some(f)).collect();
     let ipam = Arc::new(NodeIpam::new(families, &config.state_dir));
+    let multi_pool = multi_pool::start(&config, &client, &node_name, &mut runner, token.clone());
+    // The allocator that serves pods in this mode: the conflist, the router IP (datapath and
+    // CiliumInternalIP), the health IP and the endpoints' addresses all come from it.
+    let pod_ipam: Arc<dyn PodIpam> = match &multi_pool {
+        Some(mp) => mp.ipam.clone(),
+        None => ipam.clone(),
+    };
     let node_ipam = node_ipam::run(
         client.clone(),
         node_name.clone(),
         config.ipam,
         ipam.clone(),
+        pod_ipam.clone(),
         Duration::from_secs(5),
         token.clone(),
     );
     runner.spawn(
         "datapath-node",
-        crate::datapath::agent::run_node_setup(datapath.clone(), config.clone(), ipam.clone(), token.clone())
+        crate::datapath::agent::run_node_setup(datapath.clone(), config.clone(), pod_ipam.clone(), token.clone())
             .map_err(Into::into),
     );
     let endpoint_datapath = Arc::new(endpoints::KernelDatapath::new(datapath.clone()));
     let endpoint_manager = Arc::new(endpoints::EndpointManager::new(
         &config.state_dir,
         endpoint_datapath,
-        ipam.clone(),
+        pod_ipam.clone(),
         Arc::new(ipam_expiry::SystemClock),
     ));
     let restore = endpoint_manager.clone();
@@ -95,7 +103,6 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
     // Subscribed after restore: the policy controller's first pass sees the restored endpoints.
     let local_endpoints = endpoint_manager.subscribe();
     let policy_view = crate::controllers::agent::policy_watch::SharedPolicyView::default();
-    let multi_pool = multi_pool::start(&config, &client, &node_name, &mut runner, token.clone());
     let api_state = Arc::new(api::ApiState {
         node_name: node_name.clone(),
         config: config.clone(),
@@ -118,7 +125,7 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
         config.cni_bin_dir.clone(),
         config.cni_conf_dir.clone(),
         config.agent_socket_path.clone(),
-        ipam.clone(),
+        pod_ipam,
         token.clone(),
     );
     runner.spawn("cni-install", async move { Ok(cni.await?) });

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::controllers::agent::ipam_state::{write_atomically, NodeIpam};
+use crate::controllers::agent::ipam_state::write_atomically;
+use crate::controllers::agent::pod_ipam::PodIpam;
 
 pub const CONFLIST_NAME: &str = "05-beeline.conflist";
 pub const PLUGIN_NAME: &str = "beeline-cni";
@@ -76,7 +77,7 @@ pub async fn run(
     bin_dir: PathBuf,
     conf_dir: PathBuf,
     agent_socket: PathBuf,
-    ipam: Arc<NodeIpam>,
+    ipam: Arc<dyn PodIpam>,
     shutdown: CancellationToken,
 ) -> Result<(), InstallError> {
     // A release binary is tens of MB: copy it off the async workers, and let shutdown interrupt
@@ -105,6 +106,8 @@ pub async fn run(
 mod tests {
     use super::*;
     use crate::cni::types::NetworkConfigList;
+    use crate::controllers::agent::ipam_state::NodeIpam;
+    use crate::controllers::agent::pod_ipam::PodIpam;
     use crate::ipam::Family;
 
     #[test]
@@ -116,13 +119,13 @@ mod tests {
         assert_eq!(conf.plugins[0].extra["agent-socket"], "/run/lab/n1/beeline.sock");
     }
 
-    #[tokio::test]
-    async fn conflist_appears_when_ready_and_goes_on_shutdown() {
+    /// The conflist waits for `make_ready` (the allocator's first router address), whichever
+    /// allocator serves the mode, and goes on shutdown.
+    async fn conflist_follows_readiness(ipam: Arc<dyn PodIpam>, make_ready: impl FnOnce()) {
         let dir = tempfile::tempdir().unwrap();
         let (bin, conf) = (dir.path().join("bin"), dir.path().join("net.d"));
         let fake_binary = dir.path().join("beeline");
         std::fs::write(&fake_binary, b"#!/bin/true\n").unwrap();
-        let ipam = Arc::new(NodeIpam::new(vec![Family::V4], &dir.path().join("state")));
         let token = CancellationToken::new();
         let task =
             tokio::spawn(run(fake_binary, bin.clone(), conf.clone(), "/s.sock".into(), ipam.clone(), token.clone()));
@@ -134,7 +137,7 @@ mod tests {
         }
         assert_eq!(std::fs::read(bin.join(PLUGIN_NAME)).unwrap(), b"#!/bin/true\n");
         assert!(!conf.join(CONFLIST_NAME).exists(), "no conflist before the node can allocate");
-        ipam.set_cidrs(&["10.0.9.0/24".parse().unwrap()]).unwrap();
+        make_ready();
         for _ in 0..100 {
             if conf.join(CONFLIST_NAME).exists() {
                 break;
@@ -145,5 +148,33 @@ mod tests {
         token.cancel();
         task.await.unwrap().unwrap();
         assert!(!conf.join(CONFLIST_NAME).exists(), "conflist removed on shutdown");
+    }
+
+    #[tokio::test]
+    async fn conflist_appears_when_ready_and_goes_on_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let ipam = Arc::new(NodeIpam::new(vec![Family::V4], dir.path()));
+        let ready = ipam.clone();
+        conflist_follows_readiness(ipam, move || {
+            ready.set_cidrs(&["10.0.9.0/24".parse().unwrap()]).unwrap();
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn multi_pool_conflist_waits_for_the_default_pool_cidr() {
+        use crate::controllers::agent::multi_pool::MultiPoolIpam;
+        use crate::ipam::multi_pool::PoolCidrs;
+        let dir = tempfile::tempdir().unwrap();
+        let ipam = Arc::new(MultiPoolIpam::new(vec![Family::V4], 8, dir.path()));
+        let ready = ipam.clone();
+        let tenant_only = PoolCidrs { pool: "tenant-a".into(), cidrs: vec!["10.20.0.0/27".into()] };
+        ready.sync_allocated(std::slice::from_ref(&tenant_only));
+        assert!(!PodIpam::is_ready(&*ipam), "no router address without a default pool CIDR");
+        let default = PoolCidrs { pool: "default".into(), cidrs: vec!["10.10.0.0/27".into()] };
+        conflist_follows_readiness(ipam, move || {
+            ready.sync_allocated(&[default, tenant_only]);
+        })
+        .await;
     }
 }

@@ -224,13 +224,13 @@ impl AgentDatapath {
     }
 }
 
-/// The agent task: waits until IPAM has reserved the router IPv4 address, sets the node up once
-/// (on a blocking thread), then idles until shutdown. A failed set-up fails the agent, like a
+/// The agent task: waits until IPAM (whichever allocator serves the mode) has reserved the router
+/// IPv4 address, sets the node up once (on a blocking thread), then idles until shutdown. A failed set-up fails the agent, like a
 /// Cilium agent that cannot create its devices.
 pub async fn run_node_setup(
     datapath: AgentDatapath,
     config: Config,
-    ipam: Arc<crate::controllers::agent::ipam_state::NodeIpam>,
+    ipam: Arc<dyn crate::controllers::agent::pod_ipam::PodIpam>,
     token: tokio_util::sync::CancellationToken,
 ) -> Result<(), AgentDatapathError> {
     let mut changes = ipam.subscribe();

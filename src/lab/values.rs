@@ -89,6 +89,9 @@ const IGNORED_PREFIXES: &[&str] = &[
 /// Helm paths the lab itself reads (not `cilium-config` keys).
 const OPERATOR_REPLICAS: &str = "operator.replicas";
 const LAB_POD_SUBNET: &str = "lab.podSubnet";
+/// A map of pools (`<name>: {ipv4: {cidrs, maskSize}, ipv6: ...}`), rendered into Cilium's
+/// `auto-create-cilium-pod-ip-pools` string.
+const AUTO_CREATE_POOLS: (&str, &str) = ("ipam.operator.autoCreateCiliumPodIPPools", "auto-create-cilium-pod-ip-pools");
 
 /// kind's default pod subnets: the source of `Node.spec.podCIDRs` for `ipam.mode: kubernetes`.
 pub const DEFAULT_POD_SUBNETS: &[&str] = &["10.244.0.0/16", "fd00:10:244::/56"];
@@ -166,6 +169,10 @@ fn walk(node: &Value, prefix: &str, out: &mut LabValues) -> Result<(), ValuesErr
             out.operator_replicas = value.as_u64().filter(|n| (1..=16).contains(n)).ok_or_else(|| {
                 ValuesError::Invalid { path: path.clone(), reason: "expected a number from 1 to 16".into() }
             })? as u32;
+        } else if path == AUTO_CREATE_POOLS.0 {
+            if let Some(text) = render_pools(&path, value)? {
+                out.config.insert(AUTO_CREATE_POOLS.1.to_string(), text);
+            }
         } else if path == LAB_POD_SUBNET {
             let text = render(&path, value, Shape::List)?.unwrap_or_default();
             out.pod_subnets = text
@@ -202,11 +209,47 @@ fn is_known_prefix(prefix: &str) -> bool {
 }
 
 fn known_paths() -> impl Iterator<Item = &'static str> {
-    MAPPINGS
-        .iter()
-        .map(|(p, _, _)| *p)
-        .chain(IGNORED_PREFIXES.iter().copied())
-        .chain([OPERATOR_REPLICAS, LAB_POD_SUBNET])
+    MAPPINGS.iter().map(|(p, _, _)| *p).chain(IGNORED_PREFIXES.iter().copied()).chain([
+        OPERATOR_REPLICAS,
+        LAB_POD_SUBNET,
+        AUTO_CREATE_POOLS.0,
+    ])
+}
+
+/// `{default: {ipv4: {cidrs: [10.10.0.0/16], maskSize: 27}}}` →
+/// `default=ipv4-cidrs:10.10.0.0/16;ipv4-mask-size:27` (pools joined by commas, as Cilium's
+/// chart renders the map); the operator parses and validates the result.
+fn render_pools(path: &str, value: &Value) -> Result<Option<String>, ValuesError> {
+    let invalid = |at: String, reason: &str| ValuesError::Invalid { path: at, reason: reason.into() };
+    let pools = match value {
+        Value::Null => return Ok(None),
+        Value::Object(pools) => pools,
+        _ => return Err(invalid(path.into(), "expected a map of pool name to {ipv4, ipv6}")),
+    };
+    let mut rendered = Vec::new();
+    for (name, spec) in pools {
+        let Value::Object(families) = spec else { return Err(invalid(format!("{path}.{name}"), "expected a map")) };
+        let mut fields = Vec::new();
+        for (family, settings) in families {
+            let at = format!("{path}.{name}.{family}");
+            if family != "ipv4" && family != "ipv6" {
+                return Err(invalid(at, "expected ipv4 or ipv6"));
+            }
+            let Value::Object(settings) = settings else { return Err(invalid(at, "expected {cidrs, maskSize}")) };
+            for (key, v) in settings {
+                let (field, shape) = match key.as_str() {
+                    "cidrs" => ("cidrs", Shape::List),
+                    "maskSize" => ("mask-size", Shape::Scalar),
+                    _ => return Err(invalid(format!("{at}.{key}"), "expected cidrs or maskSize")),
+                };
+                if let Some(text) = render(&format!("{at}.{key}"), v, shape)? {
+                    fields.push(format!("{family}-{field}:{}", text.split_whitespace().collect::<Vec<_>>().join(",")));
+                }
+            }
+        }
+        rendered.push(format!("{name}={}", fields.join(";")));
+    }
+    Ok(Some(rendered.join(",")))
 }
 
 fn render(path: &str, value: &Value, shape: Shape) -> Result<Option<String>, ValuesError> {
@@ -290,6 +333,19 @@ mod tests {
             ),
             // Masquerading in BPF (beeline has no iptables masquerading to fall back to).
             ("bpf:\n  masquerade: true\n", &[("enable-bpf-masquerade", "true")]),
+            // The seeds' cilium-ipam-multi-pool.yaml pool map, two pools and both families.
+            (
+                "ipam:\n  mode: multi-pool\n  operator:\n    autoCreateCiliumPodIPPools:\n      default:\n        ipv4:\n          cidrs: [\"10.10.0.0/16\", 10.11.0.0/16]\n          maskSize: 27\n      other:\n        ipv6: {cidrs: fd00::/104, maskSize: 120}\nroutingMode: native\nipv4NativeRoutingCIDR: 10.0.0.0/8\n",
+                &[
+                    ("ipam", "multi-pool"),
+                    ("routing-mode", "native"),
+                    ("ipv4-native-routing-cidr", "10.0.0.0/8"),
+                    (
+                        "auto-create-cilium-pod-ip-pools",
+                        "default=ipv4-cidrs:10.10.0.0/16,10.11.0.0/16;ipv4-mask-size:27,other=ipv6-cidrs:fd00::/104;ipv6-mask-size:120",
+                    ),
+                ],
+            ),
             ("ipv4:\n  enabled: false\nipv6:\n  enabled: true\n", &[("enable-ipv4", "false"), ("enable-ipv6", "true")]),
             // A single string where the chart takes a list; commas as separators.
             ("ipam:\n  operator:\n    clusterPoolIPv4PodCIDRList: 10.1.0.0/16,10.2.0.0/16\n", &[("cluster-pool-ipv4-cidr", "10.1.0.0/16 10.2.0.0/16")]),
@@ -335,6 +391,10 @@ mod tests {
             ("operator:\n  replicas: 0\n", "value `operator.replicas`"),
             ("lab:\n  podSubnet: 10.244.0.1/16\n", "host bits"),
             ("- a\n- b\n", "expected a map"),
+            (
+                "ipam:\n  operator:\n    autoCreateCiliumPodIPPools:\n      default:\n        ipv4: {cidr: 10.0.0.0/8}\n",
+                "value `ipam.operator.autoCreateCiliumPodIPPools.default.ipv4.cidr`: expected cidrs or maskSize",
+            ),
         ];
         for (text, needle) in cases {
             let err = translate(&yaml(text)).expect_err(&format!("{text:?} must be refused"));

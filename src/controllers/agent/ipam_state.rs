@@ -299,11 +299,15 @@ impl NodeIpam {
     }
 
     fn save(&self, inner: &Inner) -> Result<(), NodeIpamError> {
-        let state = StateFile { allocations: records(inner) };
-        let text = serde_json::to_vec_pretty(&state).expect("state serialises");
-        write_atomically(&self.state_file, &text)
-            .map_err(|source| NodeIpamError::Persist { path: self.state_file.clone(), source })
+        save_state(&self.state_file, records(inner))
     }
+}
+
+/// Writes `allocations` as the state file at `path` (atomically); the other agent allocators
+/// (multi-pool) persist through this too, so every mode restores the same way.
+pub fn save_state(path: &Path, allocations: Vec<AllocationRecord>) -> Result<(), NodeIpamError> {
+    let text = serde_json::to_vec_pretty(&StateFile { allocations }).expect("state serialises");
+    write_atomically(path, &text).map_err(|source| NodeIpamError::Persist { path: path.to_path_buf(), source })
 }
 
 fn describe(alloc: &AddressAllocator, ip: IpAddr) -> AllocatedIp {
@@ -322,7 +326,7 @@ fn records(inner: &Inner) -> Vec<AllocationRecord> {
 
 /// A missing file is a fresh node; an unreadable one is reported and treated as empty (the
 /// allocations then come back as pods are re-added, and conflicts are refused, not duplicated).
-fn read_state(path: &Path, warnings: &mut Vec<String>) -> Vec<AllocationRecord> {
+pub fn read_state(path: &Path, warnings: &mut Vec<String>) -> Vec<AllocationRecord> {
     match std::fs::read(path) {
         Ok(bytes) => match serde_json::from_slice::<StateFile>(&bytes) {
             Ok(state) => state.allocations,

@@ -4,6 +4,7 @@ pub mod ipam_state;
 pub mod local_endpoints;
 pub mod multi_pool;
 pub mod node_ipam;
+pub mod pod_ipam;
 pub mod policy_state;
 pub mod policy_watch;
 pub mod remote;

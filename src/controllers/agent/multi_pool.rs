@@ -4,6 +4,11 @@
 //!
 //! - [`MultiPoolIpam`] holds one [`AddressAllocator`] per pool and family. The router and health
 //!   addresses come from the `default` pool, as in Cilium; a pod's gateway is the router address.
+//! - Every allocation change is saved to `<state-dir>/ipam-multi-pool.json` (the same atomic
+//!   state file as cluster-pool's, [`super::ipam_state::save_state`]) before it is acknowledged.
+//!   A restarted agent reads it at once and puts each address back as soon as the CIDR holding it
+//!   is listed again in `allocated` — before any allocation, release or `requested` write of that
+//!   pass — so pods, the router and the health endpoint keep their addresses.
 //! - An allocation that finds no free address in its pool is *pending* (counted in `needed`, so the
 //!   operator grows the node) and refused as retryable: the CNI plugin reports "try again later".
 //! - [`run`] keeps the CiliumNode in step: `requested` (field manager [`FIELD_MANAGER`]),
@@ -15,6 +20,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,7 +35,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use tracing::{info_span, Instrument};
 
-use super::ipam_state::{AllocatedIp, AllocationRecord, IpamListing, NodeIpamError};
+use super::ipam_state::{read_state, save_state, AllocatedIp, AllocationRecord, IpamListing, NodeIpamError};
 use crate::controllers::operator::multi_pool::caught_up;
 use crate::crds::cilium_node::AllocationIp;
 use crate::crds::{CiliumNode, CiliumPodIPPool};
@@ -43,6 +49,8 @@ pub const FIELD_MANAGER: &str = "beeline-agent-ipam-pools";
 pub const RELEASE_FIELD_MANAGER: &str = "beeline-agent-ipam-release";
 /// A pending request that is not retried within this time stops counting towards `needed`.
 const PENDING_EXPIRY: Duration = Duration::from_secs(120);
+/// The state file in `state-dir` (cluster-pool's is `ipam.json`; both may exist after a mode change).
+pub const STATE_FILE: &str = "ipam-multi-pool.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AllocateError {
@@ -61,18 +69,29 @@ struct Inner {
     allocators: BTreeMap<Key, AddressAllocator>,
     /// Owners refused for lack of addresses, by pool and family, with when they last asked.
     pending: BTreeMap<Key, BTreeMap<Owner, Instant>>,
+    /// Saved allocations whose CIDR is not (yet) listed in `allocated`: restored when it is.
+    unrestored: Vec<AllocationRecord>,
 }
 
 pub struct MultiPoolIpam {
     families: Vec<Family>,
     pre_allocation: u64,
+    state_file: PathBuf,
     inner: Mutex<Inner>,
     changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl MultiPoolIpam {
-    pub fn new(families: Vec<Family>, pre_allocation: u64) -> Self {
-        Self { families, pre_allocation, inner: Mutex::default(), changed: tokio::sync::watch::channel(0).0 }
+    /// Reads the state file in `state_dir` at once (the addresses come back with their CIDRs).
+    pub fn new(families: Vec<Family>, pre_allocation: u64, state_dir: &Path) -> Self {
+        let state_file = state_dir.join(STATE_FILE);
+        let mut warnings = Vec::new();
+        let unrestored = read_state(&state_file, &mut warnings);
+        for warning in warnings {
+            tracing::warn!(%warning, "multi-pool IPAM state");
+        }
+        let inner = Mutex::new(Inner { unrestored, ..Default::default() });
+        Self { families, pre_allocation, state_file, inner, changed: tokio::sync::watch::channel(0).0 }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -124,18 +143,30 @@ impl MultiPoolIpam {
                 }
             }
         }
+        // Saved addresses first, so the router and health keep theirs after a restart.
+        let mut changed = restore_saved(&mut inner, &mut notes);
         for family in &self.families {
             if let Some(alloc) = inner.allocators.get_mut(&(DEFAULT_POOL.to_string(), *family)) {
                 for owner in [Owner::Router, Owner::Health] {
-                    if alloc.addr_of(&owner).is_none() && alloc.free() > 0 {
-                        let _ = alloc.allocate(owner);
+                    if alloc.addr_of(&owner).is_none() && alloc.free() > 0 && alloc.allocate(owner).is_ok() {
+                        changed = true;
                     }
                 }
+            }
+        }
+        if changed {
+            if let Err(e) = self.save(&inner) {
+                // Retried with the next change; the router/health rows are re-derived on restart.
+                notes.push(e.to_string());
             }
         }
         drop(inner);
         self.bump();
         notes
+    }
+
+    fn save(&self, inner: &Inner) -> Result<(), NodeIpamError> {
+        save_state(&self.state_file, records_of(inner))
     }
 
     /// The pool of each enabled family (or of `family` only) for a pod, from its annotations, its
@@ -257,6 +288,11 @@ impl MultiPoolIpam {
                 }
             }
         }
+        let failure = match failure {
+            Some(e) => Some(e),
+            None if fresh.is_empty() => None,
+            None => self.save(&inner).err(),
+        };
         if let Some(e) = failure {
             for key in fresh {
                 if let Some(alloc) = inner.allocators.get_mut(&key) {
@@ -272,8 +308,9 @@ impl MultiPoolIpam {
         Ok(out)
     }
 
-    /// Releases what the attachment holds in every pool; idempotent.
-    pub fn release(&self, container_id: &str, interface: &str) -> Vec<IpAddr> {
+    /// Releases what the attachment holds in every pool (and a saved address not restored yet);
+    /// idempotent. Saved before it returns, like an allocation.
+    pub fn release(&self, container_id: &str, interface: &str) -> Result<Vec<IpAddr>, NodeIpamError> {
         let mut inner = self.lock();
         let matches = |o: &Owner| matches!(o, Owner::Endpoint { container_id: c, interface: i, .. } if c == container_id && i == interface);
         let mut released = Vec::new();
@@ -286,11 +323,43 @@ impl MultiPoolIpam {
         for pending in inner.pending.values_mut() {
             pending.retain(|o, _| !matches(o));
         }
-        drop(inner);
-        if !released.is_empty() {
+        let before = inner.unrestored.len();
+        inner.unrestored.retain(|r| {
+            let gone = matches(&r.owner);
+            if gone {
+                released.push(r.ip);
+            }
+            !gone
+        });
+        if !released.is_empty() || inner.unrestored.len() != before {
+            self.save(&inner)?;
+            drop(inner);
             self.bump();
         }
-        released
+        Ok(released)
+    }
+
+    /// The addresses the attachment (container ID, interface) holds.
+    pub fn attachment_ips(&self, container_id: &str, interface: &str) -> Vec<IpAddr> {
+        self.records()
+            .into_iter()
+            .filter(|r| {
+                matches!(&r.owner, Owner::Endpoint { container_id: c, interface: i, .. } if c == container_id && i == interface)
+            })
+            .map(|r| r.ip)
+            .collect()
+    }
+
+    /// The address an owner holds in `family` in any pool (router and health: in `default`).
+    pub fn addr_of(&self, family: Family, owner: &Owner) -> Option<IpAddr> {
+        let inner = self.lock();
+        let found = inner.allocators.iter().filter(|((_, f), _)| *f == family).find_map(|(_, a)| a.addr_of(owner));
+        found
+    }
+
+    /// Whether a pod can get an address of every enabled family (the router addresses exist).
+    pub fn is_ready(&self) -> bool {
+        self.families.iter().all(|f| self.addr_of(*f, &Owner::Router).is_some())
     }
 
     /// `spec.ipam.pools.requested`, sorted by pool name: every pool the node holds or waits for,
@@ -401,6 +470,41 @@ impl MultiPoolHandle {
     }
 }
 
+/// What the state file holds: every allocation, and the saved ones still waiting for their CIDR
+/// (so a second restart before the CIDR returns does not forget them).
+fn records_of(inner: &Inner) -> Vec<AllocationRecord> {
+    let held = inner
+        .allocators
+        .values()
+        .flat_map(|a| a.allocations().map(|(ip, owner)| AllocationRecord { ip, owner: owner.clone() }));
+    held.chain(inner.unrestored.iter().cloned()).collect()
+}
+
+/// Puts saved allocations back into the allocator whose CIDRs hold them; the rest wait. Returns
+/// whether anything changed (a restored entry, or one dropped because it conflicts).
+fn restore_saved(inner: &mut Inner, notes: &mut Vec<String>) -> bool {
+    let mut changed = false;
+    let saved = std::mem::take(&mut inner.unrestored);
+    for record in saved {
+        let family = Family::of_addr(record.ip);
+        let home = inner
+            .allocators
+            .iter_mut()
+            .find(|((_, f), a)| *f == family && a.cidrs().iter().any(|c| c.contains(&record.ip)));
+        match home {
+            None => inner.unrestored.push(record),
+            Some(((pool, _), alloc)) => {
+                changed = true;
+                match alloc.restore(record.owner.clone(), record.ip) {
+                    Ok(()) => notes.push(format!("pool {pool}: restored {} for {}", record.ip, record.owner)),
+                    Err(e) => notes.push(format!("pool {pool}: not restoring {} for {}: {e}", record.ip, record.owner)),
+                }
+            }
+        }
+    }
+    changed
+}
+
 fn needed_of(inner: &Inner, key: &Key, pre_allocation: u64) -> u64 {
     let in_use = inner.allocators.get(key).map_or(0, |a| a.used()) as u64;
     let pending = inner.pending.get(key).map_or(0, |p| p.len()) as u64;
@@ -430,7 +534,7 @@ pub fn start(
         return None;
     }
     let families = crate::controllers::operator::multi_pool::families(config);
-    let ipam = Arc::new(MultiPoolIpam::new(families, multi_pool_agent::DEFAULT_PRE_ALLOCATION));
+    let ipam = Arc::new(MultiPoolIpam::new(families, multi_pool_agent::DEFAULT_PRE_ALLOCATION, &config.state_dir));
     let task = run(client.clone(), node_name.to_string(), ipam.clone(), Duration::from_secs(5), shutdown);
     runner.spawn("multi-pool-ipam", async move { Ok(task.await?) });
     Some(MultiPoolHandle { ipam, client: client.clone() })

@@ -82,9 +82,13 @@ async fn tenants_get_their_own_pools_and_the_node_grows_and_shrinks_with_demand(
     create_namespace(&client, "team-a", "tenant-a").await;
     create_namespace(&client, "team-b", "tenant-b").await;
 
-    let ipam = Arc::new(MultiPoolIpam::new(vec![Family::V4], multi_pool_agent::DEFAULT_PRE_ALLOCATION));
-    tokio::spawn(run(client.clone(), "node-1".into(), ipam.clone(), Duration::from_millis(100), token.clone()));
     let dir = tempfile::tempdir().unwrap();
+    let ipam = Arc::new(MultiPoolIpam::new(
+        vec![Family::V4],
+        multi_pool_agent::DEFAULT_PRE_ALLOCATION,
+        &dir.path().join("mp"),
+    ));
+    tokio::spawn(run(client.clone(), "node-1".into(), ipam.clone(), Duration::from_millis(100), token.clone()));
     let socket = dir.path().join("beeline.sock");
     let node_ipam = Arc::new(super::super::ipam_state::NodeIpam::new(vec![Family::V4], &dir.path().join("state")));
     let state = Arc::new(ApiState {
@@ -142,4 +146,69 @@ async fn tenants_get_their_own_pools_and_the_node_grows_and_shrinks_with_demand(
     })
     .await;
     assert_eq!(allocated(&client, "tenant-b").await, ["10.20.0.0/27"]);
+}
+
+fn pools(list: &[(&str, &[&str])]) -> Vec<PoolCidrs> {
+    list.iter()
+        .map(|(p, c)| PoolCidrs { pool: p.to_string(), cidrs: c.iter().map(|c| c.to_string()).collect() })
+        .collect()
+}
+
+fn pod(name: &str) -> Owner {
+    Owner::endpoint("team-a", name, &format!("c-{name}"), "eth0")
+}
+
+fn choice(pool: &str) -> BTreeMap<Family, String> {
+    [(Family::V4, pool.to_string())].into()
+}
+
+#[test]
+fn a_restarted_agent_gets_its_addresses_back_when_their_cidrs_are_listed_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = pools(&[("default", &["10.0.0.0/27"]), ("tenant-a", &["10.10.0.0/27", "10.10.0.32/27"])]);
+    let first = MultiPoolIpam::new(vec![Family::V4], 8, dir.path());
+    first.sync_allocated(&node);
+    let router = first.addr_of(Family::V4, &Owner::Router).expect("router reserved in default");
+    let health = first.addr_of(Family::V4, &Owner::Health).expect("health reserved in default");
+    let a = first.allocate(&pod("a"), &choice("tenant-a")).unwrap()[0].ip;
+    let b = first.allocate(&pod("b"), &choice("tenant-a")).unwrap()[0].ip;
+    let d = first.allocate(&pod("d"), &choice("default")).unwrap()[0].ip;
+    assert_eq!(first.release("c-b", "eth0").unwrap(), [b], "a released address is not saved");
+    drop(first);
+
+    let second = MultiPoolIpam::new(vec![Family::V4], 8, dir.path());
+    assert!(!second.is_ready(), "nothing restored before the CIDRs are listed");
+    assert!(second.attachment_ips("c-a", "eth0").is_empty());
+    // Only default comes back first: tenant-a's address waits, and a new pod can't take it.
+    second.sync_allocated(&pools(&[("default", &["10.0.0.0/27"])]));
+    assert_eq!(second.addr_of(Family::V4, &Owner::Router), Some(router), "same router address");
+    assert_eq!(second.addr_of(Family::V4, &Owner::Health), Some(health));
+    assert_eq!(second.attachment_ips("c-d", "eth0"), [d]);
+    drop(second);
+
+    // A second restart before tenant-a's CIDR returned still remembers pod a.
+    let third = MultiPoolIpam::new(vec![Family::V4], 8, dir.path());
+    third.sync_allocated(&node);
+    assert_eq!(third.attachment_ips("c-a", "eth0"), [a], "restored once its CIDR is listed");
+    assert_eq!(third.allocate(&pod("a"), &choice("tenant-a")).unwrap()[0].ip, a, "a repeated ADD keeps it");
+    let e = third.allocate(&pod("e"), &choice("tenant-a")).unwrap()[0].ip;
+    assert_ne!(e, a, "a restored address is not handed to another pod");
+    assert_eq!(third.attachment_ips("c-b", "eth0"), Vec::<IpAddr>::new(), "b was released before the restart");
+    let used = third.used().0;
+    assert_eq!(used.len(), 5, "router, health, a, d, e: {used:?}");
+}
+
+#[test]
+fn a_saved_address_released_before_its_cidr_returns_is_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = pools(&[("default", &["10.0.0.0/27"]), ("tenant-a", &["10.10.0.0/27"])]);
+    let first = MultiPoolIpam::new(vec![Family::V4], 8, dir.path());
+    first.sync_allocated(&node);
+    let a = first.allocate(&pod("a"), &choice("tenant-a")).unwrap()[0].ip;
+    drop(first);
+    let second = MultiPoolIpam::new(vec![Family::V4], 8, dir.path());
+    assert_eq!(second.release("c-a", "eth0").unwrap(), [a], "CNI DEL while the agent waits for its CIDRs");
+    second.sync_allocated(&node);
+    assert!(second.attachment_ips("c-a", "eth0").is_empty());
+    assert_eq!(second.used().0.len(), 2, "router and health only");
 }

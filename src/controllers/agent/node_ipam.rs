@@ -9,6 +9,9 @@
 //!   `Node.spec.podCIDRs` (kubernetes, written by kube-controller-manager); until they exist the
 //!   shared [`NodeIpam`] stays not-ready and allocation answers "try again later".
 //! - Every allocation change is mirrored into `status.ipam.used` / `ipv6-used`.
+//! - In `multi-pool` mode the pod CIDRs and `status.ipam.used` are the multi-pool controller's
+//!   ([`super::multi_pool`]); this controller then only publishes the addresses, taking the router
+//!   and health addresses from the allocator serving the mode (`addresses`).
 //!
 //! The two watches are on this node's objects only (field selector `metadata.name`). Each change
 //! wakes one pass of [`reconcile`]; the pure parts are [`node_cidrs`] and [`agent_spec`].
@@ -30,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info_span, Instrument};
 
 use super::ipam_state::NodeIpam;
+use super::pod_ipam::PodIpam;
 use crate::config::IpamMode;
 use crate::crds::cilium_node::{ADDRESS_CILIUM_INTERNAL_IP, ADDRESS_EXTERNAL_IP, ADDRESS_INTERNAL_IP};
 use crate::crds::CiliumNode;
@@ -89,6 +93,11 @@ pub fn node_cidrs(mode: IpamMode, node: Option<&Node>, cilium_node: Option<&Cili
         .collect()
 }
 
+/// Whether pods get their addresses from the node's pod CIDRs ([`NodeIpam`]) in `mode`.
+pub fn serves_pod_cidrs(mode: IpamMode) -> bool {
+    matches!(mode, IpamMode::Kubernetes | IpamMode::ClusterPool)
+}
+
 /// The part of the CiliumNode the agent applies.
 pub fn agent_spec(
     node_name: &str,
@@ -133,6 +142,8 @@ pub struct Context {
     node_name: String,
     mode: IpamMode,
     ipam: Arc<NodeIpam>,
+    /// Where the router and health addresses come from: `ipam` itself, or the multi-pool allocator.
+    addresses: Arc<dyn PodIpam>,
     nodes: Store<Node>,
     cilium_nodes: Store<CiliumNode>,
     /// What was last applied, so an unchanged pass writes nothing.
@@ -147,6 +158,7 @@ pub async fn run(
     node_name: String,
     mode: IpamMode,
     ipam: Arc<NodeIpam>,
+    addresses: Arc<dyn PodIpam>,
     retry: Duration,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
@@ -163,6 +175,7 @@ pub async fn run(
         .map(|r| r.map(|_| ()).map_err(|e| format!("CiliumNode watch: {e}")))
         .boxed();
     let mut ipam_changes = ipam.subscribe();
+    let mut address_changes = addresses.subscribe();
     let wake = changed.clone();
     let watches = tokio::spawn(async move {
         let mut merged = futures::stream::select(node_watch, cn_watch);
@@ -174,6 +187,7 @@ pub async fn run(
                     None => return,
                 },
                 changed = ipam_changes.changed() => if changed.is_err() { return },
+                changed = address_changes.changed() => if changed.is_err() { return },
             }
             wake.notify_one();
         }
@@ -184,6 +198,7 @@ pub async fn run(
         node_name,
         mode,
         ipam,
+        addresses,
         nodes,
         cilium_nodes,
         last_spec: Mutex::default(),
@@ -228,6 +243,7 @@ pub async fn reconcile(ctx: Arc<Context>) -> Result<(), Error> {
     // 1. The CIDRs: install them, or record why there are none.
     let cidrs = node_cidrs(ctx.mode, node.as_deref(), cn.as_deref());
     match &cidrs {
+        _ if !serves_pod_cidrs(ctx.mode) => {}
         Ok(list) => match ctx.ipam.set_cidrs(list) {
             Ok(warnings) => warnings.iter().for_each(|w| tracing::warn!(warning = %w, "node IPAM")),
             Err(e) => {
@@ -247,8 +263,8 @@ pub async fn reconcile(ctx: Arc<Context>) -> Result<(), Error> {
     let mut router = Vec::new();
     let mut health = Vec::new();
     for family in [Family::V4, Family::V6] {
-        router.extend(ctx.ipam.addr_of(family, &Owner::Router));
-        health.extend(ctx.ipam.addr_of(family, &Owner::Health));
+        router.extend(ctx.addresses.addr_of(family, &Owner::Router));
+        health.extend(ctx.addresses.addr_of(family, &Owner::Health));
     }
     let k8s_cidrs = cidrs.as_ref().map(Vec::as_slice).unwrap_or(&[]);
     let spec = agent_spec(&ctx.node_name, ctx.mode, node.as_deref(), &router, &health, k8s_cidrs);

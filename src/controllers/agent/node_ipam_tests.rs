@@ -130,7 +130,7 @@ impl Drop for Task {
 
 fn start_agent(client: &Client, node: &str, mode: IpamMode, ipam: Arc<NodeIpam>) -> Task {
     let token = CancellationToken::new();
-    let fut = run(client.clone(), node.into(), mode, ipam, Duration::from_millis(200), token.clone());
+    let fut = run(client.clone(), node.into(), mode, ipam.clone(), ipam, Duration::from_millis(200), token.clone());
     Task(token, tokio::spawn(async move { fut.await.expect("node IPAM controller") }))
 }
 
@@ -233,4 +233,47 @@ async fn kubernetes_mode_takes_the_node_pod_cidrs_and_mirrors_them() {
         get_cn(&client, "k1").await.and_then(|cn| cn.spec.ipam).is_some_and(|i| i.pod_cidrs == ["10.244.3.0/24"])
     })
     .await;
+}
+
+#[tokio::test]
+async fn multi_pool_mode_publishes_the_router_and_health_addresses_of_the_default_pool() {
+    use crate::controllers::agent::multi_pool::MultiPoolIpam;
+    use crate::ipam::multi_pool::PoolCidrs;
+    let (_server, client) = api_with_crds().await;
+    let dir = tempfile::tempdir().unwrap();
+    create_node(&client, "m1", "192.168.0.7", &[]).await;
+    let ipam = Arc::new(NodeIpam::new(vec![Family::V4], &dir.path().join("node")));
+    let pools = Arc::new(MultiPoolIpam::new(vec![Family::V4], 8, &dir.path().join("pools")));
+    let token = CancellationToken::new();
+    let fut = run(
+        client.clone(),
+        "m1".into(),
+        IpamMode::MultiPool,
+        ipam.clone(),
+        pools.clone(),
+        Duration::from_millis(200),
+        token.clone(),
+    );
+    let _agent = Task(token, tokio::spawn(async move { fut.await.expect("node IPAM controller") }));
+    eventually("the agent creates its CiliumNode", 100, || async {
+        get_cn(&client, "m1").await.is_some_and(|cn| cn.address("InternalIP") == Some("192.168.0.7"))
+    })
+    .await;
+    assert!(get_cn(&client, "m1").await.unwrap().address("CiliumInternalIP").is_none(), "no router address yet");
+
+    pools.sync_allocated(&[PoolCidrs { pool: "default".into(), cidrs: vec!["10.10.0.0/27".into()] }]);
+    let router = pools.addr_of(Family::V4, &Owner::Router).unwrap().to_string();
+    let health = pools.addr_of(Family::V4, &Owner::Health).unwrap().to_string();
+    assert!(router.starts_with("10.10.0.") && health.starts_with("10.10.0.") && router != health);
+    eventually("CiliumInternalIP and spec.health from the default pool", 100, || async {
+        let cn = get_cn(&client, "m1").await.unwrap();
+        cn.address("CiliumInternalIP") == Some(router.as_str())
+            && cn.spec.health.and_then(|h| h.ipv4).as_deref() == Some(health.as_str())
+    })
+    .await;
+    // The pod CIDRs and status.ipam.used are the multi-pool controller's, not this one's.
+    let cn = get_cn(&client, "m1").await.unwrap();
+    assert!(cn.spec.ipam.is_none_or(|i| i.pod_cidrs.is_empty()), "no podCIDRs in multi-pool mode");
+    assert!(cn.status.and_then(|s| s.ipam).is_none_or(|i| i.used.is_empty()), "status.ipam.used left alone");
+    assert!(!ipam.is_ready(), "the cluster-pool allocator stays unused");
 }

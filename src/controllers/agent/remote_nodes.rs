@@ -116,8 +116,13 @@ fn parse(node: &CiliumNode, notes: &mut Vec<String>) -> NodeAddrs {
     }
     addrs.node_ip = internal.or(external);
     addrs.health_ip = node.spec.health.as_ref().and_then(|h| h.ipv4.as_deref()).and_then(|s| s.parse().ok());
-    for cidr in node.spec.ipam.iter().flat_map(|i| &i.pod_cidrs) {
+    // Cluster-pool/kubernetes list `podCIDRs`; multi-pool lists every pool's CIDRs under
+    // `pools.allocated` (a node may hold several per pool): all of them are the node's pods.
+    let pools = node.spec.ipam.iter().flat_map(|i| i.pools.iter()).flat_map(|p| &p.allocated);
+    let pool_cidrs = pools.flat_map(|a| &a.cidrs);
+    for cidr in node.spec.ipam.iter().flat_map(|i| &i.pod_cidrs).chain(pool_cidrs) {
         match cidr.parse::<ipnet::IpNet>() {
+            Ok(ipnet::IpNet::V4(net)) if addrs.pod_cidrs.contains(&net.trunc()) => {}
             Ok(ipnet::IpNet::V4(net)) => addrs.pod_cidrs.push(net.trunc()),
             Ok(ipnet::IpNet::V6(_)) => {}
             Err(_) => notes.push(format!("CiliumNode {name}: pod CIDR {cidr:?} is not a CIDR")),

@@ -198,3 +198,32 @@ fn config_maps_routing_mode_and_mtu() {
     ]));
     assert_eq!((c.tunnel, c.auto_direct_node_routes, c.pod_mtu), (None, true, 1500));
 }
+
+#[test]
+fn multi_pool_nodes_get_a_native_route_for_every_allocated_pool_cidr() {
+    use crate::crds::cilium_node::{IpamPoolAllocation, IpamPoolSpec};
+    let mut b = node("b", "192.168.0.2", "10.0.1.1", &[]);
+    let allocated = [("default", &["10.0.1.0/27"][..]), ("tenant-a", &["10.10.0.0/27", "10.10.0.64/27"][..])];
+    b.spec.ipam.as_mut().unwrap().pools = Some(IpamPoolSpec {
+        allocated: allocated
+            .iter()
+            .map(|(pool, cidrs)| IpamPoolAllocation {
+                pool: pool.to_string(),
+                cidrs: cidrs.iter().map(|c| c.to_string()).collect(),
+            })
+            .collect(),
+        ..Default::default()
+    });
+    let mut cfg = native_cfg(true);
+    cfg.native_routing_cidr = Some("10.0.0.0/8".parse().unwrap());
+    let routes: Vec<String> =
+        lines(&desired(&[own(), b], "a", &cfg)).into_iter().filter(|l| l.starts_with("route")).collect();
+    assert_eq!(
+        routes,
+        [
+            "route 10.0.1.0/27 via 192.168.0.2 proto 196",
+            "route 10.10.0.0/27 via 192.168.0.2 proto 196",
+            "route 10.10.0.64/27 via 192.168.0.2 proto 196",
+        ]
+    );
+}
