@@ -38,7 +38,7 @@ use beeline_common::{
 use crate::{
     conntrack::{self, Dir},
     drop::drop,
-    icmp,
+    events, icmp,
     parse::{Ipv4Hdr, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IPV4_CSUM_OFF, IPV4_DADDR_OFF, IPV4_SADDR_OFF},
 };
 
@@ -170,6 +170,7 @@ pub fn from_container(ctx: &TcContext, ip: &Ipv4Hdr, ifindex: u32) -> Next {
     {
         return Next::Verdict(drop(ctx, drop_reason::WRITE_ERROR));
     }
+    events::service(ctx, flow.daddr, flow.dport);
     Next::Forward(backend.address)
 }
 
