@@ -8,3 +8,7 @@
 //! - [`format`]: `hubble observe`'s one-line output (pure).
 
 pub mod decode;
+pub mod filter;
+pub mod flow;
+pub mod format;
+pub mod store;
