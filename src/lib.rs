@@ -14,6 +14,7 @@ pub mod crds;
 pub mod datapath;
 pub mod ipam;
 pub mod lab;
+pub mod observe;
 pub mod operator;
 pub mod policy;
 pub mod runtime;

@@ -7,6 +7,7 @@
 
 pub mod datapath;
 pub mod endpoint;
+pub mod events;
 pub mod ipcache;
 pub mod lb;
 pub mod nat;
@@ -56,6 +57,9 @@ mod pod_impls {
     unsafe impl aya::Pod for crate::policy::PolicyEndpointConfig {}
     unsafe impl aya::Pod for crate::nat::NatTuple {}
     unsafe impl aya::Pod for crate::nat::NatEntry {}
+    unsafe impl aya::Pod for crate::events::FlowEvent {}
+    unsafe impl aya::Pod for crate::events::AggKey {}
+    unsafe impl aya::Pod for crate::events::AggValue {}
 }
 
 #[cfg(test)]

@@ -1,9 +1,9 @@
 //! Dropping with a reason: every drop is counted per reason in `beeline_drops` (the CLI sums the
-//! per-CPU rows); flow events come with the observability work.
+//! per-CPU rows) and reported as a drop event ([`crate::events`]).
 
 use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
 
-use crate::maps::DROPS;
+use crate::{events, maps::DROPS};
 
 #[inline(always)]
 pub fn drop(ctx: &TcContext, reason: u32) -> i32 {
@@ -15,6 +15,7 @@ pub fn drop(ctx: &TcContext, reason: u32) -> i32 {
 /// e.g. with an ICMP error, but still shows up as dropped, like Cilium's drop notifications).
 #[inline(always)]
 pub fn count(ctx: &TcContext, reason: u32) {
+    events::drop(ctx, reason);
     if let Some(stats) = DROPS.get_ptr_mut(reason) {
         // SAFETY: per-CPU slot from a successful lookup; nothing else writes it on this CPU now.
         unsafe {

@@ -9,12 +9,13 @@ use aya_ebpf::{
 use beeline_common::{
     datapath::{drop_reason, DatapathConfig, CONFIG_F_NO_PEER_REDIRECT, TUNNEL_NONE},
     endpoint::EndpointInfo,
+    events::point,
     ipcache::FLAG_SKIP_TUNNEL,
 };
 
 use crate::{
     drop::drop,
-    lookup,
+    events, lookup,
     parse::{Ipv4Hdr, IPV4_CSUM_OFF, IPV4_TTL_OFF},
 };
 
@@ -43,6 +44,7 @@ pub fn to_local_endpoint(ctx: &TcContext, ip: &Ipv4Hdr, ep: &EndpointInfo, confi
     if decrement_ttl(ctx, ip).is_err() {
         return drop(ctx, drop_reason::WRITE_ERROR);
     }
+    events::trace(ctx, point::TO_ENDPOINT, 0, ep.sec_id);
     let macs: [[u8; 6]; 2] = [ep.mac, ep.node_mac];
     if ctx.store(0, &macs, 0).is_err() {
         return drop(ctx, drop_reason::WRITE_ERROR);
@@ -109,6 +111,7 @@ pub fn to_remote_node(ctx: &TcContext, node_be: u32, src_identity: u32, config: 
     if ret < 0 {
         return drop(ctx, drop_reason::WRITE_ERROR);
     }
+    events::trace(ctx, point::TO_OVERLAY, src_identity, 0);
     // SAFETY: plain helper call.
     unsafe { bpf_redirect(config.tunnel_ifindex, 0) as i32 }
 }

@@ -17,12 +17,14 @@ use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, macros::map, maps::HashM
 use beeline_common::{
     datapath::{drop_reason, TUNNEL_NONE},
     endpoint::ENDPOINT_F_HOST,
+    events::point,
     EndpointStats, EndpointStatsKey,
 };
 
 use crate::{
     arp,
     drop::drop,
+    events,
     fib, forward,
     lb::{self, Next},
     lookup,
@@ -62,6 +64,7 @@ fn ipv4(ctx: &TcContext, ifindex: u32) -> i32 {
         Some(src) if src.ifindex == ifindex => src,
         _ => return drop(ctx, drop_reason::INVALID_SIP),
     };
+    events::trace(ctx, point::FROM_ENDPOINT, src.sec_id, 0);
     let dst = match lb::from_container(ctx, &ip, ifindex) {
         Next::Forward(dst) => dst,
         Next::Verdict(verdict) => return verdict,
@@ -89,7 +92,7 @@ fn ipv4(ctx: &TcContext, ifindex: u32) -> i32 {
     }
     match forward::tunnel_endpoint(dst, &config) {
         Some(node) => forward::to_remote_node(ctx, node, src.sec_id, &config),
-        None => TC_ACT_OK,
+        None => events::pass(ctx, point::TO_STACK, src.sec_id, 0),
     }
 }
 

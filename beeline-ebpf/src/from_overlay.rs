@@ -11,10 +11,11 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use beeline_common::{datapath::drop_reason, endpoint::ENDPOINT_F_HOST};
+use beeline_common::{datapath::drop_reason, endpoint::ENDPOINT_F_HOST, events::point};
 
 use crate::{
     drop::drop,
+    events,
     forward, lb, lookup,
     parse::{self, ETH_P_IP},
     policy,
@@ -45,6 +46,7 @@ pub fn from_overlay(ctx: TcContext) -> i32 {
         Ok(ip) => ip,
         Err(_) => return drop(&ctx, drop_reason::INVALID),
     };
+    events::trace(&ctx, point::FROM_OVERLAY, source_identity, 0);
     if let Err(verdict) = lb::from_overlay(&ctx, &ip) {
         return verdict;
     }

@@ -38,7 +38,7 @@ use beeline_common::{
 use crate::{
     conntrack::{self, Dir},
     drop::drop,
-    fib, icmp, lookup,
+    events, fib, icmp, lookup,
     parse::{Ipv4Hdr, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IPV4_CSUM_OFF, IPV4_DADDR_OFF, IPV4_SADDR_OFF},
 };
 
@@ -235,7 +235,9 @@ fn connect(ctx: &TcContext, flow: &Flow, svc: &Lb4Service, backend: &Lb4Backend,
         }
     }
     rewrite(ctx, flow, IPV4_DADDR_OFF, flow.daddr, backend.address, flow.l4_offset + 2, flow.dport, dport)
-        .map_err(|_| drop(ctx, drop_reason::WRITE_ERROR))
+        .map_err(|_| drop(ctx, drop_reason::WRITE_ERROR))?;
+    events::service(ctx, flow.daddr, flow.dport);
+    Ok(())
 }
 
 /// Reverse NAT for packets arriving from the overlay: a remote backend's reply to a local client.

@@ -5,6 +5,7 @@
 mod arp;
 mod conntrack;
 mod drop;
+mod events;
 mod fib;
 mod forward;
 mod from_container;

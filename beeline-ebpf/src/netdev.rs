@@ -15,12 +15,13 @@ use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
 use beeline_common::{
     datapath::{DatapathConfig, CONFIG_F_MASQUERADE},
     endpoint::ENDPOINT_F_HOST,
+    events::point,
     ipcache::{IDENTITY_UNKNOWN, IDENTITY_WORLD},
 };
 
 use crate::{
     drop::drop,
-    forward,
+    events, forward,
     lb::{self, Next},
     lookup,
     nat::{self, SnatTarget},
@@ -51,7 +52,7 @@ pub fn to_netdev(ctx: TcContext) -> i32 {
     }
     let target = SnatTarget { addr_be: config.node_ip, port_min: config.nat_port_min, port_max: config.nat_port_max };
     match nat::snat_v4(&ctx, &ip, &target) {
-        Ok(()) => TC_ACT_OK,
+        Ok(()) => events::pass(&ctx, point::TO_NETWORK, 0, 0),
         Err(reason) => drop(&ctx, reason),
     }
 }

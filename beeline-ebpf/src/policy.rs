@@ -21,6 +21,7 @@ use aya_ebpf::programs::TcContext;
 
 use crate::{
     drop::drop,
+    events,
     maps::{POLICY, POLICY_ENDPOINTS},
     parse::{Ipv4Hdr, ETH_HLEN},
 };
@@ -75,6 +76,7 @@ fn denied(ctx: &TcContext, ep: &EndpointInfo, egress: u8, peer: u32, ip: &Ipv4Hd
     let port = l4_port(ctx, ip);
     let specific = lookup(endpoint_id, peer, egress, ip.protocol, port);
     let wildcard = lookup(endpoint_id, 0, egress, ip.protocol, port);
+    events::policy_verdict(ctx, ep, egress, peer, specific, wildcard);
     match specific.max(wildcard) {
         DENIED => Some(drop_reason::POLICY_DENY),
         ALLOWED => None,

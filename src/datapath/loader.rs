@@ -14,7 +14,7 @@ use aya::{
     programs::SchedClassifier,
     Ebpf, EbpfLoader,
 };
-use beeline_common::{map_names, EndpointStats, EndpointStatsKey};
+use beeline_common::{events, map_names, EndpointStats, EndpointStatsKey};
 
 use super::pins::{PinLayout, PINNED_MAPS};
 
@@ -58,6 +58,19 @@ impl DatapathError {
     }
 }
 
+/// Sizes chosen at load time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Size of the `beeline_events` ring buffer in bytes: a power of two, at least one page.
+    pub events_ring_bytes: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { events_ring_bytes: events::DEFAULT_RING_BYTES }
+    }
+}
+
 /// The loaded object: programs in the kernel, maps open (and pinned).
 ///
 /// Dropping it closes our file descriptors only. Pinned maps and pinned links stay in the kernel,
@@ -82,6 +95,15 @@ impl Datapath {
     }
 
     pub fn load_object(object: &[u8], pin_dir: &Path) -> Result<Datapath, DatapathError> {
+        Self::load_object_with(object, pin_dir, &LoadOptions::default())
+    }
+
+    /// [`Self::load`] with sizes from the configuration.
+    pub fn load_with(pin_dir: &Path, options: &LoadOptions) -> Result<Datapath, DatapathError> {
+        Self::load_object_with(super::bpf_object(), pin_dir, options)
+    }
+
+    pub fn load_object_with(object: &[u8], pin_dir: &Path, options: &LoadOptions) -> Result<Datapath, DatapathError> {
         let pins = PinLayout::new(pin_dir);
         for dir in [pins.dir().to_path_buf(), pins.links_dir()] {
             std::fs::create_dir_all(&dir).map_err(|source| DatapathError::PinDir { path: dir.clone(), source })?;
@@ -95,6 +117,8 @@ impl Datapath {
         for name in PINNED_MAPS {
             loader.map_pin_path(name, pins.map(name));
         }
+        // A ring buffer's "max entries" is its size in bytes. An already pinned ring keeps its size.
+        loader.map_max_entries(events::RING_MAP_NAME, options.events_ring_bytes);
         let mut ebpf = loader
             .load(object)
             .map_err(|source| DatapathError::Load { pin_dir: pin_dir.to_path_buf(), source: Box::new(source) })?;

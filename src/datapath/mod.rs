@@ -4,6 +4,7 @@ pub mod agent;
 pub mod attach;
 pub mod ct_gc;
 pub mod devices;
+pub mod events;
 pub mod lb_tables;
 pub mod loader;
 pub mod netns;
@@ -14,7 +15,7 @@ pub mod tables;
 pub mod testing;
 
 pub use attach::{uninstall, AttachMode, Attachment};
-pub use loader::{Datapath, DatapathError};
+pub use loader::{Datapath, DatapathError, LoadOptions};
 pub use pins::{Direction, PinLayout};
 
 pub mod manager;

@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use beeline_common::{datapath, endpoint, ipcache, lb, map_names, nat, policy, tunnel};
+use beeline_common::{datapath, endpoint, events, ipcache, lb, map_names, nat, policy, tunnel};
 
 /// Every map the loader pins, so a restarted agent (and the CLI) find the same kernel maps.
 pub const PINNED_MAPS: &[&str] = &[
@@ -37,6 +37,10 @@ pub const PINNED_MAPS: &[&str] = &[
     lb::map_names::LB_CONFIG,
     lb::map_names::CT4,
     nat::SNAT_MAP_NAME,
+    // Pinned so a restarted agent reads the ring the still-attached programs write.
+    events::RING_MAP_NAME,
+    events::LOST_MAP_NAME,
+    events::AGG_MAP_NAME,
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,0 +1,41 @@
+//! The kernel side of flow events: the pinned `beeline_events` ring buffer and the per-CPU count
+//! of events it had no room for. Decoding and everything after it is [`crate::observe`].
+
+use std::path::Path;
+
+use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
+use beeline_common::events::{self, FlowEvent};
+
+use super::{loader::DatapathError, pins::PinLayout};
+
+fn open(pin_dir: &Path, name: &str) -> Result<MapData, DatapathError> {
+    MapData::from_pin(PinLayout::new(pin_dir).map(name)).map_err(|e| DatapathError::map(name, e))
+}
+
+/// The ring buffer the programs write events into (one consumer at a time: the agent).
+pub fn open_ring(pin_dir: &Path) -> Result<RingBuf<MapData>, DatapathError> {
+    let name = events::RING_MAP_NAME;
+    RingBuf::try_from(Map::RingBuf(open(pin_dir, name)?)).map_err(|e| DatapathError::map(name, e))
+}
+
+/// Every event waiting in `ring` right now, as raw records (decode with
+/// [`crate::observe::decode::decode`]).
+pub fn drain(ring: &mut RingBuf<MapData>) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        out.push(item.to_vec());
+    }
+    out
+}
+
+/// Events lost to a full ring buffer, summed over CPUs.
+pub fn read_lost(pin_dir: &Path) -> Result<u64, DatapathError> {
+    let name = events::LOST_MAP_NAME;
+    let map: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(Map::PerCpuArray(open(pin_dir, name)?)).map_err(|e| DatapathError::map(name, e))?;
+    let per_cpu = map.get(&0, 0).map_err(|e| DatapathError::map(name, e))?;
+    Ok(per_cpu.iter().sum())
+}
+
+/// Size of one record: the programs write nothing else.
+pub const RECORD_SIZE: usize = std::mem::size_of::<FlowEvent>();

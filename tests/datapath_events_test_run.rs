@@ -1,0 +1,153 @@
+//! Flow events of the datapath under `BPF_PROG_TEST_RUN`, read back from the pinned
+//! `beeline_events` ring buffer: trace events at from-endpoint / to-endpoint with the aggregation
+//! of Cilium's "medium" level, drop events with their reason, and policy verdicts with their match
+//! type. Root, no namespaces (pod A sits on loopback, where test_run runs; pod B is local behind
+//! an arbitrary ifindex).
+
+mod integration;
+
+use std::net::Ipv4Addr;
+
+use beeline::datapath::{
+    events,
+    loader::programs::FROM_CONTAINER,
+    tables,
+    testing::{
+        packet::{tcp_flags, FrameBuilder},
+        test_run::run_tc,
+    },
+    Datapath,
+};
+use beeline::observe::decode::{decode, DatapathEvent, Endpoint, EventKind};
+use beeline_common::{
+    datapath::drop_reason,
+    endpoint::EndpointInfo,
+    events::{point, policy_match},
+    policy::{PolicyEntry, PolicyKey, DIR_INGRESS, EP_F_INGRESS_ENFORCE},
+};
+use integration::{require_root, BpffsDir};
+
+const LOOPBACK: u32 = 1;
+const EP_A: u32 = 11;
+const EP_B: u32 = 22;
+const ID_A: u32 = 51234;
+const ID_B: u32 = 40000;
+const B_IFINDEX: u32 = 4242;
+const MAC_A: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x0a];
+const LXC_A: [u8; 6] = [0x1a, 0, 0, 0, 0, 0x0a];
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+struct Fixture {
+    bpffs: BpffsDir,
+    datapath: Datapath,
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+}
+
+impl Fixture {
+    fn new(label: &str) -> Fixture {
+        require_root();
+        let bpffs = BpffsDir::new(label);
+        let pin = bpffs.pin_dir();
+        let datapath = Datapath::load(&pin).expect("load the datapath");
+        let ep = |ifindex, lxc_id: u32, sec_id| EndpointInfo {
+            ifindex,
+            lxc_id: lxc_id as u16,
+            mac: MAC_A,
+            node_mac: LXC_A,
+            sec_id,
+            ..Default::default()
+        };
+        tables::upsert_endpoint(&pin, ip("10.0.1.2"), &ep(LOOPBACK, EP_A, ID_A)).unwrap();
+        tables::upsert_endpoint(&pin, ip("10.0.1.3"), &ep(B_IFINDEX, EP_B, ID_B)).unwrap();
+        let ring = events::open_ring(&pin).expect("open the events ring");
+        Fixture { bpffs, datapath, ring }
+    }
+
+    /// Runs `frame` through `from_container` and returns the events it produced.
+    fn run(&mut self, frame: &[u8]) -> Vec<DatapathEvent> {
+        run_tc(self.datapath.program(FROM_CONTAINER).unwrap(), frame).expect("test_run");
+        events::drain(&mut self.ring).iter().map(|b| decode(b).expect("decodable event")).collect()
+    }
+}
+
+fn tcp_a_to_b(sport: u16, flags: u8) -> Vec<u8> {
+    FrameBuilder::new(MAC_A, LXC_A).ipv4(ip("10.0.1.2"), ip("10.0.1.3")).tcp(sport, 80, flags).build()
+}
+
+fn kinds(events: &[DatapathEvent]) -> Vec<EventKind> {
+    events.iter().map(|e| e.kind).collect()
+}
+
+const FROM_EP: EventKind = EventKind::Trace { point: point::FROM_ENDPOINT };
+const TO_EP: EventKind = EventKind::Trace { point: point::TO_ENDPOINT };
+
+#[test]
+fn traces_report_a_flows_first_packet_and_new_tcp_flags_only() {
+    let mut f = Fixture::new("ev-trace");
+    let syn = f.run(&tcp_a_to_b(40000, tcp_flags::SYN));
+    assert_eq!(kinds(&syn), [FROM_EP, TO_EP]);
+    let first = syn[0];
+    assert_eq!(first.src, Endpoint { ip: ip("10.0.1.2"), port: 40000 });
+    assert_eq!(first.dst, Endpoint { ip: ip("10.0.1.3"), port: 80 });
+    assert_eq!((first.protocol, first.tcp_flags, first.ifindex), (6, tcp_flags::SYN, LOOPBACK));
+    assert_eq!((first.src_identity, syn[1].dst_identity), (ID_A, ID_B), "identities known at each point");
+    assert!(first.ktime_ns > 0 && syn[1].ktime_ns >= first.ktime_ns);
+    // The same flow again: a retransmitted SYN and plain ACKs are aggregated away …
+    assert_eq!(kinds(&f.run(&tcp_a_to_b(40000, tcp_flags::SYN))), []);
+    assert_eq!(kinds(&f.run(&tcp_a_to_b(40000, tcp_flags::ACK))), []);
+    assert_eq!(kinds(&f.run(&tcp_a_to_b(40000, tcp_flags::ACK | tcp_flags::PSH))), []);
+    // … a FIN is new on this flow and reported at both points, a second FIN is not.
+    let fin = f.run(&tcp_a_to_b(40000, tcp_flags::FIN | tcp_flags::ACK));
+    assert_eq!(kinds(&fin), [FROM_EP, TO_EP]);
+    assert_eq!(fin[0].tcp_flags, tcp_flags::FIN | tcp_flags::ACK);
+    assert_eq!(kinds(&f.run(&tcp_a_to_b(40000, tcp_flags::FIN | tcp_flags::ACK))), []);
+    // Another source port is another flow.
+    assert_eq!(kinds(&f.run(&tcp_a_to_b(40001, tcp_flags::ACK))), [FROM_EP, TO_EP]);
+    assert_eq!(events::read_lost(&f.bpffs.pin_dir()).unwrap(), 0);
+}
+
+#[test]
+fn drops_are_always_reported_with_their_reason() {
+    let mut f = Fixture::new("ev-drop");
+    // A source that is not the endpoint behind this interface: spoofed.
+    let spoofed = FrameBuilder::new(MAC_A, LXC_A).ipv4(ip("10.0.1.99"), ip("10.0.1.3")).tcp(1, 80, tcp_flags::ACK);
+    for _ in 0..3 {
+        let events = f.run(&spoofed.build());
+        assert_eq!(kinds(&events), [EventKind::Drop { reason: drop_reason::INVALID_SIP as u16 }]);
+        assert_eq!(events[0].src, Endpoint { ip: ip("10.0.1.99"), port: 1 });
+    }
+    // An IPv4 header length below 20 bytes: invalid, reported without a tuple.
+    let mut bad = tcp_a_to_b(1, tcp_flags::SYN);
+    bad[14] = 0x44;
+    let events = f.run(&bad);
+    assert_eq!(kinds(&events), [EventKind::Drop { reason: drop_reason::INVALID as u16 }]);
+    assert_eq!(events[0].src.ip, Ipv4Addr::UNSPECIFIED);
+}
+
+#[test]
+fn policy_verdicts_carry_direction_verdict_and_match_type() {
+    let mut f = Fixture::new("ev-policy");
+    let pin = f.bpffs.pin_dir();
+    tables::set_policy_enforcement(&pin, EP_B, EP_F_INGRESS_ENFORCE).unwrap();
+    let denied = EventKind::PolicyVerdict { egress: false, allowed: false, match_type: policy_match::NONE };
+    let drop = EventKind::Drop { reason: drop_reason::POLICY as u16 };
+    // Default deny: a verdict and a drop, for every packet (denials are never aggregated).
+    let events = f.run(&tcp_a_to_b(40000, tcp_flags::SYN));
+    assert_eq!(kinds(&events), [FROM_EP, denied, drop]);
+    assert_eq!((events[1].src_identity, events[1].dst_identity), (ID_A, ID_B));
+    // The retransmission: from-endpoint is aggregated away, the denial is not.
+    assert_eq!(kinds(&f.run(&tcp_a_to_b(40000, tcp_flags::SYN))), [denied, drop]);
+    // An L4 allow for A: allowed, L3-L4, then delivered; reported once per flow.
+    tables::upsert_policy(&pin, &PolicyKey::l4(EP_B, ID_A, DIR_INGRESS, 6, 80, 16), &PolicyEntry::ALLOW).unwrap();
+    let allowed_l3_l4 = EventKind::PolicyVerdict { egress: false, allowed: true, match_type: policy_match::L3_L4 };
+    assert_eq!(kinds(&f.run(&tcp_a_to_b(40002, tcp_flags::SYN))), [FROM_EP, allowed_l3_l4, TO_EP]);
+    assert_eq!(kinds(&f.run(&tcp_a_to_b(40002, tcp_flags::ACK))), []);
+    // An L3 allow for A, a new flow: L3-Only.
+    tables::upsert_policy(&pin, &PolicyKey::l3(EP_B, ID_A, DIR_INGRESS), &PolicyEntry::ALLOW).unwrap();
+    let l3 = EventKind::PolicyVerdict { egress: false, allowed: true, match_type: policy_match::L3_ONLY };
+    let frame = FrameBuilder::new(MAC_A, LXC_A).ipv4(ip("10.0.1.2"), ip("10.0.1.3")).udp(5000, 53).build();
+    assert_eq!(kinds(&f.run(&frame)), [FROM_EP, l3, TO_EP]);
+}
