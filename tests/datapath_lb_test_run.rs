@@ -609,6 +609,9 @@ impl UplinkNs {
         topo.sysctl(&ns, "net.ipv4.ip_forward", "1").unwrap();
         topo.route(&ns, &["172.18.0.0/16", "via", "192.168.0.254"]).unwrap();
         topo.route(&ns, &["10.0.2.0/24", "via", "192.168.0.2"]).unwrap();
+        let router =
+            ["-n", ns.name(), "neigh", "replace", "192.168.0.254", "lladdr", "02:00:00:00:00:fe", "dev", "eth0"];
+        beeline::datapath::netns::run_ip(&router).unwrap();
         UplinkNs { _topo: topo, ns }
     }
 
@@ -668,6 +671,29 @@ fn node_port_from_outside_to_a_local_backend_keeps_the_client_and_answers_from_t
     let (verdict, out) = ns.run(&f, FROM_CONTAINER, &reply);
     assert_eq!(verdict, TC_ACT_REDIRECT, "routed out of the uplink");
     assert_eq!(four_tuple(&out), (node_ip(), NODE_PORT, outside(), 51000));
+    assert_eq!(parse(&out).unwrap().dst_mac, [0x02, 0, 0, 0, 0, 0xfe], "to the router's MAC, by the FIB");
+
+    // A pod on this node using the node port: its reply goes straight back to the pod, not to
+    // the FIB (which knows no route to a single local pod).
+    f.endpoint(ip("10.0.1.3"), 4243, LOCAL_BACKENDS[0].2);
+    f.endpoint(client(), LOOPBACK, CLIENT_MAC);
+    let request = FrameBuilder::new(CLIENT_MAC, CLIENT_LXC_MAC)
+        .ipv4(client(), node_ip())
+        .tcp(51001, NODE_PORT, tcp_flags::SYN)
+        .build();
+    let (verdict, out) = ns.run(&f, FROM_CONTAINER, &request);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(four_tuple(&out), (client(), 51001, ip("10.0.1.3"), 8080));
+    f.endpoint(client(), CLIENT_IFINDEX, CLIENT_MAC);
+    f.endpoint(ip("10.0.1.3"), LOOPBACK, LOCAL_BACKENDS[0].2);
+    let reply = FrameBuilder::new(LOCAL_BACKENDS[0].2, lxc_mac(LOCAL_BACKENDS[0].2))
+        .ipv4(ip("10.0.1.3"), client())
+        .tcp(8080, 51001, tcp_flags::SYN | tcp_flags::ACK)
+        .build();
+    let (verdict, out) = ns.run(&f, FROM_CONTAINER, &reply);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "delivered to the client pod");
+    assert_eq!(four_tuple(&out), (node_ip(), NODE_PORT, client(), 51001));
+    assert_eq!(parse(&out).unwrap().dst_mac, CLIENT_MAC);
     assert!(f.drops().is_empty(), "{:?}", f.drops());
 }
 

@@ -13,6 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use beeline::lab::{plan::OUTSIDE_IPV4, podserver::EchoReply, probe};
+use beeline_common::datapath::drop_reason;
 use integration::{
     lab::{down_and_assert_gone, poll, LabDir},
     require_root,
@@ -88,6 +89,14 @@ fn silent(lab: &LabDir, ip: Ipv4Addr, port: u16, what: &str) {
     }
 }
 
+/// Packets `node` dropped with `reason` so far (its pinned drop counters).
+fn drops(lab: &LabDir, node: &str, reason: u32) -> u64 {
+    let plan = lab.plan();
+    let node = plan.nodes.iter().find(|n| n.name == node).unwrap();
+    let all = beeline::datapath::tables::read_drops(&node.bpf_root.join("beeline")).unwrap();
+    all.get(&reason).map_or(0, |s| s.packets)
+}
+
 fn route_in_outside(lab: &LabDir, prefix: &str, via: Ipv4Addr) {
     let ns = lab.plan().outside_netns;
     beeline::datapath::netns::run_ip(&["-n", &ns, "route", "replace", prefix, "via", &via.to_string()]).unwrap();
@@ -118,6 +127,7 @@ fn node_ports_health_checks_and_pool_addressed_load_balancers_answer_from_outsid
     let cluster_ip: Ipv4Addr = svc["spec"]["clusterIP"].as_str().unwrap().parse().unwrap();
     route_in_outside(&lab, &format!("{cluster_ip}/32"), worker);
     silent(&lab, cluster_ip, 80, "ClusterIP");
+    assert!(drops(&lab, "kind-worker", drop_reason::IS_CLUSTER_IP) > 0, "dropped as a ClusterIP by the uplink");
 
     // externalTrafficPolicy: Local — only the backend's node answers, with the client's address;
     // the health-check node port tells a load balancer which node that is.
@@ -126,6 +136,7 @@ fn node_ports_health_checks_and_pool_addressed_load_balancers_answer_from_outsid
         from_outside(&lab, control_plane, NODE_PORT).is_err().then_some(())
     });
     silent(&lab, control_plane, NODE_PORT, "eTP=Local without a local backend");
+    assert!(drops(&lab, "kind-control-plane", drop_reason::NO_SERVICE) > 0, "dropped for want of a local backend");
     assert_eq!(client_seen(&lab, worker, NODE_PORT), outside);
     let health =
         |ip| poll(&format!("health check on {ip}:{HEALTH_PORT}"), WAIT, || from_outside(&lab, ip, HEALTH_PORT).ok());

@@ -426,6 +426,14 @@ impl State {
                         }
                     }
                 }
+                // kube-apiserver allocates the eTP=Local health-check node port of a
+                // LoadBalancer Service from the node port range too.
+                let local = spec.get("externalTrafficPolicy").and_then(Value::as_str) == Some("Local");
+                let unset = spec.get("healthCheckNodePort").is_none_or(|v| v.is_null() || v.as_u64() == Some(0));
+                if ty == "LoadBalancer" && local && unset {
+                    spec.insert("healthCheckNodePort".into(), json!(self.next_node_port));
+                    self.next_node_port += 1;
+                }
                 obj["status"] = json!({"loadBalancer": {}});
             }
             _ => {
@@ -865,7 +873,8 @@ impl State {
                 }
             }
             let ports = svc.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten();
-            for port in ports.filter_map(|p| p.get("nodePort").and_then(Value::as_u64)) {
+            let health = svc.pointer("/spec/healthCheckNodePort").and_then(Value::as_u64);
+            for port in ports.filter_map(|p| p.get("nodePort").and_then(Value::as_u64)).chain(health) {
                 self.next_node_port = self.next_node_port.max(u32::try_from(port).unwrap_or(u32::MAX - 1) + 1);
             }
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, PodSpec, Service};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
@@ -187,6 +187,27 @@ async fn noop_write_keeps_resource_version_and_generate_name_fills_metadata() {
     assert_eq!(again.resource_version(), created.resource_version());
     let changed = cms.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"data": {"k": "2"}}))).await.unwrap();
     assert_ne!(changed.resource_version(), created.resource_version());
+}
+
+#[tokio::test]
+async fn load_balancers_with_local_traffic_policy_get_a_health_check_node_port() {
+    let client = server().client();
+    let services: Api<Service> = Api::default_namespaced(client);
+    let svc = |name: &str, ty: &str, etp: &str| -> Service {
+        serde_json::from_value(json!({"metadata": {"name": name},
+            "spec": {"type": ty, "externalTrafficPolicy": etp, "ports": [{"port": 80}]}}))
+        .unwrap()
+    };
+    let health = |s: &Service| s.spec.as_ref().unwrap().health_check_node_port;
+    let node_port = |s: &Service| s.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].node_port.unwrap();
+    let local = services.create(&PostParams::default(), &svc("local", "LoadBalancer", "Local")).await.unwrap();
+    let (np, hc) = (node_port(&local), health(&local).expect("allocated"));
+    assert!((30000..=32767).contains(&hc) && hc != np, "node port {np}, health check {hc}");
+    for (name, ty, etp) in [("cluster", "LoadBalancer", "Cluster"), ("np", "NodePort", "Local")] {
+        let other = services.create(&PostParams::default(), &svc(name, ty, etp)).await.unwrap();
+        assert_eq!(health(&other), None, "{name}");
+        assert!(node_port(&other) != hc, "{name}: no port handed out twice");
+    }
 }
 
 #[tokio::test]

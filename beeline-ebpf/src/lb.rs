@@ -38,7 +38,7 @@ use beeline_common::{
 use crate::{
     conntrack::{self, Dir},
     drop::drop,
-    events, fib, icmp, lookup,
+    events, fib, forward, icmp, lookup,
     parse::{Ipv4Hdr, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IPV4_CSUM_OFF, IPV4_DADDR_OFF, IPV4_SADDR_OFF},
 };
 
@@ -135,10 +135,14 @@ pub fn from_container(ctx: &TcContext, ip: &Ipv4Hdr, ifindex: u32) -> Next {
         Some(Err(verdict)) => return Next::Verdict(verdict),
         Some(Ok(src)) => {
             let config = lookup::config();
-            if src == config.node_ip && src != 0 {
-                // A NodePort reply now comes from this node's own address: the stack would drop
-                // it as a martian (local source arriving on a veth), so it is routed from here,
-                // as Cilium's rev-NAT path redirects to the native device.
+            let in_cluster = || {
+                lookup::endpoint(flow.daddr).is_some() || forward::tunnel_endpoint(flow.daddr, &config).is_some()
+            };
+            if src == config.node_ip && src != 0 && !in_cluster() {
+                // A NodePort reply to a client outside the cluster now comes from this node's own
+                // address: the stack would drop it as a martian (local source arriving on a veth),
+                // so it is routed from here, as Cilium's rev-NAT path redirects to the native
+                // device. Clients in the cluster (local pods, the tunnel) are forwarded as usual.
                 let ip = Ipv4Hdr { saddr: src.to_ne_bytes(), ..*ip };
                 return Next::Verdict(fib::redirect_v4(ctx, &ip, ifindex));
             }
