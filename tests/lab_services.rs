@@ -7,7 +7,8 @@
 //! - `internalTrafficPolicy: Local`: only node-local backends answer; none on the node → no answer;
 //! - 100 more Services program the maps and add no iptables or nftables rule anywhere;
 //! - the seeds' resilience demo: the node's agent stopped, the Service still answers; a backend
-//!   deleted meanwhile is gone from the maps once the agent is back, and no request reaches it.
+//!   deleted meanwhile is gone from the maps once the agent is back, no request reaches it, and
+//!   its address is released (the kubelet retries the CNI DEL that failed while the agent was down).
 
 mod integration;
 
@@ -305,6 +306,15 @@ fn cluster_ip_spread_affinity_traffic_policy_scale_and_agent_restart_in_one_lab(
     if !now_ips.contains(&victim_ip) {
         assert!(!c.backends(WORKER, spread).contains(&victim_ip));
     }
+    // The victim's CNI DEL failed while the agent was down; the kubelet retries it, so the agent
+    // releases the victim's address instead of holding it until `lab down`.
+    let victim_container: String =
+        victim["metadata"]["uid"].as_str().unwrap().chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    let socket = plan.nodes.iter().find(|n| n.name == WORKER).unwrap().agent_socket();
+    poll("the deleted pod's address released by the agent", Duration::from_secs(30), || {
+        let listing = stdout(&run(Command::new(BIN).args(["ipam", "-o", "json", "--socket"]).arg(&socket)));
+        (!listing.contains(&victim_container)).then_some(())
+    });
     // Every request succeeds and none reaches the deleted pod.
     let after = hits(&netns_a, spread, 30);
     assert!(!after.contains(&victim_name), "{after:?}");

@@ -140,6 +140,25 @@ pub fn result_ips(result: &Value) -> Vec<std::net::IpAddr> {
         .collect()
 }
 
+/// The cached attachments in `cache_dir` (see [`Runtime::cached`]).
+pub fn cached_in(cache_dir: &Path) -> Vec<(String, Option<PathBuf>)> {
+    let Ok(dir) = std::fs::read_dir(cache_dir) else { return Vec::new() };
+    let mut out: Vec<(String, Option<PathBuf>)> = dir
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let id = name.strip_suffix(".json")?.to_string();
+            let result: Option<Value> = std::fs::read(e.path()).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            let sandbox = result.as_ref().and_then(|r| {
+                r["interfaces"].as_array()?.iter().find_map(|i| i["sandbox"].as_str().map(PathBuf::from))
+            });
+            Some((id, sandbox))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// A node's runtime: executes plugins from inside the node's network namespace (where the agent
 /// and its socket live, and where the plugin creates the host side of the pod's interface).
 pub struct Runtime {
@@ -172,6 +191,12 @@ impl Runtime {
 
     fn cache_file(&self, container_id: &str) -> PathBuf {
         self.dirs.cache_dir.join(format!("{container_id}.json"))
+    }
+
+    /// Every attachment whose ADD result is cached (ADDed and not yet successfully DELed): its
+    /// container ID and the sandbox the result names.
+    pub fn cached(&self) -> Vec<(String, Option<PathBuf>)> {
+        cached_in(&self.dirs.cache_dir)
     }
 
     /// ADD through the whole list; the last plugin's result (also cached for DEL).

@@ -12,6 +12,8 @@
 //! deleted pod first becomes terminating (EndpointSlices show it as such); the kubelet then stops
 //! the workload, runs CNI DEL, removes the namespace and the finalizer. On supervisor shutdown it
 //! tears its sandboxes down but leaves the pods in the API, so a restarted lab starts them again.
+//! Sandboxes whose CNI ADD is still cached but whose pod is gone (a crashed supervisor's, or a
+//! DEL that failed while the agent was down) get their DEL later, so no address leaks.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -38,6 +40,8 @@ pub const NETNS_ANNOTATION: &str = "beeline.io/lab-netns";
 pub const PERIOD: Duration = Duration::from_millis(300);
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(20);
+/// How often leftover sandboxes are retried (their DEL needs the node's agent).
+const ORPHAN_RETRY: Duration = Duration::from_secs(2);
 
 /// The network namespace of a pod: `<lab prefix>-pod-<12 characters of its UID>`.
 pub fn pod_netns(prefix: &str, pod_uid: &str) -> String {
@@ -124,6 +128,7 @@ pub struct Kubelet {
     runtime: std::sync::Arc<Runtime>,
     running: HashMap<String, RunningPod>,
     failing: HashMap<String, Backoff>,
+    orphans_next: Instant,
 }
 
 impl Kubelet {
@@ -133,7 +138,7 @@ impl Kubelet {
             dirs: CniDirs {
                 conf_dir: node.cni_conf_dir(),
                 bin_dir: node.cni_bin_dir(),
-                cache_dir: node.state_dir.join("cni/cache"),
+                cache_dir: node.cni_cache_dir(),
             },
         };
         Kubelet {
@@ -143,6 +148,7 @@ impl Kubelet {
             runtime: std::sync::Arc::new(runtime),
             running: HashMap::new(),
             failing: HashMap::new(),
+            orphans_next: Instant::now(),
         }
     }
 
@@ -194,6 +200,7 @@ impl Kubelet {
             self.stop(&uid).await;
         }
         self.failing.retain(|uid, _| live.contains_key(uid));
+        self.release_orphans(&live).await;
         for pod in &pods {
             let uid = pod.metadata.uid.clone().unwrap_or_default();
             if pod.metadata.deletion_timestamp.is_some() {
@@ -328,6 +335,55 @@ impl Kubelet {
         }
     }
 
+    /// CNI DEL for attachments whose ADD is still cached but whose pod this kubelet neither runs
+    /// nor is going to start: sandboxes a crashed supervisor left (their pods gone from the API
+    /// meanwhile), or a DEL that failed because the agent was down. Without it their addresses
+    /// stay allocated until `lab down`. Retried every [`ORPHAN_RETRY`] until the DEL succeeds;
+    /// then the sandbox's namespace goes too.
+    async fn release_orphans(&mut self, live: &HashMap<String, &Pod>) {
+        if Instant::now() < self.orphans_next {
+            return;
+        }
+        self.orphans_next = Instant::now() + ORPHAN_RETRY;
+        let wanted: std::collections::HashSet<String> = live
+            .iter()
+            .filter(|(_, p)| p.metadata.deletion_timestamp.is_none())
+            .map(|(uid, _)| container_id(uid))
+            .chain(self.running.values().map(|r| r.att.container_id.clone()))
+            .collect();
+        let orphans: Vec<(String, Option<std::path::PathBuf>)> =
+            self.runtime.cached().into_iter().filter(|(id, _)| !wanted.contains(id)).collect();
+        if orphans.is_empty() || self.runtime.check_config().is_err() {
+            return;
+        }
+        for (id, sandbox) in orphans {
+            let runtime = self.runtime.clone();
+            let prefix = format!("{}-pod-", self.prefix);
+            let att = Attachment {
+                container_id: id.clone(),
+                netns: sandbox.clone().unwrap_or_default(),
+                ifname: "eth0".into(),
+                pod_namespace: String::new(),
+                pod_name: String::new(),
+                pod_uid: String::new(),
+            };
+            let released = tokio::task::spawn_blocking(move || -> Result<Option<String>, String> {
+                runtime.del(&att).map_err(|e| e.to_string())?;
+                let ns = sandbox.and_then(|s| Some(s.file_name()?.to_string_lossy().into_owned()));
+                match ns.filter(|n| n.starts_with(&prefix) && Path::new(NETNS_RUN_DIR).join(n).exists()) {
+                    Some(n) => NetNs::delete(&n).map(|_| Some(n)).map_err(|e| e.to_string()),
+                    None => Ok(None),
+                }
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            match released {
+                Ok(netns) => tracing::info!(container = %id, ?netns, "released a leftover pod sandbox (CNI DEL)"),
+                Err(e) => tracing::debug!(container = %id, error = %e, "leftover sandbox not released yet; retrying"),
+            }
+        }
+    }
+
     /// Lets the API finish deleting a pod this kubelet no longer runs.
     async fn release(&self, pod: &Pod) -> Result<(), kube::Error> {
         let finalizers: Vec<&String> = pod.finalizers().iter().filter(|f| *f != FINALIZER).collect();
@@ -378,14 +434,15 @@ fn sandbox_down(runtime: &Runtime, netns: &str, att: &Attachment) -> Result<(), 
     del
 }
 
-/// Removes pod namespaces a crashed supervisor left (their pods are started afresh).
-pub fn sweep_pod_namespaces(prefix: &str) -> Vec<String> {
+/// Removes pod namespaces a crashed supervisor left (their pods are started afresh), except those
+/// in `keep` (a kubelet releases them with a CNI DEL first).
+pub fn sweep_pod_namespaces(prefix: &str, keep: &std::collections::HashSet<String>) -> Vec<String> {
     let pattern = format!("{prefix}-pod-");
     let names: Vec<String> = std::fs::read_dir(NETNS_RUN_DIR)
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&pattern))
+                .filter(|n| n.starts_with(&pattern) && !keep.contains(n))
                 .collect()
         })
         .unwrap_or_default();

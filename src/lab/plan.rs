@@ -84,6 +84,10 @@ impl NodePlan {
     pub fn cni_conf_dir(&self) -> PathBuf {
         self.state_dir.join("cni/net.d")
     }
+    /// Where the node's runtime caches CNI ADD results until their DEL succeeds.
+    pub fn cni_cache_dir(&self) -> PathBuf {
+        self.state_dir.join("cni/cache")
+    }
     pub fn cni_bin_dir(&self) -> PathBuf {
         self.state_dir.join("cni/bin")
     }

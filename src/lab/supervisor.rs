@@ -66,8 +66,16 @@ pub async fn run(state_dir: &Path) -> Result<(), BoxError> {
     let plan = super::cluster::read_plan(state_dir)?;
     let snapshot = snapshot_file(&plan);
     let api = start_api(&plan, &snapshot).await?;
-    // Sandboxes a crashed supervisor left behind; their pods are started afresh below.
-    for ns in super::kubelet::sweep_pod_namespaces(&plan.prefix) {
+    stop_orphans(&plan);
+    // Sandboxes a crashed supervisor left behind. Those with a cached CNI ADD stay for the
+    // kubelets, which DEL them first (so the agents release their addresses); the rest go now.
+    let cached: std::collections::HashSet<String> = plan
+        .nodes
+        .iter()
+        .flat_map(|n| super::cni_runtime::cached_in(&n.cni_cache_dir()))
+        .filter_map(|(_, sandbox)| Some(sandbox?.file_name()?.to_string_lossy().into_owned()))
+        .collect();
+    for ns in super::kubelet::sweep_pod_namespaces(&plan.prefix, &cached) {
         tracing::info!(netns = %ns, "removed a stale pod namespace");
     }
     let host = TcpListener::bind("127.0.0.1:0")?;
@@ -146,6 +154,18 @@ pub async fn run(state_dir: &Path) -> Result<(), BoxError> {
     let _ = std::fs::remove_file(&marker);
     tracing::info!("lab supervisor stopped");
     Ok(())
+}
+
+/// Stops the operator and agents a crashed supervisor left running (they would hold the ports and
+/// sockets the new children need); the datapath they programmed stays pinned.
+fn stop_orphans(plan: &LabPlan) {
+    let marker = plan.state_dir.to_string_lossy().to_string();
+    for p in &plan.processes {
+        if let Some(pid) = probe::read_pid(&plan.pid_file(&p.name)).filter(|pid| probe::is_ours(*pid, &marker)) {
+            let killed = probe::stop(pid, &marker, Duration::from_secs(10));
+            tracing::warn!(process = %p.name, pid, killed, "stopped a process a crashed supervisor left running");
+        }
+    }
 }
 
 /// The server in the lab's "outside" namespace (a host on the underlay that is not a node), the
