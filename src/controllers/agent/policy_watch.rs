@@ -75,6 +75,9 @@ pub async fn run(
     let knps = watches.add("NetworkPolicy", Api::<NetworkPolicy>::all(client.clone()), all());
     let namespaces = watches.add("Namespace", Api::<Namespace>::all(client.clone()), all());
     let identities = watches.add("CiliumIdentity", Api::<CiliumIdentity>::all(client.clone()), all());
+    // Read to compare each endpoint's `status.policy` before writing it (and to write it again when
+    // the endpoint API (re)creates the object).
+    let ceps = watches.add("CiliumEndpoint", Api::<CiliumEndpoint>::all(client.clone()), all());
     // The endpoint manager publishes once it knows its endpoints (after a restart: restored ones),
     // so the first pass never prunes the rows of endpoints that are still there.
     watches.add_channel("LocalEndpoints", endpoints.clone());
@@ -102,21 +105,14 @@ pub async fn run(
             }
             passes += 1;
             tracing::debug!(rows = out.rows.len(), recompiled = out.recompiled.len(), "policy pass submitted");
-            let previous = std::mem::replace(
-                &mut *ctl.view.lock().unwrap(),
-                PolicyView {
-                    endpoints: ctl.state.endpoints_json(),
-                    selectors: ctl.state.selectors_json(),
-                    policies: ctl.state.policies_json(),
-                    enforcing: out.endpoint_status.clone(),
-                },
-            );
+            *ctl.view.lock().unwrap() = PolicyView {
+                endpoints: ctl.state.endpoints_json(),
+                selectors: ctl.state.selectors_json(),
+                policies: ctl.state.policies_json(),
+                enforcing: out.endpoint_status.clone(),
+            };
             drop(span);
-            // Only endpoints whose enforcement changed (or that are new) are patched; the endpoint
-            // API copies the view into every CiliumEndpoint it (re)creates, so a create racing this
-            // write still carries it.
-            let changed: Vec<((String, String), Enforcing)> =
-                out.endpoint_status.into_iter().filter(|(key, e)| previous.enforcing.get(key) != Some(e)).collect();
+            let changed = endpoint_status_changes(&snapshot(&ceps), out.endpoint_status);
             let (client, validity) = (client.clone(), out.validity);
             async move {
                 write_conditions(&client, &cnps, &ccnps, &validity).await;
@@ -184,6 +180,26 @@ async fn write_conditions(
             patch_condition(&api, name, cond, &source).await;
         }
     }
+}
+
+/// The local endpoints whose CiliumEndpoint exists and shows another `status.policy` than `desired`
+/// (compare before write). A CiliumEndpoint not created yet is left out: its creation is a watch
+/// event, and the pass it triggers writes it.
+fn endpoint_status_changes(
+    ceps: &[CiliumEndpoint],
+    desired: BTreeMap<(String, String), Enforcing>,
+) -> Vec<((String, String), Enforcing)> {
+    let current: BTreeMap<(String, String), Option<_>> = ceps
+        .iter()
+        .map(|c| {
+            let key = (c.metadata.namespace.clone().unwrap_or_default(), c.metadata.name.clone().unwrap_or_default());
+            (key, c.status.as_ref().and_then(|s| s.policy.clone()))
+        })
+        .collect();
+    desired
+        .into_iter()
+        .filter(|(key, e)| matches!(current.get(key), Some(policy) if policy.as_ref() != Some(&e.to_status())))
+        .collect()
 }
 
 /// Merges `status.policy` into each changed endpoint's CiliumEndpoint (Cilium's CRD has no status
