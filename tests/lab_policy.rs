@@ -9,6 +9,9 @@
 //! - the policies are applied while every pod already runs and talks: the change reaches the running
 //!   endpoints (polled, bounded), and the CiliumEndpoints report what they enforce.
 //!
+//! A second, smaller lab runs the walkthrough with native routing: there the packets from the other
+//! node arrive on the uplink (`from_netdev`), and the source identity comes from the ipcache.
+//!
 //! "Times out" is a TCP connect that gets no answer within the probe's 2 s timeout; each check is a
 //! bounded poll, so a slow policy pass only costs time, never a false result.
 
@@ -43,13 +46,13 @@ const PODS: &[(&str, &str, &str, &str)] = &[
     ("pol-b", "neighbour", "neighbour", WORKER),
 ];
 
-fn workloads() -> String {
+fn workloads(pods: &[(&str, &str, &str, &str)]) -> String {
     let mut docs = vec![
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: pol-a, labels: {team: a}}\n".to_string(),
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: pol-b, labels: {team: b}}\n".to_string(),
         "apiVersion: v1\nkind: Service\nmetadata: {name: nginx, namespace: pol-a}\nspec:\n  selector: {app: nginx}\n  ports: [{port: 80, targetPort: 80, protocol: TCP}]\n".to_string(),
     ];
-    for (ns, name, app, node) in PODS {
+    for (ns, name, app, node) in pods {
         docs.push(format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: {app}}}}}\nspec:\n  nodeName: {node}\n  containers: [{{name: c, image: beeline-lab/echo, ports: [{{name: http, containerPort: 80}}]}}]\n"
         ));
@@ -57,8 +60,8 @@ fn workloads() -> String {
     docs.join("---\n")
 }
 
-const POLICIES: &str = r#"
-# The seeds' walkthrough.
+/// The seeds' walkthrough.
+const WALKTHROUGH: &str = r#"
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: allow-netshoot-to-nginx, namespace: pol-a}
@@ -67,7 +70,9 @@ spec:
   ingress:
   - fromEndpoints: [{matchLabels: {app: netshoot-client}}]
     toPorts: [{ports: [{port: "80", protocol: TCP}]}]
----
+"#;
+
+const POLICIES: &str = r#"
 # Only pods of namespaces labelled team=a reach web.
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -111,6 +116,11 @@ struct Pod {
     ip: IpAddr,
 }
 
+fn pod_named(items: &[serde_json::Value], name: &str) -> Pod {
+    let p = items.iter().find(|p| p["metadata"]["name"] == name).unwrap_or_else(|| panic!("no pod {name}"));
+    Pod { netns: pod_netns(p), ip: p["status"]["podIP"].as_str().unwrap().parse().unwrap() }
+}
+
 /// One GET from `from`'s namespace: `Ok(status)` or the error (a timeout when policy drops it).
 fn get(from: &Pod, to: SocketAddr) -> Result<u16, String> {
     probe::http_get_in(&from.netns, to, "/").map(|(code, _)| code).map_err(|e| e.to_string())
@@ -134,12 +144,9 @@ fn policies_allow_deny_and_reach_running_endpoints_in_a_two_node_vxlan_lab() {
     require_root();
     let lab = LabDir::new();
     lab.up(2, "vxlan.yaml");
-    lab.apply("workloads.yaml", &workloads());
+    lab.apply("workloads.yaml", &workloads(PODS));
     let items = lab.running_pods("app", PODS.len(), Duration::from_secs(90));
-    let pod = |name: &str| {
-        let p = items.iter().find(|p| p["metadata"]["name"] == name).unwrap_or_else(|| panic!("no pod {name}"));
-        Pod { netns: pod_netns(p), ip: p["status"]["podIP"].as_str().unwrap().parse().unwrap() }
-    };
+    let pod = |name: &str| pod_named(&items, name);
     let (nginx, client, stranger, db) = (pod("nginx"), pod("client"), pod("stranger"), pod("db"));
     let (egress_in, egress_except, web, neighbour) =
         (pod("egress-in"), pod("egress-except"), pod("web"), pod("neighbour"));
@@ -158,6 +165,7 @@ fn policies_allow_deny_and_reach_running_endpoints_in_a_two_node_vxlan_lab() {
     reaches("no policy: egress-except -> outside", &egress_except, outside);
 
     // The policies arrive while the endpoints run: the change reaches them (bounded poll).
+    lab.apply("walkthrough.yaml", WALKTHROUGH);
     lab.apply("policies.yaml", POLICIES);
     blocked("walkthrough: the unlabelled client", &stranger, at(&nginx));
     reaches("walkthrough: the app=netshoot-client client, across nodes", &client, at(&nginx));
@@ -191,5 +199,23 @@ fn policies_allow_deny_and_reach_running_endpoints_in_a_two_node_vxlan_lab() {
         });
     }
 
+    down_and_assert_gone(&lab);
+}
+
+#[test]
+fn the_walkthrough_holds_for_traffic_arriving_on_the_uplink_with_native_routing() {
+    require_root();
+    let lab = LabDir::new();
+    lab.up(2, "native.yaml");
+    let pods = &PODS[..3];
+    lab.apply("workloads.yaml", &workloads(pods));
+    let items = lab.running_pods("app", pods.len(), Duration::from_secs(90));
+    let (nginx, client, stranger) =
+        (pod_named(&items, "nginx"), pod_named(&items, "client"), pod_named(&items, "stranger"));
+    let to_nginx = SocketAddr::new(nginx.ip, 80);
+    reaches("no policy: stranger -> nginx on the other node", &stranger, to_nginx);
+    lab.apply("walkthrough.yaml", WALKTHROUGH);
+    blocked("native routing: the unlabelled client", &stranger, to_nginx);
+    reaches("native routing: the app=netshoot-client client", &client, to_nginx);
     down_and_assert_gone(&lab);
 }
