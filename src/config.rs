@@ -15,6 +15,8 @@ use std::{
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+use crate::policy::EnforcementMode;
+
 /// Raw `key → value` pairs as they appear in a `cilium-config` ConfigMap.
 pub type RawConfig = BTreeMap<String, String>;
 
@@ -118,6 +120,8 @@ pub struct Config {
     /// Agent conntrack GC: a fixed interval, or zero for Cilium's dynamic one.
     pub conntrack_gc_interval: Duration,
     pub conntrack_gc_max_interval: Duration,
+    /// `enable-policy` (Helm `policyEnforcementMode`): when endpoints enforce policy.
+    pub enable_policy: EnforcementMode,
 }
 
 /// Every key beeline understands, with its default. Keys are Cilium's spelling; the few
@@ -171,6 +175,7 @@ const KNOWN_KEYS: &[(&str, &str)] = &[
     // `0s` means Cilium's 12 h.
     ("conntrack-gc-interval", "0s"),
     ("conntrack-gc-max-interval", "0s"),
+    ("enable-policy", "default"),
 ];
 
 /// Keys of Cilium's rendered ConfigMap that beeline accepts but does not act on (yet), so that a
@@ -200,7 +205,6 @@ const ACCEPTED_CILIUM_KEYS: &[&str] = &[
     "enable-l2-neigh-discovery",
     "enable-l7-proxy",
     "enable-local-redirect-policy",
-    "enable-policy",
     "enable-sctp",
     "enable-svc-source-range-check",
     "enable-vtep",
@@ -400,6 +404,12 @@ impl Config {
             identity_heartbeat_timeout: v.duration("identity-heartbeat-timeout")?,
             conntrack_gc_interval: v.duration("conntrack-gc-interval")?,
             conntrack_gc_max_interval: v.duration("conntrack-gc-max-interval")?,
+            // Cilium lower-cases the value before comparing.
+            enable_policy: v
+                .get("enable-policy")
+                .to_ascii_lowercase()
+                .parse::<EnforcementMode>()
+                .map_err(|_| v.invalid("enable-policy", "expected one of default, always, never"))?,
         };
         cfg.check_consistency()?;
         Ok(cfg)
@@ -727,6 +737,33 @@ mod tests {
         assert_eq!(cfg.routing_mode, RoutingMode::Native);
         assert!(cfg.kube_proxy_replacement && cfg.auto_direct_node_routes);
         assert_eq!(cfg.cluster_pool_ipv4_cidr.len(), 2);
+    }
+
+    #[test]
+    fn enable_policy_modes() {
+        // Cilium's values, compared case-insensitively; `default` when unset.
+        let cases = [
+            (None, Some(EnforcementMode::Default)),
+            (Some("default"), Some(EnforcementMode::Default)),
+            (Some("always"), Some(EnforcementMode::Always)),
+            (Some("never"), Some(EnforcementMode::Never)),
+            (Some("Always"), Some(EnforcementMode::Always)),
+            (Some("NEVER"), Some(EnforcementMode::Never)),
+            (Some("sometimes"), None),
+            (Some(""), None),
+        ];
+        for (value, want) in cases {
+            let pairs: Vec<(&str, &str)> = value.map(|v| ("enable-policy", v)).into_iter().collect();
+            match (Config::from_raw(&raw(&pairs)), want) {
+                (Ok(cfg), Some(mode)) => assert_eq!(cfg.enable_policy, mode, "{value:?}"),
+                (Err(e), None) => assert!(e.to_string().contains("`enable-policy`"), "{value:?}: {e}"),
+                (got, want) => panic!("{value:?}: got {got:?}, want {want:?}"),
+            }
+        }
+        assert!(
+            Config::ignored_keys(&raw(&[("enable-policy", "always")])).is_empty(),
+            "acted on, so not logged as ignored"
+        );
     }
 
     #[test]

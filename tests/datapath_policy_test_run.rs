@@ -6,13 +6,14 @@
 //! arbitrary ifindex. A delivered packet is `TC_ACT_REDIRECT`, a packet to the world that passes is
 //! `TC_ACT_OK` (to the stack), a dropped one `TC_ACT_SHOT` with its reason counted.
 //! (`from_overlay`'s ingress check needs tunnel metadata, which test_run cannot attach.)
+//! `from_netdev` (the uplink's delivery to local pods in native routing) is run on loopback too.
 
 mod integration;
 
 use std::net::Ipv4Addr;
 
 use beeline::datapath::{
-    loader::programs::FROM_CONTAINER,
+    loader::programs::{FROM_CONTAINER, FROM_NETDEV},
     tables,
     testing::{
         packet::{tcp_flags, FrameBuilder},
@@ -283,4 +284,77 @@ fn the_map_manager_and_the_object_agree_on_the_shape_of_the_policy_maps() {
         pinned_spec(&pin.join(maps::PolicyEndpoints::NAME), maps::PolicyEndpoints::NAME).unwrap(),
         MapSpec::of::<maps::PolicyEndpoints>()
     );
+}
+
+const C: &str = "10.0.1.4";
+const ID_C: u32 = 40001;
+
+fn from_c(dst: &str) -> FrameBuilder {
+    FrameBuilder::new(MAC_A, LXC_A).ipv4(ip(C), ip(dst))
+}
+
+fn from_outside(src: &str) -> FrameBuilder {
+    FrameBuilder::new([0x02, 0, 0, 0, 0, 0x99], [0x02, 0, 0, 0, 0, 0x98]).ipv4(ip(src), ip("10.0.1.2"))
+}
+
+#[test]
+fn replies_of_allowed_connections_pass_and_new_inbound_flows_stay_denied() {
+    let f = Fixture::new("pol-ct");
+    // C sits on loopback too, so it can send through from_container under test_run.
+    let c =
+        EndpointInfo { ifindex: LOOPBACK, lxc_id: 33, mac: MAC_A, node_mac: LXC_A, sec_id: ID_C, ..Default::default() };
+    tables::upsert_endpoint(&f.bpffs.pin_dir(), ip(C), &c).unwrap();
+    // A: egress allows TCP 80 and echo requests to C, UDP 53 to the /24; ingress is default-deny.
+    f.enforce(EP_A, EP_F_EGRESS_ENFORCE | EP_F_INGRESS_ENFORCE);
+    f.allow(PolicyKey::l4(EP_A, ID_C, DIR_EGRESS, TCP, 80, 16));
+    f.allow(PolicyKey::l4(EP_A, ID_C, DIR_EGRESS, ICMP, 8, 16));
+    f.allow(PolicyKey::l4(EP_A, ID_OTHER, DIR_EGRESS, UDP, 53, 16));
+    let denied = Some(drop_reason::POLICY);
+    let syn_ack = tcp_flags::SYN | tcp_flags::ACK;
+    check(
+        &f,
+        &[
+            ("A opens TCP 80 to C", tcp_to(C, 80), TC_ACT_REDIRECT, None),
+            ("C's SYN-ACK is a reply", from_c("10.0.1.2").tcp(80, 40000, syn_ack).build(), TC_ACT_REDIRECT, None),
+            ("A's ACK is established", from_a(C).tcp(40000, 80, tcp_flags::ACK).build(), TC_ACT_REDIRECT, None),
+            ("C's data is a reply", from_c("10.0.1.2").tcp(80, 40000, tcp_flags::ACK).build(), TC_ACT_REDIRECT, None),
+            ("C opening a flow to A", from_c("10.0.1.2").tcp(5555, 22, tcp_flags::SYN).build(), TC_ACT_SHOT, denied),
+            ("C from 80 to another port of A", from_c("10.0.1.2").tcp(80, 40001, syn_ack).build(), TC_ACT_SHOT, denied),
+            ("A's egress to C:81 is denied", tcp_to(C, 81), TC_ACT_SHOT, denied),
+            ("so C:81 has no reply to give", from_c("10.0.1.2").tcp(81, 40000, syn_ack).build(), TC_ACT_SHOT, denied),
+            ("A pings C", from_a(C).icmp_echo_request(7, 1).build(), TC_ACT_REDIRECT, None),
+            ("C's echo reply", from_c("10.0.1.2").icmp_echo_reply(7, 1).build(), TC_ACT_REDIRECT, None),
+            ("an echo reply for another ping", from_c("10.0.1.2").icmp_echo_reply(8, 1).build(), TC_ACT_SHOT, denied),
+            ("an echo request from C", from_c("10.0.1.2").icmp_echo_request(7, 1).build(), TC_ACT_SHOT, denied),
+        ],
+    );
+    // The connection's entry is in the node's one conntrack table, next to the LB's.
+    let ct = beeline::datapath::lb_tables::list_ct(&f.bpffs.pin_dir()).unwrap();
+    let a_to_c = ct.iter().filter(|(t, _)| t.saddr == tables::be(ip("10.0.1.2")) && t.daddr == tables::be(ip(C)));
+    assert_eq!(a_to_c.count(), 2, "the TCP connection and the ping: {ct:?}");
+
+    // Through the uplink (native routing delivery): the source identity comes from the ipcache.
+    let run_netdev = |frame: Vec<u8>| run_tc(f.datapath.program(FROM_NETDEV).unwrap(), &frame).unwrap().retval;
+    assert_eq!(f.verdict(&udp_to("192.168.7.9", 53)), TC_ACT_OK, "A's query leaves");
+    assert_eq!(run_netdev(from_outside("192.168.7.9").udp(53, 40000).build()), TC_ACT_REDIRECT, "its answer");
+    let before = f.drops();
+    assert_eq!(run_netdev(from_outside("192.168.7.9").udp(5353, 53).build()), TC_ACT_SHOT, "a new flow in");
+    assert_eq!(run_netdev(from_outside("8.8.8.8").udp(53, 40000).build()), TC_ACT_SHOT, "not the server asked");
+    f.allow(PolicyKey::l4(EP_A, ID_OTHER, DIR_INGRESS, UDP, 53, 16));
+    assert_eq!(run_netdev(from_outside("192.168.7.9").udp(5353, 53).build()), TC_ACT_REDIRECT, "the /24 now may");
+    assert_eq!(run_netdev(from_outside("8.8.8.8").udp(5353, 53).build()), TC_ACT_SHOT, "the world still may not");
+    let policy_drops = |d: &[(u32, u64)]| d.iter().find(|(r, _)| *r == drop_reason::POLICY).map_or(0, |(_, n)| *n);
+    assert_eq!(policy_drops(&f.drops()), policy_drops(&before) + 3);
+}
+
+#[test]
+fn a_policy_change_cuts_established_connections_but_replies_need_no_allow() {
+    let f = Fixture::new("pol-ct-change");
+    f.enforce(EP_B, EP_F_INGRESS_ENFORCE);
+    f.allow(PolicyKey::l4(EP_B, ID_A, DIR_INGRESS, TCP, 80, 16));
+    check(&f, &[("A opens B:80", tcp_to(B, 80), TC_ACT_REDIRECT, None)]);
+    // Cilium checks policy on established packets of the original direction too.
+    tables::remove_policy(&f.bpffs.pin_dir(), &PolicyKey::l4(EP_B, ID_A, DIR_INGRESS, TCP, 80, 16)).unwrap();
+    let est = from_a(B).tcp(40000, 80, tcp_flags::ACK).build();
+    check(&f, &[("established, no longer allowed", est, TC_ACT_SHOT, Some(drop_reason::POLICY))]);
 }

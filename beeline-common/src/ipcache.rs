@@ -27,6 +27,9 @@ pub const IDENTITY_WORLD: u32 = 2;
 pub const IDENTITY_UNMANAGED: u32 = 3;
 pub const IDENTITY_HEALTH: u32 = 4;
 pub const IDENTITY_REMOTE_NODE: u32 = 6;
+/// Node-local identities (CIDR identities of policy prefixes) carry this bit (Cilium's
+/// `IdentityScopeLocal`): addresses outside the cluster, like `world`.
+pub const IDENTITY_SCOPE_LOCAL: u32 = 1 << 24;
 
 /// The part of Cilium's `ipcache_key` after the LPM prefix length (20 bytes).
 #[repr(C)]

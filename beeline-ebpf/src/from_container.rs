@@ -22,7 +22,7 @@ use beeline_common::{
 };
 
 use crate::{
-    arp,
+    arp, conntrack,
     drop::drop,
     events,
     fib, forward,
@@ -65,6 +65,9 @@ fn ipv4(ctx: &TcContext, ifindex: u32) -> i32 {
         _ => return drop(ctx, drop_reason::INVALID_SIP),
     };
     events::trace(ctx, point::FROM_ENDPOINT, src.sec_id, 0);
+    // Replies are recognised on the packet as the pod sent it: a local backend's reply is about
+    // to get its frontend back as source.
+    let reply = conntrack::is_reply(ctx, &ip);
     let dst = match lb::from_container(ctx, &ip, ifindex) {
         Next::Forward(dst) => dst,
         Next::Verdict(verdict) => return verdict,
@@ -74,17 +77,23 @@ fn ipv4(ctx: &TcContext, ifindex: u32) -> i32 {
     let config = lookup::config();
     // Policy sees the backend (address and, read from the rewritten packet, port).
     let dst_ep = lookup::endpoint(dst);
-    if let Some(verdict) = policy::egress(ctx, &src, &ip, lookup::identity(dst, dst_ep.as_ref())) {
+    if let Some(verdict) = policy::egress(ctx, &src, &ip, lookup::identity(dst, dst_ep.as_ref()), reply) {
         return verdict;
     }
-    if let Some(ep) = dst_ep {
-        if ep.flags & ENDPOINT_F_HOST != 0 {
-            return TC_ACT_OK;
-        }
-        if let Some(verdict) = policy::ingress(ctx, &ep, &ip, src.sec_id) {
+    let local_pod = dst_ep.filter(|ep| ep.flags & ENDPOINT_F_HOST == 0);
+    if let Some(ep) = &local_pod {
+        if let Some(verdict) = policy::ingress(ctx, ep, &ip, src.sec_id, reply) {
             return verdict;
         }
-        return forward::to_local_endpoint(ctx, &ip, &ep, &config);
+    }
+    if !reply {
+        conntrack::track_allowed(ctx, &ip);
+    }
+    match (dst_ep, local_pod) {
+        (_, Some(ep)) => return forward::to_local_endpoint(ctx, &ip, &ep, &config),
+        // The node itself.
+        (Some(_), None) => return TC_ACT_OK,
+        (None, _) => {}
     }
     if config.tunnel_proto == TUNNEL_NONE {
         // Native routing: the kernel's routing table decides (no tunnel key).

@@ -14,6 +14,7 @@ use aya_ebpf::{
 use beeline_common::{datapath::drop_reason, endpoint::ENDPOINT_F_HOST, events::point};
 
 use crate::{
+    conntrack,
     drop::drop,
     events,
     forward, lb, lookup,
@@ -47,13 +48,18 @@ pub fn from_overlay(ctx: TcContext) -> i32 {
         Err(_) => return drop(&ctx, drop_reason::INVALID),
     };
     events::trace(&ctx, point::FROM_OVERLAY, source_identity, 0);
+    // Before the reply of a remote backend gets its frontend back as source.
+    let reply = conntrack::is_reply(&ctx, &ip);
     if let Err(verdict) = lb::from_overlay(&ctx, &ip) {
         return verdict;
     }
     match lookup::endpoint(ip.daddr_be()) {
         Some(ep) if ep.flags & ENDPOINT_F_HOST == 0 => {
-            if let Some(verdict) = policy::ingress(&ctx, &ep, &ip, source_identity) {
+            if let Some(verdict) = policy::ingress(&ctx, &ep, &ip, source_identity, reply) {
                 return verdict;
+            }
+            if !reply {
+                conntrack::track_allowed(&ctx, &ip);
             }
             forward::to_local_endpoint(&ctx, &ip, &ep, &lookup::config())
         }

@@ -4,7 +4,8 @@
 //! - `to_netdev` masquerades pod traffic leaving the cluster to the node IP ([`crate::nat`]);
 //! - `from_netdev` reverses that translation for replies and delivers them to the pod, and —
 //!   in native routing, where peers route our pod CIDR to this node — delivers packets for local
-//!   pods straight to their veth peer (the node namespace has no routes to individual pods).
+//!   pods straight to their veth peer (the node namespace has no routes to individual pods),
+//!   after the pod's ingress policy ([`crate::policy::ingress_from_netdev`]).
 //!
 //! - `from_netdev` also balances NodePort / LoadBalancer / externalIP traffic from outside
 //!   ([`crate::lb::from_netdev`], [`crate::nodeport`]) and returns the replies of remote backends.
@@ -16,7 +17,7 @@ use beeline_common::{
     datapath::{DatapathConfig, CONFIG_F_MASQUERADE},
     endpoint::ENDPOINT_F_HOST,
     events::point,
-    ipcache::{IDENTITY_UNKNOWN, IDENTITY_WORLD},
+    ipcache::{IDENTITY_SCOPE_LOCAL, IDENTITY_UNKNOWN, IDENTITY_WORLD},
 };
 
 use crate::{
@@ -27,6 +28,7 @@ use crate::{
     nat::{self, SnatTarget},
     nodeport,
     parse::{self, Ipv4Hdr, ETH_P_IP},
+    policy,
 };
 
 #[inline(always)]
@@ -58,8 +60,8 @@ pub fn to_netdev(ctx: TcContext) -> i32 {
 }
 
 /// Pod source, destination outside the cluster: not in the native-routing CIDR, not a local
-/// endpoint, and not an ipcache entry with a cluster identity (pods, nodes); the world entry or
-/// no entry at all means outside.
+/// endpoint, and not an ipcache entry with a cluster identity (pods, nodes); the world entry, a
+/// CIDR identity or no entry at all means outside.
 #[inline(always)]
 fn needs_masquerade(ip: &Ipv4Hdr, config: &DatapathConfig) -> bool {
     let (src, dst) = (ip.saddr_be(), ip.daddr_be());
@@ -71,7 +73,12 @@ fn needs_masquerade(ip: &Ipv4Hdr, config: &DatapathConfig) -> bool {
         return false;
     }
     match lookup::ipcache(dst) {
-        Some(info) => info.sec_identity == IDENTITY_WORLD || info.sec_identity == IDENTITY_UNKNOWN,
+        // A CIDR identity (a policy's prefix) is still outside the cluster.
+        Some(info) => {
+            info.sec_identity == IDENTITY_WORLD
+                || info.sec_identity == IDENTITY_UNKNOWN
+                || info.sec_identity & IDENTITY_SCOPE_LOCAL != 0
+        }
         None => true,
     }
 }
@@ -110,7 +117,13 @@ pub fn from_netdev(ctx: TcContext) -> i32 {
         }
     }
     match lookup::endpoint(dst) {
-        Some(ep) if ep.flags & ENDPOINT_F_HOST == 0 => forward::to_local_endpoint(&ctx, &ip, &ep, &config),
+        Some(ep) if ep.flags & ENDPOINT_F_HOST == 0 => {
+            let translated = Ipv4Hdr { daddr: dst.to_ne_bytes(), ..ip };
+            if let Some(verdict) = policy::ingress_from_netdev(&ctx, &ep, &translated) {
+                return verdict;
+            }
+            forward::to_local_endpoint(&ctx, &ip, &ep, &config)
+        }
         _ if dst != ip.daddr_be() => {
             // Not a pod: a remote backend's reply to a NodePort client.
             nodeport::reply_to_client(&ctx, &Ipv4Hdr { daddr: dst.to_ne_bytes(), ..ip }, ifindex)

@@ -6,6 +6,13 @@
 //! may be off (allow); otherwise the peer's identity and identity 0 are both looked up in the LPM
 //! trie, a deny from either wins, any allow allows, and no match is a default deny. Drops are
 //! counted with Cilium's reasons: 181 for an explicit deny, 133 for "nothing allows it".
+//!
+//! Policy is stateful, as in Cilium: a packet that answers a connection conntrack saw opened
+//! (`reply`, from [`crate::conntrack::is_reply`]) skips the lookup in both directions — the
+//! connection was allowed when it was opened. New and established packets of the original
+//! direction are checked every time, so a policy change also cuts connections that are already
+//! open. The caller records the allowed connection ([`crate::conntrack::track_allowed`]) once every
+//! check on its path passed.
 
 use aya_ebpf::maps::lpm_trie::Key;
 use beeline_common::{
@@ -20,8 +27,10 @@ use beeline_common::{
 use aya_ebpf::programs::TcContext;
 
 use crate::{
+    conntrack,
     drop::drop,
     events,
+    lookup,
     maps::{POLICY, POLICY_ENDPOINTS},
     parse::{Ipv4Hdr, ETH_HLEN},
 };
@@ -64,8 +73,14 @@ fn lookup(endpoint_id: u32, identity: u32, egress: u8, protocol: u8, port: u16) 
 }
 
 /// `None` when the packet may pass, otherwise the drop reason.
+///
+/// This is the one place where a policy verdict is known (endpoint, direction, peer identity,
+/// protocol, port, and the verdict below): a policy-verdict event belongs here.
 #[inline(always)]
-fn denied(ctx: &TcContext, ep: &EndpointInfo, egress: u8, peer: u32, ip: &Ipv4Hdr) -> Option<u32> {
+fn denied(ctx: &TcContext, ep: &EndpointInfo, egress: u8, peer: u32, ip: &Ipv4Hdr, reply: bool) -> Option<u32> {
+    if reply {
+        return None;
+    }
     let endpoint_id = u32::from(ep.lxc_id);
     let flag = if egress == DIR_EGRESS { EP_F_EGRESS_ENFORCE } else { EP_F_INGRESS_ENFORCE };
     // SAFETY: the value is copied out at once.
@@ -85,14 +100,32 @@ fn denied(ctx: &TcContext, ep: &EndpointInfo, egress: u8, peer: u32, ip: &Ipv4Hd
 }
 
 /// Egress policy of `src` towards a destination of identity `dst_identity`: `Some(verdict)` when
-/// the packet was dropped.
+/// the packet was dropped. `reply`: the packet answers a tracked connection.
 #[inline(always)]
-pub fn egress(ctx: &TcContext, src: &EndpointInfo, ip: &Ipv4Hdr, dst_identity: u32) -> Option<i32> {
-    denied(ctx, src, DIR_EGRESS, dst_identity, ip).map(|reason| drop(ctx, reason))
+pub fn egress(ctx: &TcContext, src: &EndpointInfo, ip: &Ipv4Hdr, dst_identity: u32, reply: bool) -> Option<i32> {
+    denied(ctx, src, DIR_EGRESS, dst_identity, ip, reply).map(|reason| drop(ctx, reason))
 }
 
 /// Ingress policy of local endpoint `dst` for a packet from identity `src_identity`.
 #[inline(always)]
-pub fn ingress(ctx: &TcContext, dst: &EndpointInfo, ip: &Ipv4Hdr, src_identity: u32) -> Option<i32> {
-    denied(ctx, dst, DIR_INGRESS, src_identity, ip).map(|reason| drop(ctx, reason))
+pub fn ingress(ctx: &TcContext, dst: &EndpointInfo, ip: &Ipv4Hdr, src_identity: u32, reply: bool) -> Option<i32> {
+    denied(ctx, dst, DIR_INGRESS, src_identity, ip, reply).map(|reason| drop(ctx, reason))
+}
+
+/// Ingress policy for a packet the uplink delivers to local endpoint `dst`: from a pod on another
+/// node in native routing, or from outside (replies after reverse masquerading). `ip` carries the
+/// destination as translated. No tunnel carries the sender's identity here, so it comes from the
+/// ipcache (`world` when unknown), as in Cilium's `from-netdev` path. Records an allowed new
+/// connection; `Some(verdict)` when the packet was dropped.
+#[inline(always)]
+pub fn ingress_from_netdev(ctx: &TcContext, dst: &EndpointInfo, ip: &Ipv4Hdr) -> Option<i32> {
+    let reply = conntrack::is_reply(ctx, ip);
+    let src_identity = lookup::identity(ip.saddr_be(), None);
+    if let Some(verdict) = ingress(ctx, dst, ip, src_identity, reply) {
+        return Some(verdict);
+    }
+    if !reply {
+        conntrack::track_allowed(ctx, ip);
+    }
+    None
 }

@@ -77,7 +77,9 @@ async fn register(
             map_endpoint_error(e)
         })?;
     if let Some(kube) = &s.endpoint_kube {
-        kube.publish(&endpoint).await;
+        let key = (endpoint.spec.namespace.clone(), endpoint.spec.pod.clone());
+        let policy = s.policy.lock().unwrap().enforcing.get(&key).map(|e| e.to_status());
+        kube.publish(&endpoint, policy).await;
     }
     Ok(Json(endpoint))
 }

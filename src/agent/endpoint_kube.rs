@@ -18,7 +18,9 @@ use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::Client;
 
 use super::endpoint_core::Endpoint;
-use crate::crds::cilium_endpoint::{AddressPair, CiliumEndpoint, EndpointIdentity, EndpointNetworking, EndpointStatus};
+use crate::crds::cilium_endpoint::{
+    AddressPair, CiliumEndpoint, EndpointIdentity, EndpointNetworking, EndpointPolicy, EndpointStatus,
+};
 use crate::crds::CiliumIdentity;
 use crate::policy::identity::{
     keys, pod_labels, security_label_map, Label, LabelSet, NumericIdentity, PodIdentitySource,
@@ -38,8 +40,14 @@ pub fn next_free_identity(used: &BTreeSet<u32>) -> u32 {
 }
 
 /// The `CiliumEndpoint` of `endpoint`: named after the pod, owned by it, with the endpoint ID,
-/// identity, addresses, node IP and state.
-pub fn cilium_endpoint(endpoint: &Endpoint, pod_uid: &str, node_ip: Option<IpAddr>) -> CiliumEndpoint {
+/// identity, addresses, node IP and state, and the policy enforcement the policy controller last
+/// computed for it (`None` before its first pass over the endpoint).
+pub fn cilium_endpoint(
+    endpoint: &Endpoint,
+    pod_uid: &str,
+    node_ip: Option<IpAddr>,
+    policy: Option<EndpointPolicy>,
+) -> CiliumEndpoint {
     let addressing = endpoint
         .spec
         .ips
@@ -72,6 +80,7 @@ pub fn cilium_endpoint(endpoint: &Endpoint, pod_uid: &str, node_ip: Option<IpAdd
             }),
             networking: Some(EndpointNetworking { addressing, node: node_ip.map(|ip| ip.to_string()) }),
             state: Some(endpoint.state.clone()),
+            policy,
             ..Default::default()
         }),
     }
@@ -192,15 +201,16 @@ impl EndpointKube {
     }
 
     /// Creates or replaces the endpoint's `CiliumEndpoint`. Failures are logged: the endpoint
-    /// works without it (other nodes learn it later).
+    /// works without it (other nodes learn it later). `policy`: the policy controller's latest
+    /// enforcement for it, so a replace never drops what the controller wrote.
     #[tracing::instrument(level = "info", skip_all, fields(pod = %format!("{}/{}", endpoint.spec.namespace, endpoint.spec.pod)))]
-    pub async fn publish(&self, endpoint: &Endpoint) {
+    pub async fn publish(&self, endpoint: &Endpoint, policy: Option<EndpointPolicy>) {
         let Some(pod) = self.pod(&endpoint.spec.namespace, &endpoint.spec.pod).await else {
             tracing::info!("no Pod object: no CiliumEndpoint published");
             return;
         };
         let uid = pod.metadata.uid.unwrap_or_default();
-        let mut cep = cilium_endpoint(endpoint, &uid, self.node_ip().await);
+        let mut cep = cilium_endpoint(endpoint, &uid, self.node_ip().await, policy);
         let api: Api<CiliumEndpoint> = Api::namespaced(self.client.clone(), &endpoint.spec.namespace);
         let result = match api.create(&PostParams::default(), &cep).await {
             Err(kube::Error::Api(s)) if s.code == 409 => match api.get(&endpoint.spec.pod).await {

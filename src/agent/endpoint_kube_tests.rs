@@ -55,7 +55,7 @@ fn cilium_endpoint_is_owned_by_the_pod_and_carries_id_identity_addresses_and_nod
         identity_labels: vec!["k8s:app=web".into()],
         state: STATE_READY.into(),
     };
-    let cep = cilium_endpoint(&endpoint, "uid-1", Some("192.168.1.10".parse().unwrap()));
+    let cep = cilium_endpoint(&endpoint, "uid-1", Some("192.168.1.10".parse().unwrap()), None);
     let json = serde_json::to_value(&cep).unwrap();
     assert_eq!(json["apiVersion"], "cilium.io/v2");
     assert_eq!(json["kind"], "CiliumEndpoint");
@@ -73,5 +73,12 @@ fn cilium_endpoint_is_owned_by_the_pod_and_carries_id_identity_addresses_and_nod
             "networking": {"addressing": [{"ipv4": "10.0.1.5"}, {"ipv6": "fd00::5"}], "node": "192.168.1.10"},
             "state": "ready"
         })
+    );
+    // With the policy controller's enforcement: Cilium's `status.policy` shape.
+    let cep = cilium_endpoint(&endpoint, "uid-1", None, Some(EndpointPolicy::enforcing(true, false)));
+    let json = serde_json::to_value(&cep).unwrap();
+    assert_eq!(
+        json["status"]["policy"],
+        serde_json::json!({"ingress": {"enforcing": true}, "egress": {"enforcing": false}})
     );
 }

@@ -135,7 +135,7 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
     let owners = maps::Owners::register(&manager);
     let pin_dir = config.pin_dir();
     lb::start(&config, &manager, owners.services, &pin_dir, &node_name, client.clone(), &mut runner)?;
-    remote::start(
+    let ipcache = remote::start(
         &config,
         &manager,
         owners.remote_nodes,
@@ -152,6 +152,7 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
         owners.policy,
         &pin_dir,
         local_endpoints,
+        ipcache,
         policy_view,
         client.clone(),
         &mut runner,

@@ -11,9 +11,9 @@ use crate::controllers::agent::policy_state::PolicyState;
 use crate::controllers::agent::policy_watch::{self, PolicyController, PolicyTables, SharedPolicyView};
 use crate::datapath::manager::backend::BackendError;
 use crate::datapath::manager::kernel::{KernelLpmMap, KernelMap};
-use crate::datapath::manager::maps::{PolicyEndpoints, PolicyMap, POLICY_GROUP};
+use crate::datapath::manager::maps::{Ipcache, PolicyEndpoints, PolicyMap, POLICY_GROUP};
 use crate::datapath::manager::writer::WriterOptions;
-use crate::datapath::manager::{MapManager, Owner};
+use crate::datapath::manager::{MapManager, Owner, TableHandle};
 use crate::policy::{CompilerConfig, ParseContext};
 use crate::runtime::runner::Runner;
 
@@ -21,7 +21,8 @@ use crate::runtime::runner::Runner;
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// Opens (or creates) the policy maps under `pin_dir` and adds the writer and the policy
-/// controller (row owner `owner`) to `runner`. `view` is what the agent API serves.
+/// controller (row owner `owner`) to `runner`. `view` is what the agent API serves; `ipcache` is
+/// the remote group's ipcache table, where the controller adds its CIDR identities.
 #[allow(clippy::too_many_arguments)]
 pub fn start(
     config: &Config,
@@ -29,6 +30,7 @@ pub fn start(
     owner: Owner,
     pin_dir: &Path,
     endpoints: LocalEndpointsRx,
+    ipcache: TableHandle<Ipcache>,
     view: SharedPolicyView,
     client: kube::Client,
     runner: &mut Runner,
@@ -39,11 +41,12 @@ pub fn start(
     let tables = PolicyTables {
         entries: group.add::<PolicyMap>(KernelLpmMap::open_or_create::<PolicyMap>(pin_dir)?)?,
         endpoints: group.add::<PolicyEndpoints>(KernelMap::open_or_create::<PolicyEndpoints>(pin_dir)?)?,
+        ipcache,
     };
     let writer = group.build();
     let parse = ParseContext { cluster_name: config.cluster_name.clone() };
     let ctl = PolicyController {
-        state: PolicyState::new(CompilerConfig::default(), parse),
+        state: PolicyState::new(CompilerConfig { mode: config.enable_policy, ..CompilerConfig::default() }, parse),
         owner,
         tables,
         view,

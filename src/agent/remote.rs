@@ -13,7 +13,7 @@ use crate::datapath::manager::backend::BackendError;
 use crate::datapath::manager::kernel::{KernelLpmMap, KernelMap};
 use crate::datapath::manager::maps::{Ipcache, TunnelMap, REMOTE_GROUP};
 use crate::datapath::manager::writer::WriterOptions;
-use crate::datapath::manager::{MapManager, Owner};
+use crate::datapath::manager::{MapManager, Owner, TableHandle};
 use crate::datapath::routes::IpRouteTable;
 use crate::runtime::health::Telemetry;
 use crate::runtime::runner::Runner;
@@ -34,7 +34,7 @@ pub fn start(
     client: kube::Client,
     telemetry: &Telemetry,
     runner: &mut Runner,
-) -> Result<(), BackendError> {
+) -> Result<TableHandle<Ipcache>, BackendError> {
     let (name, order) = REMOTE_GROUP;
     let mut group = manager.group(name, order);
     // Tunnel rows before the ipcache rows that send traffic into the tunnel.
@@ -48,6 +48,7 @@ pub fn start(
     let metrics = RemoteMetrics::default();
     metrics.register(&mut telemetry.registry.write().expect("registry lock"));
     let nodes = RemoteNodesSync::new(nodes_owner, tables.clone(), cfg, Box::new(IpRouteTable), metrics);
+    let ipcache = tables.ipcache.clone();
     let endpoints = RemoteEndpointsSync::new(endpoints_owner, tables.ipcache);
 
     let token = runner.shutdown_token();
@@ -60,5 +61,5 @@ pub fn start(
     runner.spawn("remote-nodes", async move { Ok(controller.await?) });
     let controller = remote::run_endpoints(client, node_name.to_string(), endpoints, DEBOUNCE, token);
     runner.spawn("remote-endpoints", async move { Ok(controller.await?) });
-    Ok(())
+    Ok(ipcache)
 }

@@ -100,6 +100,14 @@ pub struct EndpointPolicy {
     pub egress: Option<EndpointPolicyDirection>,
 }
 
+impl EndpointPolicy {
+    /// `status.policy` as the agent writes it: whether each direction is enforced.
+    pub fn enforcing(ingress: bool, egress: bool) -> Self {
+        let direction = |enforcing| Some(EndpointPolicyDirection { enforcing, ..Default::default() });
+        EndpointPolicy { ingress: direction(ingress), egress: direction(egress) }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct EndpointPolicyDirection {
     pub enforcing: bool,

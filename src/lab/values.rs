@@ -64,6 +64,7 @@ const MAPPINGS: &[(&str, &str, Shape)] = &[
     ("loadBalancer.algorithm", "bpf-lb-algorithm", Shape::Scalar),
     ("nodePort.range", "node-port-range", Shape::Scalar),
     ("MTU", "mtu", Shape::Scalar),
+    ("policyEnforcementMode", "enable-policy", Shape::Scalar),
 ];
 
 /// Chart settings that have no meaning in the lab (images, Hubble, scheduling of the pods); the
@@ -351,6 +352,7 @@ mod tests {
             ("ipam:\n  operator:\n    clusterPoolIPv4PodCIDRList: 10.1.0.0/16,10.2.0.0/16\n", &[("cluster-pool-ipv4-cidr", "10.1.0.0/16 10.2.0.0/16")]),
             // `~` keeps the default.
             ("routingMode: ~\nMTU: 1450\n", &[("mtu", "1450")]),
+            ("policyEnforcementMode: always\n", &[("enable-policy", "always")]),
             ("kubeProxyReplacement: \"false\"\nloadBalancer:\n  algorithm: maglev\nnodePort:\n  range: \"30000,31000\"\n", &[
                 ("kube-proxy-replacement", "false"),
                 ("bpf-lb-algorithm", "maglev"),

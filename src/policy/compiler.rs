@@ -13,7 +13,8 @@ use super::selector::{LabelMatcher, PeerSelector, Requirement};
 use super::selector_cache::{SelectorCache, SelectorChanges};
 
 /// `enable-policy`: when endpoints enforce policy.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum EnforcementMode {
     /// A direction is enforced once a rule selecting the endpoint has rules in that direction.
     #[default]

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use beeline_common::ipcache::{IpcacheKey, RemoteEndpointInfo};
 use beeline_common::policy::{
     PolicyEndpointConfig, PolicyEndpointKey, PolicyEntry, PolicyKey as BpfPolicyKey, DIR_EGRESS, DIR_INGRESS,
     EP_F_EGRESS_ENFORCE, EP_F_INGRESS_ENFORCE,
@@ -58,6 +59,24 @@ pub struct PassOutput {
     pub recompiled: BTreeSet<u16>,
     /// CNP and CCNP conditions (Kubernetes NetworkPolicies have no status to write).
     pub validity: BTreeMap<PolicySource, Validity>,
+    /// The IPv4 prefixes of the node-local CIDR identities, for the ipcache: the datapath learns a
+    /// destination's CIDR identity there, as in Cilium (without them a CIDR rule never matches).
+    pub ipcache: BTreeMap<IpcacheKey, RemoteEndpointInfo>,
+    /// Each endpoint's enforcement by (namespace, pod), for its CiliumEndpoint's `status.policy`.
+    pub endpoint_status: BTreeMap<(String, String), Enforcing>,
+}
+
+/// Whether an endpoint enforces each direction (CiliumEndpoint `status.policy.{ingress,egress}.enforcing`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Enforcing {
+    pub ingress: bool,
+    pub egress: bool,
+}
+
+impl Enforcing {
+    pub fn to_status(self) -> crate::crds::cilium_endpoint::EndpointPolicy {
+        crate::crds::cilium_endpoint::EndpointPolicy::enforcing(self.ingress, self.egress)
+    }
 }
 
 #[derive(Debug)]
@@ -127,7 +146,12 @@ impl PolicyState {
                 flags |= EP_F_EGRESS_ENFORCE;
             }
             out.enforcement.insert(PolicyEndpointKey { endpoint_id: u32::from(*id) }, PolicyEndpointConfig { flags });
+            if let Some(ep) = self.endpoints.get(id).filter(|ep| !ep.pod.is_empty()) {
+                let enforcing = Enforcing { ingress: policy.ingress_enforcing, egress: policy.egress_enforcing };
+                out.endpoint_status.insert((ep.namespace.clone(), ep.pod.clone()), enforcing);
+            }
         }
+        out.ipcache = cidr_ipcache_rows(self.cidr_ids.values());
         out
     }
 
@@ -318,6 +342,21 @@ pub fn endpoint_rows(endpoint_id: u32, policy: &EndpointPolicy) -> Vec<(BpfPolic
                 BpfPolicyKey::l4(endpoint_id, k.identity.0, dir, k.protocol, k.port, k.port_prefix_len)
             };
             (key, if v.deny { PolicyEntry::DENY } else { PolicyEntry::ALLOW })
+        })
+        .collect()
+}
+
+/// Ipcache rows for CIDR identities: each IPv4 prefix → its identity (no tunnel endpoint: a CIDR is
+/// outside the cluster). IPv6 prefixes wait for the IPv6 datapath.
+fn cidr_ipcache_rows<'a>(identities: impl Iterator<Item = &'a Identity>) -> BTreeMap<IpcacheKey, RemoteEndpointInfo> {
+    identities
+        .flat_map(|identity| identity.cidrs.iter().map(move |net| (identity.id, net)))
+        .filter_map(|(id, net)| match net {
+            ipnet::IpNet::V4(v4) => Some((
+                IpcacheKey::ipv4(u32::from(v4.network()).to_be(), u32::from(v4.prefix_len())),
+                RemoteEndpointInfo { sec_identity: id.0, ..Default::default() },
+            )),
+            ipnet::IpNet::V6(_) => None,
         })
         .collect()
 }

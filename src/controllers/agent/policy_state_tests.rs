@@ -158,3 +158,49 @@ fn enforcement_modes_and_validity() {
     assert!(!v("bad").valid && v("bad").message.contains("10.0.0.0/33"), "{:?}", v("bad"));
     assert_eq!(flags(&out), vec![1, 0], "the rejected egress policy enforces nothing");
 }
+
+#[test]
+fn cidr_prefixes_reach_the_ipcache_and_endpoints_report_their_enforcement() {
+    let mut world = World {
+        cnps: vec![cnp(
+            "egress",
+            json!({
+                "endpointSelector": {"matchLabels": {"app": "client"}},
+                "egress": [{"toCIDRSet": [{"cidr": "172.18.0.0/16", "except": ["172.18.255.254/32"]}]},
+                           {"toCIDR": ["192.0.2.7/32"]}],
+            }),
+        )],
+        identities: vec![],
+        endpoints: BTreeMap::from([endpoint(1, 1000, "client"), endpoint(2, 1001, "nginx")]),
+    };
+    let mut state = PolicyState::new(CompilerConfig::default(), ParseContext::default());
+    let out = world.pass(&mut state);
+    let rows: BTreeMap<String, u32> = out
+        .ipcache
+        .iter()
+        .map(|(k, v)| {
+            let ip = std::net::Ipv4Addr::from(u32::from_be(k.data.ip4));
+            (format!("{ip}/{}", k.prefixlen - 32), v.sec_identity)
+        })
+        .collect();
+    // The allowed prefixes get node-local identities; the except is carved out of the /16, so the
+    // excepted address resolves to no CIDR identity (world) while its neighbours do.
+    let covers = |addr: &str| {
+        let addr: std::net::Ipv4Addr = addr.parse().unwrap();
+        rows.keys().any(|p| p.parse::<ipnet::Ipv4Net>().unwrap().contains(&addr))
+    };
+    assert!(covers("172.18.0.1") && covers("172.18.255.253") && covers("172.18.255.255"), "{rows:?}");
+    assert!(!covers("172.18.255.254"), "{rows:?}");
+    assert!(rows.contains_key("192.0.2.7/32"), "{rows:?}");
+    assert!(rows.values().all(|id| NumericIdentity(*id).is_local()), "{rows:?}");
+    assert!(out.ipcache.values().all(|v| v.tunnel_endpoint == 0));
+    let status = |out: &PassOutput, pod: &str| out.endpoint_status[&("default".to_string(), pod.to_string())];
+    assert_eq!(status(&out, "client-1"), Enforcing { ingress: false, egress: true });
+    assert_eq!(status(&out, "nginx-2"), Enforcing { ingress: false, egress: false });
+
+    // The policy gone, its prefixes leave the ipcache and the client stops enforcing.
+    world.cnps.clear();
+    let out = world.pass(&mut state);
+    assert!(out.ipcache.is_empty());
+    assert_eq!(status(&out, "client-1"), Enforcing::default());
+}

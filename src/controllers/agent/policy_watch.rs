@@ -19,11 +19,12 @@ use kube::Client;
 use tokio_util::sync::CancellationToken;
 
 use super::local_endpoints::LocalEndpointsRx;
-use super::policy_state::{PolicyInputs, PolicyState, Validity};
+use super::policy_state::{Enforcing, PolicyInputs, PolicyState, Validity};
 use crate::controllers::watch::{snapshot, WatchError, Watches};
+use crate::crds::cilium_endpoint::CiliumEndpoint;
 use crate::crds::cilium_network_policy::{PolicyStatus, CONDITION_VALID};
 use crate::crds::{CiliumClusterwideNetworkPolicy, CiliumIdentity, CiliumNetworkPolicy};
-use crate::datapath::manager::maps::{PolicyEndpoints, PolicyMap};
+use crate::datapath::manager::maps::{Ipcache, PolicyEndpoints, PolicyMap};
 use crate::datapath::manager::{Owner, TableHandle};
 use crate::policy::PolicySource;
 
@@ -32,6 +33,8 @@ use crate::policy::PolicySource;
 pub struct PolicyTables {
     pub entries: TableHandle<PolicyMap>,
     pub endpoints: TableHandle<PolicyEndpoints>,
+    /// The ipcache (the remote group's table): the policy owner's rows are the CIDR identities.
+    pub ipcache: TableHandle<Ipcache>,
 }
 
 /// What the CLI reads through the agent API: the last pass's endpoints, selectors and policies.
@@ -40,6 +43,8 @@ pub struct PolicyView {
     pub endpoints: serde_json::Value,
     pub selectors: serde_json::Value,
     pub policies: serde_json::Value,
+    /// Each local endpoint's enforcement by (namespace, pod): what its CiliumEndpoint shows.
+    pub enforcing: BTreeMap<(String, String), Enforcing>,
 }
 
 pub type SharedPolicyView = Arc<Mutex<PolicyView>>;
@@ -70,6 +75,9 @@ pub async fn run(
     let knps = watches.add("NetworkPolicy", Api::<NetworkPolicy>::all(client.clone()), all());
     let namespaces = watches.add("Namespace", Api::<Namespace>::all(client.clone()), all());
     let identities = watches.add("CiliumIdentity", Api::<CiliumIdentity>::all(client.clone()), all());
+    // Read to compare each endpoint's `status.policy` before writing it (and to write it again when
+    // the endpoint API (re)creates the object).
+    let ceps = watches.add("CiliumEndpoint", Api::<CiliumEndpoint>::all(client.clone()), all());
     // The endpoint manager publishes once it knows its endpoints (after a restart: restored ones),
     // so the first pass never prunes the rows of endpoints that are still there.
     watches.add_channel("LocalEndpoints", endpoints.clone());
@@ -91,6 +99,7 @@ pub async fn run(
             let out = ctl.state.pass(&inputs);
             ctl.tables.entries.replace_owner(&ctl.owner, out.rows.iter().map(|(k, v)| (*k, *v)));
             ctl.tables.endpoints.replace_owner(&ctl.owner, out.enforcement.iter().map(|(k, v)| (*k, *v)));
+            ctl.tables.ipcache.replace_owner(&ctl.owner, out.ipcache.iter().map(|(k, v)| (*k, *v)));
             if passes == 0 {
                 ctl.owner.initial_pass_done();
             }
@@ -100,11 +109,14 @@ pub async fn run(
                 endpoints: ctl.state.endpoints_json(),
                 selectors: ctl.state.selectors_json(),
                 policies: ctl.state.policies_json(),
+                enforcing: out.endpoint_status.clone(),
             };
             drop(span);
+            let changed = endpoint_status_changes(&snapshot(&ceps), out.endpoint_status);
             let (client, validity) = (client.clone(), out.validity);
             async move {
                 write_conditions(&client, &cnps, &ccnps, &validity).await;
+                write_endpoint_status(&client, changed).await;
                 None
             }
         })
@@ -166,6 +178,43 @@ async fn write_conditions(
             let cond = condition(v, current.as_ref(), ccnp.metadata.generation);
             let api: Api<CiliumClusterwideNetworkPolicy> = Api::all(client.clone());
             patch_condition(&api, name, cond, &source).await;
+        }
+    }
+}
+
+/// The local endpoints whose CiliumEndpoint exists and shows another `status.policy` than `desired`
+/// (compare before write). A CiliumEndpoint not created yet is left out: its creation is a watch
+/// event, and the pass it triggers writes it.
+fn endpoint_status_changes(
+    ceps: &[CiliumEndpoint],
+    desired: BTreeMap<(String, String), Enforcing>,
+) -> Vec<((String, String), Enforcing)> {
+    let current: BTreeMap<(String, String), Option<_>> = ceps
+        .iter()
+        .map(|c| {
+            let key = (c.metadata.namespace.clone().unwrap_or_default(), c.metadata.name.clone().unwrap_or_default());
+            (key, c.status.as_ref().and_then(|s| s.policy.clone()))
+        })
+        .collect();
+    desired
+        .into_iter()
+        .filter(|(key, e)| matches!(current.get(key), Some(policy) if policy.as_ref() != Some(&e.to_status())))
+        .collect()
+}
+
+/// Merges `status.policy` into each changed endpoint's CiliumEndpoint (Cilium's CRD has no status
+/// subresource: the object itself is patched). A missing CiliumEndpoint is not an error: the
+/// endpoint API creates it with the enforcement already in it.
+async fn write_endpoint_status(client: &Client, changed: Vec<((String, String), Enforcing)>) {
+    for ((namespace, pod), enforcing) in changed {
+        let api: Api<CiliumEndpoint> = Api::namespaced(client.clone(), &namespace);
+        let patch = serde_json::json!({ "status": { "policy": enforcing.to_status() } });
+        match api.patch(&pod, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                tracing::warn!(endpoint = %format!("{namespace}/{pod}"), error = %e, "cannot write the CiliumEndpoint's policy status")
+            }
         }
     }
 }

@@ -108,6 +108,7 @@ async fn policies_identities_and_endpoints_become_policy_rows_and_conditions() {
     let tables = PolicyTables {
         entries: group.add::<PolicyMap>(kernel.map(PolicyMap::NAME)).unwrap(),
         endpoints: group.add::<PolicyEndpoints>(kernel.map(PolicyEndpoints::NAME)).unwrap(),
+        ipcache: group.add::<Ipcache>(kernel.map(Ipcache::NAME)).unwrap(),
     };
     let token = CancellationToken::new();
     let _stop = token.clone().drop_guard();
@@ -146,12 +147,27 @@ async fn policies_identities_and_endpoints_become_policy_rows_and_conditions() {
     assert!(rows(&kernel).is_empty(), "no policy, no rows");
     assert_eq!(enforcement(&kernel), BTreeMap::from([(11, 0), (12, 0), (13, 0)]), "nobody enforces");
 
+    // nginx's CiliumEndpoint as the endpoint API published it (no policy status yet).
+    let ceps: Api<CiliumEndpoint> = Api::namespaced(client.clone(), "default");
+    let nginx_cep = CiliumEndpoint::new("default", "nginx-11", Default::default());
+    ceps.create(&PostParams::default(), &nginx_cep).await.unwrap();
+    let cep_policy = |want: (bool, bool)| {
+        let ceps = ceps.clone();
+        async move {
+            let status = ceps.get("nginx-11").await.ok().and_then(|c| c.status).and_then(|s| s.policy);
+            status == Some(crate::crds::cilium_endpoint::EndpointPolicy::enforcing(want.0, want.1))
+        }
+    };
+
     // The walkthrough: nginx enforces ingress; the host and default/netshoot-client on TCP 80 only
     // (not the client of namespace `other`: a CNP's selectors are in its namespace).
     let cnps: Api<CiliumNetworkPolicy> = Api::namespaced(client.clone(), "default");
     cnps.create(&PostParams::default(), &walkthrough(json!({"port": "80", "protocol": "TCP"}))).await.unwrap();
     wait_rows(&kernel, set(&["11 ingress 1 any allow", "11 ingress 1001 6/80/16 allow"]), "walkthrough rows").await;
     assert_eq!(enforcement(&kernel), BTreeMap::from([(11, 1), (12, 0), (13, 0)]));
+    eventually("nginx's CiliumEndpoint reports ingress enforcement", 100, || cep_policy((true, false))).await;
+    let key = ("default".to_string(), "nginx-11".to_string());
+    assert_eq!(view.lock().unwrap().enforcing[&key], Enforcing { ingress: true, egress: false });
     eventually("Valid=True", 100, || async {
         valid_condition(&cnps, "allow-client").await == Some(("True".into(), "Policy validation succeeded".into()))
     })
