@@ -104,6 +104,7 @@ async fn tenants_get_their_own_pools_and_the_node_grows_and_shrinks_with_demand(
         )),
         endpoint_kube: None,
         multi_pool: Some(MultiPoolHandle { ipam: ipam.clone(), client: client.clone() }),
+        crd: None,
         policy: Default::default(),
     });
     tokio::spawn(api::serve(&socket, state, token.clone()).unwrap());
