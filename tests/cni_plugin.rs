@@ -76,6 +76,7 @@ async fn fixture() -> Fixture {
         endpoints: endpoints.clone(),
         endpoint_kube: None,
         multi_pool: None,
+        crd: None,
     });
     let token = CancellationToken::new();
     tokio::spawn(api::serve(&socket, state, token.clone()).unwrap());

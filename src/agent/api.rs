@@ -90,6 +90,8 @@ pub struct ApiState {
     pub endpoint_kube: Option<Arc<super::endpoint_kube::EndpointKube>>,
     /// Set in `ipam: multi-pool`: `/v1/ipam` allocates from the pod's pool instead of `ipam`.
     pub multi_pool: Option<crate::controllers::agent::multi_pool::MultiPoolHandle>,
+    /// Set in `ipam: crd`: `/v1/ipam` hands out the addresses listed in `CiliumNode.spec.ipam.pool`.
+    pub crd: Option<Arc<crate::controllers::agent::crd_ipam::CrdIpam>>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {

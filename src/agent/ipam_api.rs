@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use crate::controllers::agent::ipam_state::{AllocatedIp, IpamListing, NodeIpamError};
 use crate::controllers::agent::multi_pool::AllocateError;
+use crate::controllers::agent::pod_ipam::PodIpam;
 use crate::ipam::{Family, IpamError, Owner};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,9 +86,10 @@ async fn allocate(State(s): State<Arc<ApiState>>, Json(req): Json<AllocateReques
     }
     let owner = Owner::endpoint(&req.namespace, &req.pod, &req.container_id, &req.ifname);
     let span = tracing::info_span!("ipam_allocate", pod = %format!("{}/{}", req.namespace, req.pod), container = %req.container_id);
-    let result = match &s.multi_pool {
-        Some(mp) => mp.allocate(&owner, &req.namespace, &req.pod, req.family).instrument(span.clone()).await,
-        None => s.ipam.allocate(&owner, req.family).map_err(AllocateError::from),
+    let result = match (&s.multi_pool, &s.crd) {
+        (Some(mp), _) => mp.allocate(&owner, &req.namespace, &req.pod, req.family).instrument(span.clone()).await,
+        (None, Some(crd)) => crd.allocate(&owner, req.family).map_err(AllocateError::from),
+        (None, None) => s.ipam.allocate(&owner, req.family).map_err(AllocateError::from),
     };
     let _enter = span.enter();
     match result {
@@ -136,6 +138,9 @@ async fn release(
     if let Some(mp) = &s.multi_pool {
         released.extend(mp.ipam.release(&container_id, &ifname).map_err(map_error)?);
     }
+    if let Some(crd) = &s.crd {
+        released.extend(PodIpam::release(&**crd, &container_id, &ifname).map_err(map_error)?);
+    }
     if !released.is_empty() {
         tracing::info!(%container_id, %ifname, ?released, "released");
     }
@@ -148,9 +153,10 @@ async fn list(State(s): State<Arc<ApiState>>) -> Json<IpamListing> {
 
 /// The listing of whichever allocator serves this node.
 pub fn listing_of(s: &ApiState) -> IpamListing {
-    match &s.multi_pool {
-        Some(mp) => mp.ipam.listing(),
-        None => s.ipam.listing(),
+    match (&s.multi_pool, &s.crd) {
+        (Some(mp), _) => mp.ipam.listing(),
+        (None, Some(crd)) => PodIpam::listing(&**crd),
+        (None, None) => s.ipam.listing(),
     }
 }
 

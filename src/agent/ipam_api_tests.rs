@@ -43,6 +43,7 @@ pub(crate) fn serve_test_agent() -> TestAgent {
         )),
         endpoint_kube: None,
         multi_pool: None,
+        crd: None,
     });
     let token = CancellationToken::new();
     let server = api::serve(&socket, state, token.clone()).unwrap();

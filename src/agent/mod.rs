@@ -20,7 +20,7 @@ use std::sync::Arc;
 use futures::TryFutureExt;
 use std::time::Duration;
 
-use crate::controllers::agent::{ipam_state::NodeIpam, multi_pool, node_ipam, pod_ipam::PodIpam};
+use crate::controllers::agent::{crd_ipam, ipam_state::NodeIpam, multi_pool, node_ipam, pod_ipam::PodIpam};
 
 use crate::runtime::{args::ConfigArgs, connectivity, health, kubeclient, runner::Runner, shutdown};
 
@@ -61,11 +61,13 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
     let families = families.into_iter().filter_map(|(on, f)| on.then_some(f)).collect();
     let ipam = Arc::new(NodeIpam::new(families, &config.state_dir));
     let multi_pool = multi_pool::start(&config, &client, &node_name, &mut runner, token.clone());
+    let crd = crd_ipam::start(&config, &client, &node_name, &mut runner, token.clone());
     // The allocator that serves pods in this mode: the conflist, the router IP (datapath and
     // CiliumInternalIP), the health IP and the endpoints' addresses all come from it.
-    let pod_ipam: Arc<dyn PodIpam> = match &multi_pool {
-        Some(mp) => mp.ipam.clone(),
-        None => ipam.clone(),
+    let pod_ipam: Arc<dyn PodIpam> = match (&multi_pool, &crd) {
+        (Some(mp), _) => mp.ipam.clone(),
+        (None, Some(crd)) => crd.clone(),
+        (None, None) => ipam.clone(),
     };
     let node_ipam = node_ipam::run(
         client.clone(),
@@ -115,6 +117,7 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
             &config.cluster_name,
         ))),
         multi_pool,
+        crd,
         policy: policy_view.clone(),
     });
     let api = api::serve(&config.agent_socket_path, api_state, token.clone())?;

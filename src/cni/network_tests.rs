@@ -114,3 +114,23 @@ fn verify_pod_reports_each_missing_piece() {
         }
     }
 }
+
+#[test]
+fn dual_stack_add_result_lists_both_families_on_the_pod_interface() {
+    let n = net(&[("10.0.1.5", "10.0.1.1"), ("fd00:10:244:1::5", "fd00:10:244:1::1")]);
+    let host = LinkInfo { ifindex: 12, ifname: n.host_ifname.clone(), address: "aa:aa:aa:aa:aa:01".into(), mtu: 1500 };
+    let pod = LinkInfo { ifindex: 2, ifname: "eth0".into(), address: "bb:bb:bb:bb:bb:02".into(), mtu: 1500 };
+    let result = add_result(&n, &host, &pod, Path::new("/var/run/netns/p1"));
+    let json = serde_json::to_value(result.for_version(super::super::types::SpecVersion(1, 1, 0))).unwrap();
+    assert_eq!(
+        (&json["ips"], &json["routes"]),
+        (
+            &serde_json::json!([
+                {"address": "10.0.1.5/32", "gateway": "10.0.1.1", "interface": 1},
+                {"address": "fd00:10:244:1::5/128", "gateway": "fd00:10:244:1::1", "interface": 1}
+            ]),
+            &serde_json::json!([{"dst": "0.0.0.0/0", "gw": "10.0.1.1"}, {"dst": "::/0", "gw": "fd00:10:244:1::1"}])
+        )
+    );
+    result.validate().unwrap();
+}

@@ -1,5 +1,6 @@
 //! The agent's reconcilers.
 
+pub mod crd_ipam;
 pub mod ipam_state;
 pub mod local_endpoints;
 pub mod multi_pool;

@@ -104,6 +104,7 @@ async fn tenants_get_their_own_pools_and_the_node_grows_and_shrinks_with_demand(
         )),
         endpoint_kube: None,
         multi_pool: Some(MultiPoolHandle { ipam: ipam.clone(), client: client.clone() }),
+        crd: None,
         policy: Default::default(),
     });
     tokio::spawn(api::serve(&socket, state, token.clone()).unwrap());
@@ -211,4 +212,39 @@ fn a_saved_address_released_before_its_cidr_returns_is_forgotten() {
     second.sync_allocated(&node);
     assert!(second.attachment_ips("c-a", "eth0").is_empty());
     assert_eq!(second.used().0.len(), 2, "router and health only");
+}
+
+#[test]
+fn dual_stack_pods_get_one_address_per_family_from_their_pools_and_keep_both_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let both = vec![Family::V4, Family::V6];
+    let node = pools(&[
+        ("default", &["10.0.0.0/27", "fd00:10::/120"]),
+        ("tenant-a", &["10.10.0.0/27", "fd00:a::/120"]),
+        ("tenant-b", &["fd00:b::/120"]),
+    ]);
+    let first = MultiPoolIpam::new(both.clone(), 8, dir.path());
+    first.sync_allocated(&node);
+    let routers = [first.addr_of(Family::V4, &Owner::Router), first.addr_of(Family::V6, &Owner::Router)];
+    assert!(routers.iter().all(Option::is_some), "a router address per family in default: {routers:?}");
+    // IPv4 from tenant-a, IPv6 from tenant-b (ipv4-pool / ipv6-pool annotations choose per family).
+    let choice: BTreeMap<Family, String> = [(Family::V4, "tenant-a".into()), (Family::V6, "tenant-b".into())].into();
+    let got = first.allocate(&pod("a"), &choice).unwrap();
+    let summary: Vec<(Family, bool, Option<IpAddr>)> =
+        got.iter().map(|a| (a.family, a.cidr.contains(&a.ip), Some(a.gateway))).collect();
+    assert_eq!(summary, [(Family::V4, true, routers[0]), (Family::V6, true, routers[1])], "{got:?}");
+    assert!(got[0].cidr.to_string() == "10.10.0.0/27" && got[1].cidr.to_string() == "fd00:b::/120", "{got:?}");
+    // All or nothing: a pool without an IPv6 CIDR here leaves no IPv4 address behind.
+    let v6_missing: BTreeMap<Family, String> =
+        [(Family::V4, "tenant-a".into()), (Family::V6, "tenant-c".into())].into();
+    assert!(first.allocate(&pod("b"), &v6_missing).unwrap_err().is_retryable());
+    assert!(first.attachment_ips("c-b", "eth0").is_empty(), "the IPv4 address of a failed dual-stack ADD is released");
+    drop(first);
+
+    let second = MultiPoolIpam::new(both, 8, dir.path());
+    second.sync_allocated(&node);
+    assert_eq!(second.attachment_ips("c-a", "eth0"), got.iter().map(|a| a.ip).collect::<Vec<_>>());
+    assert_eq!([second.addr_of(Family::V4, &Owner::Router), second.addr_of(Family::V6, &Owner::Router)], routers);
+    let (v4, v6) = second.used();
+    assert_eq!((v4.len(), v6.len()), (3, 3), "router, health and the pod in each family");
 }

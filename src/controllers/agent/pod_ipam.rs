@@ -1,5 +1,6 @@
 //! What the rest of the agent needs of whichever allocator serves pods on this node, whatever the
-//! IPAM mode: [`NodeIpam`] (cluster-pool, kubernetes) or [`MultiPoolIpam`] (multi-pool).
+//! IPAM mode: [`NodeIpam`] (cluster-pool, kubernetes), [`MultiPoolIpam`] (multi-pool) or
+//! [`super::crd_ipam::CrdIpam`] (crd; implemented beside it).
 //!
 //! The CNI installer writes the conflist once [`PodIpam::is_ready`]; the datapath and the
 //! CiliumNode publisher take the router (`CiliumInternalIP`) and health addresses from
