@@ -36,7 +36,9 @@ pub fn to_backend(ctx: &TcContext, ip: &Ipv4Hdr, backend_be: u32, config: &Datap
             // A host-network backend on this node: the stack delivers it.
             return TC_ACT_OK;
         }
-        if let Some(verdict) = policy::ingress(ctx, &ep, &ip, lookup::identity(ip.saddr_be(), None)) {
+        // The backend's ingress policy, with the client's identity from the ipcache; an allowed
+        // connection is tracked so the backend's replies pass its egress policy.
+        if let Some(verdict) = policy::ingress_from_netdev(ctx, &ep, &ip) {
             return verdict;
         }
         return forward::to_local_endpoint(ctx, &ip, &ep, config);
