@@ -787,3 +787,25 @@ fn from_outside_a_cluster_ip_is_dropped_source_ranges_apply_and_no_backends_are_
     let other = from_outside(node_ip(), 54004, 22, tcp_flags::SYN);
     assert_eq!(f.run_prog(FROM_NETDEV, &other), (0, other));
 }
+
+/// A LoadBalancer address belongs to its Services only: from outside, a port no Service declares
+/// on it is dropped (Cilium's wildcard entry), while a declared port is balanced and addresses that
+/// are no LoadBalancer address (an externalIP's other ports) are left to the stack.
+#[test]
+fn from_outside_undeclared_ports_of_a_load_balancer_address_are_dropped() {
+    let mut f = Fixture::new("np-wildcard");
+    tables::write_config(&f.bpffs.pin_dir(), &uplink_config(true)).unwrap();
+    f.services(load_balancer(json!({"externalIPs": ["172.18.0.200"]})), endpoints(&ready(&["10.0.1.3"])));
+
+    let (verdict, out) = f.run_prog(FROM_NETDEV, &from_outside(lb_ip(), 54010, 80, tcp_flags::SYN));
+    assert_eq!(verdict, TC_ACT_REDIRECT, "the declared port is balanced");
+    assert_eq!(four_tuple(&out), (outside(), 54010, ip("10.0.1.3"), 8080));
+    assert!(f.drops().is_empty(), "{:?}", f.drops());
+
+    let (verdict, _) = f.run_prog(FROM_NETDEV, &from_outside(lb_ip(), 54011, 22, tcp_flags::SYN));
+    assert_eq!(verdict, TC_ACT_SHOT, "an undeclared port of the LoadBalancer address");
+    assert_eq!(f.drops(), vec![(drop_reason::NO_SERVICE, 1)]);
+
+    let other = from_outside(ip("172.18.0.200"), 54012, 22, tcp_flags::SYN);
+    assert_eq!(f.run_prog(FROM_NETDEV, &other), (0, other), "externalIPs get no wildcard");
+}

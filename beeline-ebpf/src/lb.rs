@@ -185,7 +185,9 @@ pub fn from_netdev(ctx: &TcContext, ip: &Ipv4Hdr, ifindex: u32) -> Option<Next> 
         pad: [0; 2],
     };
     // SAFETY: copied out at once.
-    let svc = unsafe { LB4_SERVICES.get(&key).copied() }?;
+    let Some(svc) = (unsafe { LB4_SERVICES.get(&key).copied() }) else {
+        return undeclared_port(ctx, &key);
+    };
     if svc.flags & svc_flags::ROUTABLE == 0 {
         return Some(Next::Verdict(drop(ctx, drop_reason::IS_CLUSTER_IP)));
     }
@@ -207,6 +209,17 @@ pub fn from_netdev(ctx: &TcContext, ip: &Ipv4Hdr, ifindex: u32) -> Option<Next> 
         Ok(()) => Next::Forward(backend.address),
         Err(verdict) => Next::Verdict(verdict),
     })
+}
+
+/// A port no Service declares on a LoadBalancer address: the address's wildcard entry (port 0,
+/// protocol 0) says the address is ours, so the packet is dropped rather than handed to the node's
+/// own sockets. Anything else (no wildcard) is not a service packet.
+#[inline(always)]
+fn undeclared_port(ctx: &TcContext, key: &Lb4Key) -> Option<Next> {
+    let wildcard = Lb4Key { dport: 0, proto: 0, ..*key };
+    // SAFETY: presence check only.
+    unsafe { LB4_SERVICES.get(&wildcard) }?;
+    Some(Next::Verdict(drop(ctx, drop_reason::NO_SERVICE)))
 }
 
 /// Reverse NAT for a packet that may answer a connection balanced on this node (a remote

@@ -100,7 +100,8 @@ pub fn service_rows(
 ) -> Vec<ServiceRow> {
     let mut rows: Vec<ServiceRow> = services
         .iter()
-        .filter(|(k, _)| k.backend_slot == 0)
+        // Wildcard entries (no rev-NAT ID) only make the datapath drop undeclared ports.
+        .filter(|(k, master)| k.backend_slot == 0 && master.rev_nat_index != 0)
         .map(|(key, master)| {
             let mut frontend =
                 format!("{}:{}/{}", from_be(key.address), u16::from_be(key.dport), proto_name(key.proto));

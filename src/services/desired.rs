@@ -6,7 +6,8 @@
 //! master last, so no lookup ever sees a count pointing at unwritten slots). Terminating backends are
 //! chosen only when no active backend is left (KEP-1669). Every backend of any slot — and those in
 //! maintenance, which get no slot — has a backends-map entry, so established connections keep their
-//! backend until it disappears from the EndpointSlice.
+//! backend until it disappears from the EndpointSlice. Each LoadBalancer address also gets a
+//! wildcard entry (port 0, any protocol, rev-NAT ID 0) so its undeclared ports are dropped.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -113,7 +114,31 @@ fn build_rows(frontends: &[FrontendSpec], cfg: &ServicesConfig, ids: &mut LbIds,
     }
 
     ids.release_unused(&used_frontends, &backend_ids.keys().copied().collect());
+    wildcard_rows(frontends, &mut out);
     out
+}
+
+/// One wildcard entry (port 0, protocol 0 = any, slot 0, no rev-NAT ID) per LoadBalancer ingress
+/// address, as Cilium writes them: traffic from outside to a port of that address that no
+/// Service declares is dropped by the datapath instead of reaching the node's own sockets.
+fn wildcard_rows(frontends: &[FrontendSpec], out: &mut DesiredLb) {
+    let lb_addresses: BTreeSet<_> = frontends
+        .iter()
+        .filter(|fe| fe.kind == FrontendKind::LoadBalancer && !fe.addr.ip.is_unspecified())
+        .map(|fe| fe.addr.ip)
+        .collect();
+    for ip in lb_addresses {
+        let key = Lb4Key {
+            address: u32::from(ip).to_be(),
+            dport: 0,
+            backend_slot: 0,
+            proto: 0,
+            scope: beeline_common::lb::LB_LOOKUP_SCOPE_EXT,
+            pad: [0; 2],
+        };
+        let value = Lb4Service { flags: flags::LOADBALANCER | flags::ROUTABLE, ..Default::default() };
+        out.services.insert(key, value);
+    }
 }
 
 fn backend_value(addr: &BackendAddr, state: BackendState) -> Lb4Backend {

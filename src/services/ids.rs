@@ -36,7 +36,8 @@ impl LbIds {
         backends: &[(Lb4BackendKey, Lb4Backend)],
     ) -> Vec<String> {
         let mut problems = Vec::new();
-        for (k, v) in services.iter().filter(|(k, _)| k.backend_slot == 0) {
+        // Wildcard entries (rev-NAT ID 0, see `desired`) carry no ID to restore.
+        for (k, v) in services.iter().filter(|(k, v)| k.backend_slot == 0 && v.rev_nat_index != 0) {
             let (Some(proto), Some(scope)) = (Proto::from_number(k.proto), Scope::from_number(k.scope)) else {
                 problems.push(format!("service entry {k:?}: unknown protocol or scope; its ID is not restored"));
                 continue;

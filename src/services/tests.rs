@@ -672,7 +672,18 @@ fn ids_are_stable_across_updates_and_restored_after_restart() {
 fn assert_invariants(d: &DesiredLb, ctx: &str) {
     use beeline_common::lb::Lb4BackendKey;
     let mut slots: BTreeMap<Lb4Key, Vec<(u16, &Lb4Service)>> = BTreeMap::new();
-    for (k, v) in &d.services {
+    // Wildcard entries of LoadBalancer addresses: master only, no ID, and only for an address
+    // some LoadBalancer frontend has.
+    let (wildcards, services): (Vec<_>, Vec<_>) = d.services.iter().partition(|(k, _)| k.dport == 0 && k.proto == 0);
+    for (k, v) in &wildcards {
+        assert_eq!((k.backend_slot, v.rev_nat_index, v.count), (0, 0, 0), "{ctx}: wildcard {k:?}");
+        let ip = Ipv4Addr::from(u32::from_be(k.address));
+        assert!(
+            d.frontends.iter().any(|f| f.kind == FrontendKind::LoadBalancer && f.addr.ip == ip),
+            "{ctx}: wildcard for {ip} without a LoadBalancer frontend"
+        );
+    }
+    for (k, v) in services {
         slots.entry(Lb4Key { backend_slot: 0, ..*k }).or_default().push((k.backend_slot, v));
     }
     let mut referenced = BTreeSet::new();
@@ -844,4 +855,33 @@ fn random_clusters_always_give_consistent_rows() {
         assert_eq!(ids.len().0, previous.as_ref().unwrap().frontends.len(), "seed {seed}: no leaked rev-NAT IDs");
     }
     assert!(seen.iter().all(|n| *n > 0), "generator coverage: {seen:?}");
+}
+
+#[test]
+fn each_load_balancer_address_gets_one_wildcard_entry_and_nothing_else_does() {
+    let wildcards = |world: &World| -> Vec<Ipv4Addr> {
+        let d = desired_state(&world.inputs(), &cfg(), &mut LbIds::new());
+        assert_invariants(&d, "wildcards");
+        d.services
+            .iter()
+            .filter(|(k, _)| k.dport == 0 && k.proto == 0)
+            .map(|(k, v)| {
+                assert_eq!(v.flags, flags::LOADBALANCER | flags::ROUTABLE, "{k:?}");
+                assert_eq!(k.scope, beeline_common::lb::LB_LOOKUP_SCOPE_EXT, "outside traffic only");
+                Ipv4Addr::from(u32::from_be(k.address))
+            })
+            .collect()
+    };
+    let two_ports = json!({"type": "LoadBalancer", "ports": [
+        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP", "nodePort": 30080},
+        {"name": "dns", "port": 53, "targetPort": 53, "protocol": "UDP", "nodePort": 30053}]});
+    let ingress = json!({"loadBalancer": {"ingress": [{"ip": "172.16.0.1"}, {"ip": "172.16.0.2", "ipMode": "Proxy"}]}});
+    let lb = World::new(vec![svc("web", json!({}), web_spec(two_ports), ingress)], vec![web_slice("web")]);
+    // One entry per address however many ports; a Proxy-mode address is not served, so no entry.
+    assert_eq!(wildcards(&lb), [Ipv4Addr::new(172, 16, 0, 1)]);
+    let others = World::new(
+        vec![svc("web", json!({}), web_spec(json!({"type": "NodePort", "externalIPs": ["198.51.100.7"]})), json!({}))],
+        vec![web_slice("web")],
+    );
+    assert!(wildcards(&others).is_empty(), "ClusterIP, NodePort and externalIPs get none");
 }
