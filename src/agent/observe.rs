@@ -113,8 +113,44 @@ fn boot_offset_ns() -> i128 {
     wall.unwrap_or(0) - mono
 }
 
+/// A stored flow with the event it came from (to enrich it again on read).
+#[derive(Clone, Debug)]
+pub struct Observed {
+    pub event: decode::DatapathEvent,
+    pub flow: flow::Flow,
+}
+
+/// Whether enrichment missed something a later snapshot may know: an endpoint without a pod
+/// whose address the snapshot did not have yet, or a translated service without its name.
+fn incomplete(f: &flow::Flow) -> bool {
+    let unnamed = |ep: &flow::FlowEndpoint| ep.pod_name.is_empty() && ep.identity != 1 && ep.identity != 6;
+    unnamed(&f.source)
+        || unnamed(&f.destination)
+        || (!f.original_destination.is_empty() && f.destination_service.is_none())
+}
+
+pub struct Flows {
+    pub store: FlowStore<Observed>,
+    snapshot: Arc<RwLock<flow::Snapshot>>,
+}
+
+impl Flows {
+    /// The newest `n` flows, those enrichment left incomplete enriched again with today's snapshot.
+    pub fn last(&self, n: usize) -> Vec<flow::Flow> {
+        let snap = self.snapshot.read().expect("snapshot lock");
+        let again = |o: Observed| {
+            if incomplete(&o.flow) {
+                flow::Flow { time_ns: o.flow.time_ns, ..flow::enrich(&o.event, &snap) }
+            } else {
+                o.flow
+            }
+        };
+        self.store.last(n).into_iter().map(again).collect()
+    }
+}
+
 pub struct Observer {
-    pub store: Arc<FlowStore>,
+    pub flows: Arc<Flows>,
     snapshot: Arc<RwLock<flow::Snapshot>>,
     pub metrics: FlowMetrics,
 }
@@ -123,11 +159,9 @@ impl Observer {
     pub fn new(node_name: &str, metrics: FlowMetrics) -> Observer {
         let snap =
             flow::Snapshot { node_name: node_name.into(), boot_offset_ns: boot_offset_ns(), ..Default::default() };
-        Observer {
-            store: Arc::new(FlowStore::new(crate::observe::store::DEFAULT_CAPACITY)),
-            snapshot: Arc::new(RwLock::new(snap)),
-            metrics,
-        }
+        let snapshot = Arc::new(RwLock::new(snap));
+        let store = FlowStore::new(crate::observe::store::DEFAULT_CAPACITY);
+        Observer { flows: Arc::new(Flows { store, snapshot: snapshot.clone() }), snapshot, metrics }
     }
 
     /// Decodes, enriches, counts and stores one record.
@@ -136,7 +170,7 @@ impl Observer {
             Ok(ev) => {
                 let flow = flow::enrich(&ev, &self.snapshot.read().expect("snapshot lock"));
                 self.metrics.observe(&flow);
-                self.store.push(flow);
+                self.flows.store.push(Observed { event: ev, flow });
             }
             Err(e) => {
                 self.metrics.decode_errors.inc();
@@ -193,7 +227,7 @@ pub fn start(
             }
         }
     });
-    Ok(routes(observer.store.clone()))
+    Ok(routes(observer.flows.clone()))
 }
 
 #[tracing::instrument(level = "debug", skip(client))]
@@ -214,12 +248,12 @@ struct FlowsQuery {
 
 /// `GET /v1/flows`: the ring (all of it, or the newest `last`) as newline-delimited JSON; with
 /// `follow=true` the response stays open and every new flow follows as it arrives.
-pub fn routes(store: Arc<FlowStore>) -> Router {
+pub fn routes(store: Arc<Flows>) -> Router {
     Router::new().route("/v1/flows", get(flows)).route("/v1/flows/count", get(count)).with_state(store)
 }
 
-async fn count(State(store): State<Arc<FlowStore>>) -> Json<usize> {
-    Json(store.len())
+async fn count(State(flows): State<Arc<Flows>>) -> Json<usize> {
+    Json(flows.store.len())
 }
 
 fn ndjson(flow: &flow::Flow) -> String {
@@ -228,10 +262,10 @@ fn ndjson(flow: &flow::Flow) -> String {
     line
 }
 
-async fn flows(State(store): State<Arc<FlowStore>>, Query(q): Query<FlowsQuery>) -> Response {
+async fn flows(State(flows): State<Arc<Flows>>, Query(q): Query<FlowsQuery>) -> Response {
     // Subscribe before reading the ring: nothing pushed in between is lost to a follower.
-    let live = q.follow.then(|| store.subscribe());
-    let past: String = store.last(q.last.unwrap_or(usize::MAX)).iter().map(ndjson).collect();
+    let live = q.follow.then(|| flows.store.subscribe());
+    let past: String = flows.last(q.last.unwrap_or(usize::MAX)).iter().map(ndjson).collect();
     let body = match live {
         None => Body::from(past),
         Some(rx) => {
@@ -239,7 +273,7 @@ async fn flows(State(store): State<Arc<FlowStore>>, Query(q): Query<FlowsQuery>)
             let rest = futures::stream::unfold(rx, |mut rx| async move {
                 loop {
                     match rx.recv().await {
-                        Ok(flow) => return Some((Ok(ndjson(&flow)), rx)),
+                        Ok(observed) => return Some((Ok(ndjson(&observed.flow)), rx)),
                         // A slow follower skips what it missed (Hubble's "lost events").
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
@@ -250,4 +284,52 @@ async fn flows(State(store): State<Arc<FlowStore>>, Query(q): Query<FlowsQuery>)
         }
     };
     ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::tables::be;
+    use beeline_common::events::{kind, point, FlowEvent};
+
+    fn record(ev: &FlowEvent) -> Vec<u8> {
+        // SAFETY: POD without padding.
+        unsafe { std::slice::from_raw_parts((ev as *const FlowEvent).cast::<u8>(), size_of::<FlowEvent>()) }.to_vec()
+    }
+
+    #[test]
+    fn flows_are_counted_stored_and_named_once_the_snapshot_knows_the_pods() {
+        let observer = Observer::new("node-a", FlowMetrics::default());
+        let ev = FlowEvent {
+            kind: kind::TRACE,
+            point: point::TO_ENDPOINT,
+            protocol: 17,
+            saddr: be("10.0.1.2".parse().unwrap()),
+            daddr: be("10.0.1.3".parse().unwrap()),
+            sport: 5000,
+            dport: 53,
+            ..Default::default()
+        };
+        observer.ingest(&record(&ev));
+        observer.ingest(&[0u8; 3]);
+        assert_eq!(observer.metrics.decode_errors.get(), 1);
+        let labels = FlowLabels { r#type: "trace".into(), verdict: "FORWARDED".into() };
+        assert_eq!(observer.metrics.flows.get_or_create(&labels).get(), 1);
+        assert_eq!(observer.flows.last(10)[0].destination.pod_name, "", "not in the snapshot yet");
+        let pod = |name: &str| flow::KnownEndpoint {
+            namespace: "default".into(),
+            pod_name: name.into(),
+            identity: 300,
+            ..Default::default()
+        };
+        {
+            let mut snap = observer.snapshot.write().unwrap();
+            snap.endpoints.insert("10.0.1.2".parse().unwrap(), pod("client"));
+            snap.endpoints.insert("10.0.1.3".parse().unwrap(), pod("dns"));
+        }
+        let flows = observer.flows.last(10);
+        assert_eq!(flows.len(), 1);
+        assert_eq!((flows[0].source.pod_name.as_str(), flows[0].destination.pod_name.as_str()), ("client", "dns"));
+        assert_eq!(flows[0].destination.identity, 300);
+    }
 }
