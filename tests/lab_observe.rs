@@ -1,7 +1,8 @@
 //! `beeline observe` against a whole lab (one lab for every assertion): the real connectivity
 //! test's traffic (pod to pod, pod to a ClusterIP service) shows up as flows merged from every
 //! node, enriched with pod names, namespaces and identities, and the `--from-pod` / `--verdict`
-//! filters select exactly the matching flows.
+//! filters select exactly the matching flows; a policy that admits nobody shows a denied policy
+//! verdict and a drop with the policy reason, counted in the agent's metrics.
 
 mod integration;
 
@@ -85,6 +86,61 @@ fn connectivity_traffic_shows_up_as_enriched_flows_and_filters_select_exactly() 
         .args(["observe", "--state-dir", lab.arg(), "--from-pod", &client, "--last", "5"])
         .env_remove("KUBECONFIG")));
     assert!(text.lines().count() <= 5 && text.contains(&format!("{client}:")) && text.contains("(ID:"), "{text}");
+
+    // A policy that admits nobody the test runs: the client's connection to the same-node echo
+    // pod shows a `policy-verdict:none INGRESS DENIED` and a drop with the policy reason.
+    let ns = delivered.source.namespace.clone();
+    lab.apply(
+        "deny.yaml",
+        &format!(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: deny-echo, namespace: {ns}}}\n\
+             spec:\n  endpointSelector: {{matchLabels: {{name: echo-same-node}}}}\n  ingress:\n  \
+             - fromEndpoints: [{{matchLabels: {{name: nobody}}}}]\n"
+        ),
+    );
+    let client_pod = &lab.running_pods("name=client", 1, Duration::from_secs(10))[0];
+    let echo = &lab.running_pods("name=echo-same-node", 1, Duration::from_secs(10))[0];
+    let echo_addr = format!("{}:8080", echo["status"]["podIP"].as_str().unwrap()).parse().unwrap();
+    let echo_name = echo["metadata"]["name"].as_str().unwrap().to_string();
+    let netns = integration::lab::pod_netns(client_pod);
+    let denied = poll("a denied policy verdict for the echo pod", Duration::from_secs(30), || {
+        let _ = beeline::lab::probe::http_get_in(&netns, echo_addr, "/");
+        let flows =
+            observe(&lab, &["-t", "policy-verdict", "--verdict", "DROPPED", "--to-pod", &format!("{ns}/{echo_name}")]);
+        flows.into_iter().find(|f| f.policy_verdict == "DENIED")
+    });
+    assert_eq!(
+        (denied.traffic_direction.as_str(), denied.observation_point.as_str()),
+        ("INGRESS", "policy-verdict:none")
+    );
+    assert_eq!(denied.source.pod_name, client_pod["metadata"]["name"].as_str().unwrap());
+    assert!(beeline::observe::format::line(&denied).contains("policy-verdict:none INGRESS DENIED"));
+    let drops = observe(&lab, &["-t", "drop", "--to-pod", &format!("{ns}/{echo_name}")]);
+    assert!(
+        drops.iter().any(|f| f.drop_reason == 133 && f.drop_reason_desc == "Policy denied" && f.verdict == "DROPPED"),
+        "a policy drop: {drops:?}"
+    );
+
+    // The node's `hubble_drop` counter moves with every policy drop the flows show.
+    let node = lab.plan().nodes.into_iter().find(|n| n.name == denied.node_name).expect("the verdict's node");
+    let policy_drops = || -> (u64, usize) {
+        let addr = "127.0.0.1:9879".parse().unwrap();
+        let (_, metrics) = beeline::lab::probe::http_get_in(&node.netns, addr, "/metrics").expect("agent metrics");
+        let counter = metrics
+            .lines()
+            .filter(|l| l.starts_with("beeline_agent_hubble_drop_total{") && l.contains("reason=\"Policy denied\""))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum();
+        let flows = observe(&lab, &["-t", "drop"]);
+        (counter, flows.iter().filter(|f| f.node_name == node.name && f.drop_reason == 133).count())
+    };
+    let (before, flows_before) = policy_drops();
+    let _ = beeline::lab::probe::http_get_in(&netns, echo_addr, "/");
+    // Counter and ring are read one after the other: poll until both saw the same drops.
+    poll("the drop counter to move with the drop flows, one count each", Duration::from_secs(10), || {
+        let (after, flows_after) = policy_drops();
+        (after > before && after - before == (flows_after - flows_before) as u64).then_some(())
+    });
 
     down_and_assert_gone(&lab);
 }
