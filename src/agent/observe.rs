@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::Service;
 use kube::Api;
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 use tokio::io::unix::AsyncFd;
@@ -64,6 +64,8 @@ pub struct FlowMetrics {
     pub drops: Family<DropLabels, Counter>,
     pub policy_verdicts: Family<VerdictLabels, Counter>,
     pub decode_errors: Counter,
+    /// Events the datapath could not queue (ring buffer full), from `beeline_events_lost`.
+    pub lost_events: Gauge,
 }
 
 impl FlowMetrics {
@@ -73,6 +75,7 @@ impl FlowMetrics {
         r.register("drop", "Packets dropped by the datapath, by reason and direction", self.drops.clone());
         r.register("policy_verdicts", "Policy decisions on new flows", self.policy_verdicts.clone());
         r.register("decode_errors", "Datapath event records that could not be decoded", self.decode_errors.clone());
+        r.register("lost_events", "Datapath events lost to a full ring buffer", self.lost_events.clone());
     }
 
     pub fn observe(&self, f: &flow::Flow) {
@@ -212,8 +215,15 @@ pub fn start(
     });
     let refresher = observer.clone();
     let node = node_name.to_string();
+    let pin_dir = pin_dir.to_path_buf();
     runner.spawn("flow-snapshot", async move {
         loop {
+            match events::read_lost(&pin_dir) {
+                Ok(lost) => {
+                    refresher.metrics.lost_events.set(lost as i64);
+                }
+                Err(e) => tracing::debug!(error = %e, "lost-events counter not read"),
+            }
             match fetch_snapshot(&client, &node).await {
                 Ok(mut snap) => {
                     snap.boot_offset_ns = boot_offset_ns();
