@@ -342,4 +342,37 @@ mod tests {
         assert_eq!((flows[0].source.pod_name.as_str(), flows[0].destination.pod_name.as_str()), ("client", "dns"));
         assert_eq!(flows[0].destination.identity, 300);
     }
+
+    #[tokio::test]
+    async fn the_api_serves_the_ring_and_follows_new_flows_as_ndjson() {
+        let observer = Observer::new("node-a", FlowMetrics::default());
+        let ev = |sport| FlowEvent { kind: kind::DROP, reason: 133, protocol: 17, sport, ..Default::default() };
+        for port in [1, 2, 3] {
+            observer.ingest(&record(&ev(port)));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let app = routes(observer.flows.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let ports = |text: &str| -> Vec<u16> {
+            text.lines().map(|l| serde_json::from_str::<flow::Flow>(l).unwrap().l4.source_port).collect()
+        };
+        let all = crate::cli::agent_client::get_text(&socket, "/v1/flows").await.unwrap();
+        assert_eq!(ports(&all), [1, 2, 3]);
+        let last = crate::cli::agent_client::get_text(&socket, "/v1/flows?last=2").await.unwrap();
+        assert_eq!(ports(&last), [2, 3]);
+        // Follow: the newest flow, then what arrives later, line by line.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let follow_socket = socket.clone();
+        tokio::spawn(async move {
+            crate::cli::agent_client::stream_lines(&follow_socket, "/v1/flows?last=1&follow=true", tx).await
+        });
+        let within = std::time::Duration::from_secs(5);
+        let line = tokio::time::timeout(within, rx.recv()).await.expect("a line within 5 s").expect("stream open");
+        assert_eq!(ports(&line), [3]);
+        observer.ingest(&record(&ev(4)));
+        let line = tokio::time::timeout(within, rx.recv()).await.expect("a line within 5 s").expect("stream open");
+        assert_eq!(ports(&line), [4]);
+    }
 }
