@@ -28,6 +28,8 @@ enum Command {
     Cni,
     /// Show the local agent's status.
     Status(cli::status::StatusArgs),
+    /// Show flows the datapath saw (`hubble observe`): pods, identities, verdicts.
+    Observe(cli::observe::ObserveArgs),
     /// List the local agent's pod address allocations.
     Ipam(cli::ipam::IpamArgs),
     /// The local agent's network policies and the selectors' identities (`get`, `selectors`).
@@ -89,6 +91,7 @@ fn main() {
             Command::Agent(args) => agent::run(args).await,
             Command::Operator(args) => operator::run(args).await,
             Command::Status(args) => cli::status::run(args).await,
+            Command::Observe(args) => cli::observe::run(args).await,
             Command::Bpf(args) => cli::bpf::run(args).await,
             Command::Service(args) => cli::service::run(args).await,
             Command::Lab(args) => lab::run(args).await,

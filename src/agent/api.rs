@@ -145,6 +145,16 @@ pub fn serve(
     state: Arc<ApiState>,
     shutdown: CancellationToken,
 ) -> Result<impl std::future::Future<Output = std::io::Result<()>>, BindError> {
+    serve_with(path, state, Router::new(), shutdown)
+}
+
+/// [`serve`] with more routes that carry their own state (the flow API).
+pub fn serve_with(
+    path: &Path,
+    state: Arc<ApiState>,
+    extra: Router,
+    shutdown: CancellationToken,
+) -> Result<impl std::future::Future<Output = std::io::Result<()>>, BindError> {
     let err = |source| BindError { path: path.to_path_buf(), source };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;
@@ -159,7 +169,7 @@ pub fn serve(
     tracing::info!(path = %path.display(), "agent API listening");
     let path = path.to_path_buf();
     Ok(async move {
-        let result = axum::serve(listener, router(state))
+        let result = axum::serve(listener, router(state).merge(extra))
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
         let _ = std::fs::remove_file(&path);

@@ -11,6 +11,7 @@ pub mod ipam_api;
 pub mod ipam_expiry;
 pub mod lb;
 pub mod maps;
+pub mod observe;
 pub mod policy;
 pub mod policy_api;
 pub mod remote;
@@ -120,7 +121,15 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
         crd,
         policy: policy_view.clone(),
     });
-    let api = api::serve(&config.agent_socket_path, api_state, token.clone())?;
+    let flows = observe::start(
+        &config.pin_dir(),
+        &node_name,
+        client.clone(),
+        &mut telemetry.registry.write().expect("metrics registry lock"),
+        &mut runner,
+        token.clone(),
+    )?;
+    let api = api::serve_with(&config.agent_socket_path, api_state, flows, token.clone())?;
     runner.spawn("agent-api", async move { Ok(api.await?) });
     runner.spawn("node-ipam", async move { Ok(node_ipam.await?) });
     let cni = crate::cni::install::run(

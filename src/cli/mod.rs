@@ -3,6 +3,7 @@
 pub mod agent_client;
 pub mod bpf;
 pub mod ipam;
+pub mod observe;
 pub mod policy;
 pub mod service;
 pub mod status;

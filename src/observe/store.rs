@@ -9,21 +9,23 @@ use super::flow::Flow;
 /// Hubble's default buffer (`hubble-event-buffer-capacity`) is 4095 flows.
 pub const DEFAULT_CAPACITY: usize = 4095;
 
-pub struct FlowStore {
-    ring: Mutex<VecDeque<Flow>>,
+/// Generic over what is kept per flow: the agent keeps the raw event beside the flow, to enrich it
+/// again when it is read (a pod's CiliumEndpoint may reach the snapshot after its first packet).
+pub struct FlowStore<T = Flow> {
+    ring: Mutex<VecDeque<T>>,
     capacity: usize,
     /// Followers (`?follow=true`); a slow one misses flows (`Lagged`) instead of holding memory.
-    live: broadcast::Sender<Flow>,
+    live: broadcast::Sender<T>,
 }
 
-impl FlowStore {
-    pub fn new(capacity: usize) -> FlowStore {
+impl<T: Clone> FlowStore<T> {
+    pub fn new(capacity: usize) -> FlowStore<T> {
         let (live, _) = broadcast::channel(1024);
         FlowStore { ring: Mutex::new(VecDeque::with_capacity(capacity)), capacity: capacity.max(1), live }
     }
 
     /// Adds a flow, evicting the oldest when full.
-    pub fn push(&self, flow: Flow) {
+    pub fn push(&self, flow: T) {
         let mut ring = self.ring.lock().expect("flow ring lock");
         if ring.len() == self.capacity {
             ring.pop_front();
@@ -35,7 +37,7 @@ impl FlowStore {
     }
 
     /// The newest `n` flows, oldest first.
-    pub fn last(&self, n: usize) -> Vec<Flow> {
+    pub fn last(&self, n: usize) -> Vec<T> {
         let ring = self.ring.lock().expect("flow ring lock");
         ring.iter().skip(ring.len().saturating_sub(n)).cloned().collect()
     }
@@ -48,7 +50,7 @@ impl FlowStore {
         self.len() == 0
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Flow> {
+    pub fn subscribe(&self) -> broadcast::Receiver<T> {
         self.live.subscribe()
     }
 }
@@ -63,7 +65,7 @@ mod tests {
 
     #[test]
     fn the_ring_keeps_the_newest_and_answers_last_n_in_order() {
-        let store = FlowStore::new(3);
+        let store = FlowStore::<Flow>::new(3);
         assert!(store.last(5).is_empty());
         for n in 1..=5 {
             store.push(flow(n));
@@ -77,7 +79,7 @@ mod tests {
 
     #[test]
     fn followers_see_flows_pushed_after_they_subscribed() {
-        let store = FlowStore::new(3);
+        let store = FlowStore::<Flow>::new(3);
         store.push(flow(1));
         let mut rx = store.subscribe();
         store.push(flow(2));
