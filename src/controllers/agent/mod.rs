@@ -5,6 +5,7 @@ pub mod ipam_state;
 pub mod local_endpoints;
 pub mod multi_pool;
 pub mod node_ipam;
+pub mod own_node;
 pub mod pod_ipam;
 pub mod policy_state;
 pub mod policy_watch;

@@ -24,18 +24,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
-use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use tracing::{info_span, Instrument};
 
 use super::ipam_state::{read_state, save_state, AllocatedIp, AllocationRecord, IpamListing, NodeIpamError};
+use super::own_node::{apply_used, OwnNode};
 use crate::controllers::operator::multi_pool::caught_up;
 use crate::crds::cilium_node::AllocationIp;
 use crate::crds::{CiliumNode, CiliumPodIPPool};
@@ -548,32 +547,11 @@ pub async fn run(
     retry: Duration,
     shutdown: CancellationToken,
 ) -> Result<(), kube::Error> {
-    let changed = Arc::new(tokio::sync::Notify::new());
-    let by_name = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
-    let (store, writer) = reflector::store::<CiliumNode>();
-    let mut watch = reflector::reflector(writer, watcher(Api::<CiliumNode>::all(client.clone()), by_name))
-        .default_backoff()
-        .boxed();
-    let mut ipam_changes = ipam.subscribe();
-    let wake = changed.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                event = watch.next() => match event {
-                    Some(Err(e)) => tracing::warn!(error = %e, "CiliumNode watch error; retrying with backoff"),
-                    Some(Ok(_)) => {}
-                    None => return,
-                },
-                changed = ipam_changes.changed() => if changed.is_err() { return },
-            }
-            wake.notify_one();
-        }
-    });
-    let _stop = crate::controllers::operator::cluster_pool::AbortOnDrop(task);
-    tokio::select! {
-        _ = shutdown.cancelled() => return Ok(()),
-        r = store.wait_until_ready() => { if r.is_err() { return Ok(()); } }
-    }
+    // Held until the controller returns: dropping it stops the watch.
+    let Some(own) = OwnNode::watch(&client, &node_name, ipam.subscribe(), &shutdown).await else {
+        return Ok(());
+    };
+    let (store, changed) = (&own.store, own.changed.clone());
     let api: Api<CiliumNode> = Api::all(client.clone());
     let mut last_requested: Option<Value> = None;
     let mut last_used: Option<Value> = None;
@@ -619,17 +597,7 @@ pub async fn run(
                 if recent.is_none() {
                     recent = release(&api, &node_name, cn, &ipam).await?;
                 }
-                let (used, ipv6_used) = ipam.used();
-                let status = json!({
-                    "apiVersion": CiliumNode::api_version(&()), "kind": CiliumNode::kind(&()),
-                    "metadata": {"name": node_name},
-                    "status": {"ipam": {"used": used, "ipv6-used": ipv6_used}},
-                });
-                if last_used.as_ref() != Some(&status) {
-                    api.patch_status(&node_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&status))
-                        .await?;
-                    last_used = Some(status);
-                }
+                apply_used(&api, &node_name, FIELD_MANAGER, ipam.used(), &mut last_used).await?;
             }
             Ok::<(), kube::Error>(())
         }
