@@ -33,6 +33,7 @@ type Case = (&'static str, IpamMode, RoutingMode, TunnelProtocol, bool, bool, &'
 
 const CASES: &[Case] = &[
     ("vxlan.yaml", IpamMode::ClusterPool, RoutingMode::Tunnel, TunnelProtocol::Vxlan, true, false, &[]),
+    ("vxlan-kpr.yaml", IpamMode::ClusterPool, RoutingMode::Tunnel, TunnelProtocol::Vxlan, true, false, &[]),
     ("geneve.yaml", IpamMode::ClusterPool, RoutingMode::Tunnel, TunnelProtocol::Geneve, true, false, &[]),
     ("native.yaml", IpamMode::ClusterPool, RoutingMode::Native, TunnelProtocol::Vxlan, true, false, &[]),
     ("cluster-pool-small.yaml", IpamMode::ClusterPool, RoutingMode::Tunnel, TunnelProtocol::Vxlan, true, false, &[]),
