@@ -17,7 +17,6 @@ use beeline::datapath::{
         packet::{parse, tcp_flags, verify_checksums, FrameBuilder, ParsedL3, ParsedL4},
         test_run::run_tc,
     },
-    Datapath,
 };
 use beeline_common::{
     datapath::{drop_reason, DatapathConfig, CONFIG_F_MASQUERADE, TUNNEL_NONE, TUNNEL_VXLAN},
@@ -25,7 +24,7 @@ use beeline_common::{
     ipcache::{RemoteEndpointInfo, FLAG_SKIP_TUNNEL},
     nat::{NatEntry, NatTuple, NAT_DIR_INGRESS},
 };
-use integration::{require_root, BpffsDir, Topology};
+use integration::{LoadedDatapath, Topology};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -55,18 +54,21 @@ fn pod_b() -> Ipv4Addr {
 }
 
 struct Fixture {
-    bpffs: BpffsDir,
-    datapath: Datapath,
+    dp: LoadedDatapath,
+}
+
+impl std::ops::Deref for Fixture {
+    type Target = LoadedDatapath;
+    fn deref(&self) -> &LoadedDatapath {
+        &self.dp
+    }
 }
 
 impl Fixture {
     /// A loaded datapath with pod A (on loopback, the test_run ingress device) and pod B (local,
     /// behind ifindex 4242) registered.
     fn new(label: &str) -> Fixture {
-        require_root();
-        let bpffs = BpffsDir::new(label);
-        let datapath = Datapath::load(&bpffs.pin_dir()).expect("load the datapath");
-        let f = Fixture { bpffs, datapath };
+        let f = Fixture { dp: LoadedDatapath::new(label) };
         f.endpoint(pod_a(), LOOPBACK, POD_A_MAC, LXC_A_MAC, IDENTITY_A, 0);
         f.endpoint(pod_b(), LXC_B_IFINDEX, POD_B_MAC, LXC_B_MAC, 40000, 0);
         f
@@ -79,15 +81,6 @@ impl Fixture {
 
     fn config(&self, config: DatapathConfig) {
         tables::write_config(&self.bpffs.pin_dir(), &config).unwrap();
-    }
-
-    fn run(&self, program: &str, frame: &[u8]) -> (u32, Vec<u8>) {
-        let out = run_tc(self.datapath.program(program).unwrap(), frame).expect("test_run");
-        (out.retval, out.data)
-    }
-
-    fn drops(&self) -> Vec<(u32, u64)> {
-        tables::read_drops(&self.bpffs.pin_dir()).unwrap().into_iter().map(|(r, s)| (r, s.packets)).collect()
     }
 }
 

@@ -12,63 +12,46 @@ use beeline::datapath::{
     events,
     loader::programs::FROM_CONTAINER,
     tables,
-    testing::{
-        packet::{tcp_flags, FrameBuilder},
-        test_run::run_tc,
-    },
-    Datapath,
+    testing::packet::{tcp_flags, FrameBuilder},
 };
 use beeline::observe::decode::{decode, DatapathEvent, Endpoint, EventKind};
 use beeline_common::{
     datapath::drop_reason,
-    endpoint::EndpointInfo,
     events::{point, policy_match},
     policy::{PolicyEntry, PolicyKey, DIR_INGRESS, EP_F_INGRESS_ENFORCE},
 };
-use integration::{require_root, BpffsDir};
-
-const LOOPBACK: u32 = 1;
-const EP_A: u32 = 11;
-const EP_B: u32 = 22;
-const ID_A: u32 = 51234;
-const ID_B: u32 = 40000;
-const B_IFINDEX: u32 = 4242;
-const MAC_A: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x0a];
-const LXC_A: [u8; 6] = [0x1a, 0, 0, 0, 0, 0x0a];
+use integration::{
+    two_pods::{self, EP_B, ID_A, ID_B, LOOPBACK, LXC_A, MAC_A},
+    LoadedDatapath,
+};
 
 fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }
 
 struct Fixture {
-    bpffs: BpffsDir,
-    datapath: Datapath,
+    dp: LoadedDatapath,
     ring: aya::maps::RingBuf<aya::maps::MapData>,
+}
+
+impl std::ops::Deref for Fixture {
+    type Target = LoadedDatapath;
+    fn deref(&self) -> &LoadedDatapath {
+        &self.dp
+    }
 }
 
 impl Fixture {
     fn new(label: &str) -> Fixture {
-        require_root();
-        let bpffs = BpffsDir::new(label);
-        let pin = bpffs.pin_dir();
-        let datapath = Datapath::load(&pin).expect("load the datapath");
-        let ep = |ifindex, lxc_id: u32, sec_id| EndpointInfo {
-            ifindex,
-            lxc_id: lxc_id as u16,
-            mac: MAC_A,
-            node_mac: LXC_A,
-            sec_id,
-            ..Default::default()
-        };
-        tables::upsert_endpoint(&pin, ip("10.0.1.2"), &ep(LOOPBACK, EP_A, ID_A)).unwrap();
-        tables::upsert_endpoint(&pin, ip("10.0.1.3"), &ep(B_IFINDEX, EP_B, ID_B)).unwrap();
-        let ring = events::open_ring(&pin).expect("open the events ring");
-        Fixture { bpffs, datapath, ring }
+        let dp = LoadedDatapath::new(label);
+        two_pods::register(&dp);
+        let ring = events::open_ring(&dp.bpffs.pin_dir()).expect("open the events ring");
+        Fixture { dp, ring }
     }
 
     /// Runs `frame` through `from_container` and returns the events it produced.
     fn run(&mut self, frame: &[u8]) -> Vec<DatapathEvent> {
-        run_tc(self.datapath.program(FROM_CONTAINER).unwrap(), frame).expect("test_run");
+        self.dp.run(FROM_CONTAINER, frame);
         events::drain(&mut self.ring).iter().map(|b| decode(b).expect("decodable event")).collect()
     }
 }

@@ -19,7 +19,6 @@ use beeline::datapath::{
         packet::{tcp_flags, FrameBuilder},
         test_run::run_tc,
     },
-    Datapath,
 };
 use beeline_common::{
     datapath::drop_reason,
@@ -27,57 +26,46 @@ use beeline_common::{
     ipcache::RemoteEndpointInfo,
     policy::{PolicyEntry, PolicyKey, DIR_EGRESS, DIR_INGRESS, EP_F_EGRESS_ENFORCE, EP_F_INGRESS_ENFORCE},
 };
-use integration::{require_root, BpffsDir};
+use integration::{
+    two_pods::{self, EP_A, EP_B, ID_A, ID_B, LOOPBACK, LXC_A, MAC_A},
+    LoadedDatapath,
+};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
-const LOOPBACK: u32 = 1;
 
-const EP_A: u32 = 11;
-const EP_B: u32 = 22;
-const ID_A: u32 = 51234;
-const ID_B: u32 = 40000;
 const ID_OTHER: u32 = 777;
 const ID_WORLD: u32 = 2;
 const TCP: u8 = 6;
 const UDP: u8 = 17;
 const ICMP: u8 = 1;
 
-const MAC_A: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x0a];
-const LXC_A: [u8; 6] = [0x1a, 0, 0, 0, 0, 0x0a];
-
 fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }
 
 struct Fixture {
-    bpffs: BpffsDir,
-    datapath: Datapath,
+    dp: LoadedDatapath,
+}
+
+impl std::ops::Deref for Fixture {
+    type Target = LoadedDatapath;
+    fn deref(&self) -> &LoadedDatapath {
+        &self.dp
+    }
 }
 
 impl Fixture {
     fn new(label: &str) -> Fixture {
-        require_root();
-        let bpffs = BpffsDir::new(label);
-        let datapath = Datapath::load(&bpffs.pin_dir()).expect("load the datapath");
-        let f = Fixture { bpffs, datapath };
-        let pin = f.bpffs.pin_dir();
-        let ep = |ifindex, lxc_id: u32, sec_id| EndpointInfo {
-            ifindex,
-            lxc_id: lxc_id as u16,
-            mac: MAC_A,
-            node_mac: LXC_A,
-            sec_id,
-            ..Default::default()
-        };
-        tables::upsert_endpoint(&pin, ip("10.0.1.2"), &ep(LOOPBACK, EP_A, ID_A)).unwrap();
-        tables::upsert_endpoint(&pin, ip("10.0.1.3"), &ep(4242, EP_B, ID_B)).unwrap();
+        let dp = LoadedDatapath::new(label);
+        two_pods::register(&dp);
+        let pin = dp.bpffs.pin_dir();
         let world = RemoteEndpointInfo { sec_identity: ID_WORLD, ..Default::default() };
         tables::upsert_ipcache(&pin, "0.0.0.0/0".parse().unwrap(), &world).unwrap();
         let other = RemoteEndpointInfo { sec_identity: ID_OTHER, ..Default::default() };
         tables::upsert_ipcache(&pin, "192.168.7.0/24".parse().unwrap(), &other).unwrap();
-        f
+        Fixture { dp }
     }
 
     fn enforce(&self, endpoint: u32, flags: u32) {
@@ -93,11 +81,7 @@ impl Fixture {
     }
 
     fn verdict(&self, frame: &[u8]) -> u32 {
-        run_tc(self.datapath.program(FROM_CONTAINER).unwrap(), frame).expect("test_run").retval
-    }
-
-    fn drops(&self) -> Vec<(u32, u64)> {
-        tables::read_drops(&self.bpffs.pin_dir()).unwrap().into_iter().map(|(r, s)| (r, s.packets)).collect()
+        self.dp.run(FROM_CONTAINER, frame).0
     }
 }
 

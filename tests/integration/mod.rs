@@ -200,3 +200,67 @@ impl Proc {
         }
     }
 }
+
+/// A datapath loaded into a bpffs directory of its own: the common part of the
+/// `BPF_PROG_TEST_RUN` tests' fixtures (they `Deref` to it and add their own rows).
+pub struct LoadedDatapath {
+    pub bpffs: BpffsDir,
+    pub datapath: Datapath,
+}
+
+impl LoadedDatapath {
+    pub fn new(label: &str) -> LoadedDatapath {
+        require_root();
+        let bpffs = BpffsDir::new(label);
+        let datapath = Datapath::load(&bpffs.pin_dir()).expect("load the datapath");
+        LoadedDatapath { bpffs, datapath }
+    }
+
+    /// Runs `frame` through `program`: (verdict, the frame as the program left it).
+    pub fn run(&self, program: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+        let out = beeline::datapath::testing::test_run::run_tc(self.datapath.program(program).unwrap(), frame)
+            .expect("test_run");
+        (out.retval, out.data)
+    }
+
+    /// The drop counters, (reason, packets) by reason.
+    pub fn drops(&self) -> Vec<(u32, u64)> {
+        beeline::datapath::tables::read_drops(&self.bpffs.pin_dir())
+            .unwrap()
+            .into_iter()
+            .map(|(r, s)| (r, s.packets))
+            .collect()
+    }
+}
+
+/// The two local pods of the policy and events tests: A sends (it sits on loopback, the device
+/// test_run runs on), B is local behind an arbitrary ifindex.
+pub mod two_pods {
+    use beeline_common::endpoint::EndpointInfo;
+
+    pub const LOOPBACK: u32 = 1;
+    pub const EP_A: u32 = 11;
+    pub const EP_B: u32 = 22;
+    pub const ID_A: u32 = 51234;
+    pub const ID_B: u32 = 40000;
+    pub const B_IFINDEX: u32 = 4242;
+    pub const MAC_A: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x0a];
+    pub const LXC_A: [u8; 6] = [0x1a, 0, 0, 0, 0, 0x0a];
+    pub const A: &str = "10.0.1.2";
+    pub const B: &str = "10.0.1.3";
+
+    /// Writes both pods' endpoint rows.
+    pub fn register(dp: &super::LoadedDatapath) {
+        let pin = dp.bpffs.pin_dir();
+        let ep = |ifindex, lxc_id: u32, sec_id| EndpointInfo {
+            ifindex,
+            lxc_id: lxc_id as u16,
+            mac: MAC_A,
+            node_mac: LXC_A,
+            sec_id,
+            ..Default::default()
+        };
+        beeline::datapath::tables::upsert_endpoint(&pin, A.parse().unwrap(), &ep(LOOPBACK, EP_A, ID_A)).unwrap();
+        beeline::datapath::tables::upsert_endpoint(&pin, B.parse().unwrap(), &ep(B_IFINDEX, EP_B, ID_B)).unwrap();
+    }
+}
