@@ -63,7 +63,7 @@ pub fn run(args: DemoArgs) -> DemoResult<()> {
 
     step("agent start");
     let mut agent = AgentProcess::spawn(&binary, &pair.node, layout.clone(), &[&pair.host_if])?;
-    agent.wait_ready(Duration::from_secs(20))?;
+    agent.wait_ready(Duration::from_secs(60))?;
     println!(
         "  beeline agent pid {} in {}, log {}",
         agent.pid().unwrap_or(0),
@@ -114,7 +114,7 @@ pub fn run(args: DemoArgs) -> DemoResult<()> {
         Duration::from_secs(30),
     )?;
     let mut agent = AgentProcess::spawn(&binary, &pair.node, layout.clone(), &[&pair.host_if])?;
-    let ready = agent.wait_ready(Duration::from_secs(20));
+    let ready = agent.wait_ready(Duration::from_secs(60));
     cleanup.agent = Some(agent);
     std::thread::sleep(Duration::from_millis(200));
     let report = stream.stop()?;
