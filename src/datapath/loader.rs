@@ -11,7 +11,7 @@ use std::{
 
 use aya::{
     maps::{HashMap as BpfHashMap, MapData},
-    programs::SchedClassifier,
+    programs::{ProgramError, SchedClassifier},
     Ebpf, EbpfLoader,
 };
 use beeline_common::{events, map_names, EndpointStats, EndpointStatsKey};
@@ -124,7 +124,7 @@ impl Datapath {
             .map_err(|source| DatapathError::Load { pin_dir: pin_dir.to_path_buf(), source: Box::new(source) })?;
         for name in programs::ALL {
             let program = classifier_mut(&mut ebpf, name)?;
-            program.load().map_err(|e| DatapathError::program(name, e))?;
+            load_retrying_interrupted(program).map_err(|e| DatapathError::program(name, e))?;
         }
         tracing::info!(maps = ?PINNED_MAPS, programs = ?programs::ALL, "datapath loaded");
         Ok(Datapath { ebpf, pins })
@@ -185,4 +185,25 @@ pub fn read_pinned_endpoint_stats(pin_dir: &Path) -> Result<BTreeMap<u32, Endpoi
     let table: BpfHashMap<_, EndpointStatsKey, EndpointStats> =
         BpfHashMap::try_from(aya::maps::Map::HashMap(data)).map_err(|e| DatapathError::map(name, e))?;
     collect_stats(&table)
+}
+
+/// How often a program load is tried when the verifier was interrupted (as libbpf does).
+const LOAD_ATTEMPTS: u32 = 5;
+
+/// `BPF_PROG_LOAD`, tried again when it fails with `EAGAIN`: the verifier gives up with `EAGAIN`
+/// when a signal is pending for the loading thread (a `SIGCHLD` of a tokio child process, say),
+/// which a long verification under load makes likely. Any other error is final.
+fn load_retrying_interrupted(program: &mut SchedClassifier) -> Result<(), ProgramError> {
+    let mut attempt = 1;
+    loop {
+        match program.load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.kind() == std::io::ErrorKind::WouldBlock && attempt < LOAD_ATTEMPTS =>
+            {
+                tracing::debug!(attempt, "program load interrupted (EAGAIN); trying again");
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
