@@ -44,6 +44,14 @@ pub struct DatapathConfig {
     /// `nat::port_range`.
     pub nat_port_min: u16,
     pub nat_port_max: u16,
+    /// The router's IPv6 address on `cilium_host` (the pods' IPv6 gateway, answered by the NDP
+    /// responder); all zero when IPv6 is disabled.
+    pub router_ip6: [u8; 16],
+    /// This node's underlay IPv6 address; all zero when it has none.
+    pub node_ip6: [u8; 16],
+    /// Size of each node's IPv6 pod CIDR (e.g. 120): the mask for IPv6 tunnel map lookups; 0
+    /// disables them.
+    pub pod_cidr6_prefix_len: u32,
 }
 
 impl DatapathConfig {

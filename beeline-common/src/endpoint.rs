@@ -36,6 +36,12 @@ impl EndpointKey {
     pub const fn ipv4(ip4_be: u32) -> Self {
         EndpointKey { ip4: ip4_be, ip6_rest: [0; 3], family: ENDPOINT_KEY_IPV4, key: 0, cluster_id: 0 }
     }
+
+    /// The key of IPv6 address `ip6` (the 16 bytes as they sit in the packet).
+    pub const fn ipv6(ip6: [u8; 16]) -> Self {
+        let (ip4, ip6_rest) = crate::split_ipv6(ip6);
+        EndpointKey { ip4, ip6_rest, family: ENDPOINT_KEY_IPV6, key: 0, cluster_id: 0 }
+    }
 }
 
 /// Cilium's `struct endpoint_info` (48 bytes). Cilium stores the MACs as `__u64` (6 bytes + 2 of

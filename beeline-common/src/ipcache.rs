@@ -8,7 +8,7 @@
 //! `prefixlen = 32 + n` (Cilium's `IPCACHE_PREFIX_LEN`). On the BPF side aya's `lpm_trie::Key`
 //! supplies the prefix length, so the map's data part is [`IpcacheLpmData`].
 
-use crate::endpoint::ENDPOINT_KEY_IPV4;
+use crate::endpoint::{ENDPOINT_KEY_IPV4, ENDPOINT_KEY_IPV6};
 
 pub const MAP_NAME: &str = "beeline_ipcache";
 pub const MAX_ENTRIES: u32 = 512_000;
@@ -57,6 +57,12 @@ impl IpcacheKey {
         let prefix_len = if prefix_len > 32 { 32 } else { prefix_len };
         IpcacheKey { prefixlen: STATIC_PREFIX_BITS + prefix_len, data: IpcacheLpmData::ipv4(ip4_be, prefix_len) }
     }
+
+    /// The key of `ip6/prefix_len` (host bits are cleared; prefix lengths over 128 mean 128).
+    pub const fn ipv6(ip6: [u8; 16], prefix_len: u32) -> Self {
+        let prefix_len = if prefix_len > 128 { 128 } else { prefix_len };
+        IpcacheKey { prefixlen: STATIC_PREFIX_BITS + prefix_len, data: IpcacheLpmData::ipv6(ip6, prefix_len) }
+    }
 }
 
 impl IpcacheLpmData {
@@ -76,6 +82,13 @@ impl IpcacheLpmData {
             ip4: ip4_be & mask_host.to_be(),
             ip6_rest: [0; 3],
         }
+    }
+
+    /// The data part of an IPv6 key/lookup, with host bits beyond `prefix_len` cleared.
+    pub const fn ipv6(ip6: [u8; 16], prefix_len: u32) -> Self {
+        let masked = crate::mask_ipv6(ip6, prefix_len);
+        let (ip4, ip6_rest) = crate::split_ipv6(masked);
+        IpcacheLpmData { pad1: 0, pad2: 0, family: ENDPOINT_KEY_IPV6, ip4, ip6_rest }
     }
 }
 

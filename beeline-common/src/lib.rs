@@ -14,6 +14,34 @@ pub mod nat;
 pub mod policy;
 pub mod tunnel;
 
+/// An IPv6 address (16 bytes in packet order) as Cilium's key unions hold it: the first word,
+/// then the other three, each word's memory in network byte order (as `ip4` holds IPv4).
+pub const fn split_ipv6(ip6: [u8; 16]) -> (u32, [u32; 3]) {
+    (word(ip6, 0), [word(ip6, 4), word(ip6, 8), word(ip6, 12)])
+}
+
+const fn word(ip6: [u8; 16], i: usize) -> u32 {
+    u32::from_ne_bytes([ip6[i], ip6[i + 1], ip6[i + 2], ip6[i + 3]])
+}
+
+/// `ip6` with every bit after the first `prefix_len` cleared (`prefix_len` ≥ 128 keeps all).
+pub const fn mask_ipv6(ip6: [u8; 16], prefix_len: u32) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        let bit = (i as u32) * 8;
+        out[i] = if prefix_len >= bit + 8 {
+            ip6[i]
+        } else if prefix_len <= bit {
+            0
+        } else {
+            ip6[i] & (0xffu8 << (8 - (prefix_len - bit)))
+        };
+        i += 1;
+    }
+    out
+}
+
 /// Names of the pinned maps. Every map is pinned under the agent's bpffs directory with this name.
 pub mod map_names {
     /// Per-endpoint packet and byte counters, keyed by the host-side veth's ifindex.
@@ -68,6 +96,25 @@ mod tests {
     use core::mem::size_of;
 
     #[test]
+    fn ipv6_keys_split_and_mask_like_ciliums_unions() {
+        let addr = [0xfd, 0, 0x10, 0x24, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0x0a];
+        let (first, rest) = split_ipv6(addr);
+        assert_eq!(first.to_ne_bytes(), [0xfd, 0, 0x10, 0x24]);
+        assert_eq!(rest[2].to_ne_bytes(), [0, 0, 0x01, 0x0a]);
+        let ep = crate::endpoint::EndpointKey::ipv6(addr);
+        assert_eq!((ep.family, ep.ip4, ep.ip6_rest), (crate::endpoint::ENDPOINT_KEY_IPV6, first, rest));
+        assert_eq!(mask_ipv6(addr, 120), [0xfd, 0, 0x10, 0x24, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0]);
+        assert_eq!(mask_ipv6(addr, 12), [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(mask_ipv6(addr, 0), [0; 16]);
+        assert_eq!(mask_ipv6(addr, 200), addr);
+        let key = crate::ipcache::IpcacheKey::ipv6(addr, 64);
+        assert_eq!(key.prefixlen, crate::ipcache::STATIC_PREFIX_BITS + 64);
+        assert_eq!(key.data.ip6_rest[2], 0, "host bits cleared");
+        let tk = crate::tunnel::TunnelKey::ipv6(mask_ipv6(addr, 120));
+        assert_eq!(tk.family, crate::endpoint::ENDPOINT_KEY_IPV6);
+    }
+
+    #[test]
     fn layouts_have_no_hidden_padding() {
         assert_eq!(size_of::<EndpointStatsKey>(), 4);
         assert_eq!(size_of::<EndpointStats>(), 16);
@@ -80,7 +127,7 @@ mod tests {
         assert_eq!(size_of::<ipcache::RemoteEndpointInfo>(), 12);
         assert_eq!(size_of::<tunnel::TunnelKey>(), 20);
         assert_eq!(size_of::<tunnel::TunnelValue>(), 20);
-        assert_eq!(size_of::<datapath::DatapathConfig>(), 36);
+        assert_eq!(size_of::<datapath::DatapathConfig>(), 72);
         assert_eq!(size_of::<datapath::DropStats>(), 16);
         assert_eq!(size_of::<policy::PolicyLpmData>(), 12);
         assert_eq!(size_of::<policy::PolicyKey>(), 16);

@@ -3,7 +3,7 @@
 //! no tunnel endpoint for a destination: the destination address masked to the per-node CIDR size
 //! (`DatapathConfig::pod_cidr_prefix_len`) is the key. Exact match (hash), like Cilium's.
 
-use crate::endpoint::ENDPOINT_KEY_IPV4;
+use crate::endpoint::{ENDPOINT_KEY_IPV4, ENDPOINT_KEY_IPV6};
 
 pub const MAP_NAME: &str = "beeline_tunnel_map";
 pub const MAX_ENTRIES: u32 = 65536;
@@ -22,6 +22,12 @@ pub struct TunnelKey {
 impl TunnelKey {
     pub const fn ipv4(network_be: u32) -> Self {
         TunnelKey { ip4: network_be, ip6_rest: [0; 3], family: ENDPOINT_KEY_IPV4, cluster_id: 0, pad: 0 }
+    }
+
+    /// The key of an IPv6 pod CIDR: its network address (host bits already cleared).
+    pub const fn ipv6(network: [u8; 16]) -> Self {
+        let (ip4, ip6_rest) = crate::split_ipv6(network);
+        TunnelKey { ip4, ip6_rest, family: ENDPOINT_KEY_IPV6, cluster_id: 0, pad: 0 }
     }
 }
 

@@ -129,3 +129,45 @@ pub fn ipv4(ctx: &TcContext) -> Result<Ipv4Hdr, Malformed> {
     }
     Ok(ip)
 }
+
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const IPV6_HLEN: usize = 40;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// Offsets of the IPv6 hop limit and addresses from the start of the frame.
+pub const IPV6_HOP_LIMIT_OFF: usize = ETH_HLEN + 7;
+pub const IPV6_SADDR_OFF: usize = ETH_HLEN + 8;
+pub const IPV6_DADDR_OFF: usize = ETH_HLEN + 24;
+
+/// The fixed IPv6 header (RFC 8200). Extension headers are not walked: `next_header` is what
+/// follows the fixed header.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Ipv6Hdr {
+    /// Version (4 bits), traffic class (8), flow label (20).
+    pub vtc_flow: [u8; 4],
+    pub payload_len: [u8; 2],
+    pub next_header: u8,
+    pub hop_limit: u8,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+impl Ipv6Hdr {
+    pub fn payload_len(&self) -> usize {
+        usize::from(u16::from_be_bytes(self.payload_len))
+    }
+}
+
+/// The fixed IPv6 header after validating the version and the payload length against the skb.
+pub fn ipv6(ctx: &TcContext) -> Result<Ipv6Hdr, Malformed> {
+    let ip = ctx.load::<Ipv6Hdr>(ETH_HLEN).map_err(|_| Malformed::Truncated)?;
+    if ip.vtc_flow[0] >> 4 != 6 {
+        return Err(Malformed::BadHeader);
+    }
+    // As for IPv4: trailing Ethernet padding is fine, a payload longer than the frame is not.
+    if ETH_HLEN + IPV6_HLEN + ip.payload_len() > ctx.len() as usize {
+        return Err(Malformed::BadHeader);
+    }
+    Ok(ip)
+}

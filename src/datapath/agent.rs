@@ -122,6 +122,10 @@ pub fn datapath_config(config: &Config, facts: &NodeFacts, previous: &DatapathCo
         native_cidr_prefix_len,
         nat_port_min: previous.nat_port_min,
         nat_port_max: previous.nat_port_max,
+        // IPv6 facts are not gathered yet: keep what the pinned row holds.
+        router_ip6: previous.router_ip6,
+        node_ip6: previous.node_ip6,
+        pod_cidr6_prefix_len: previous.pod_cidr6_prefix_len,
     }
 }
 
