@@ -86,8 +86,11 @@ where
 
 fn main() {
     let args: Vec<u32> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let n_services = args.first().copied().unwrap_or(1000);
-    let per_service = args.get(1).copied().unwrap_or(10);
+    // Under `cargo test` (no `--bench`): a smoke run with small counts.
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let (default_services, default_per_service) = if smoke { (100, 4) } else { (1000, 10) };
+    let n_services = args.first().copied().unwrap_or(default_services);
+    let per_service = args.get(1).copied().unwrap_or(default_per_service);
     println!("map_sync: {n_services} services x {per_service} backends");
 
     let kernel = FakeKernel::new(Faults::None);

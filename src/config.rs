@@ -122,6 +122,14 @@ pub struct Config {
     pub conntrack_gc_max_interval: Duration,
     /// `enable-policy` (Helm `policyEnforcementMode`): when endpoints enforce policy.
     pub enable_policy: EnforcementMode,
+    /// `monitor-aggregation` (Helm `bpf.monitorAggregation`), Cilium's level numbers
+    /// (`beeline_common::datapath::MONITOR_AGGREGATION_*`).
+    pub monitor_aggregation: u8,
+    /// `bpf-events-trace-enabled`, `bpf-events-drop-enabled`, `bpf-events-policy-verdict-enabled`
+    /// (Helm `bpf.events.{trace,drop,policyVerdict}.enabled`).
+    pub bpf_events_trace: bool,
+    pub bpf_events_drop: bool,
+    pub bpf_events_policy_verdict: bool,
 }
 
 /// Every key beeline understands, with its default. Keys are Cilium's spelling; the few
@@ -176,6 +184,10 @@ const KNOWN_KEYS: &[(&str, &str)] = &[
     ("conntrack-gc-interval", "0s"),
     ("conntrack-gc-max-interval", "0s"),
     ("enable-policy", "default"),
+    ("monitor-aggregation", "medium"),
+    ("bpf-events-trace-enabled", "true"),
+    ("bpf-events-drop-enabled", "true"),
+    ("bpf-events-policy-verdict-enabled", "true"),
 ];
 
 /// Keys of Cilium's rendered ConfigMap that beeline accepts but does not act on (yet), so that a
@@ -219,7 +231,6 @@ const ACCEPTED_CILIUM_KEYS: &[&str] = &[
     "k8s-client-burst",
     "k8s-client-qps",
     "kube-proxy-replacement-healthz-bind-address",
-    "monitor-aggregation",
     "monitor-aggregation-flags",
     "monitor-aggregation-interval",
     "node-port-bind-protection",
@@ -410,6 +421,10 @@ impl Config {
                 .to_ascii_lowercase()
                 .parse::<EnforcementMode>()
                 .map_err(|_| v.invalid("enable-policy", "expected one of default, always, never"))?,
+            monitor_aggregation: v.monitor_aggregation("monitor-aggregation")?,
+            bpf_events_trace: v.bool("bpf-events-trace-enabled")?,
+            bpf_events_drop: v.bool("bpf-events-drop-enabled")?,
+            bpf_events_policy_verdict: v.bool("bpf-events-policy-verdict-enabled")?,
         };
         cfg.check_consistency()?;
         Ok(cfg)
@@ -520,6 +535,19 @@ impl Values<'_> {
             "true" => Ok(true),
             "false" => Ok(false),
             _ => Err(self.invalid(key, "expected true or false")),
+        }
+    }
+
+    /// Cilium's spellings (case-insensitive) or the level's number.
+    fn monitor_aggregation(&self, key: &str) -> Result<u8, ConfigError> {
+        use beeline_common::datapath::*;
+        match self.get(key).to_ascii_lowercase().as_str() {
+            "none" | "disabled" | "0" => Ok(MONITOR_AGGREGATION_NONE),
+            "lowest" | "1" => Ok(MONITOR_AGGREGATION_LOWEST),
+            "low" | "2" => Ok(MONITOR_AGGREGATION_LOW),
+            "medium" | "3" => Ok(MONITOR_AGGREGATION_MEDIUM),
+            "max" | "maximum" | "4" => Ok(MONITOR_AGGREGATION_MAXIMUM),
+            _ => Err(self.invalid(key, "expected one of none, lowest, low, medium, maximum")),
         }
     }
 
@@ -737,6 +765,37 @@ mod tests {
         assert_eq!(cfg.routing_mode, RoutingMode::Native);
         assert!(cfg.kube_proxy_replacement && cfg.auto_direct_node_routes);
         assert_eq!(cfg.cluster_pool_ipv4_cidr.len(), 2);
+    }
+
+    #[test]
+    fn monitor_aggregation_levels_and_event_switches() {
+        use beeline_common::datapath::*;
+        let cases = [
+            (None, Some(MONITOR_AGGREGATION_MEDIUM)),
+            (Some("none"), Some(MONITOR_AGGREGATION_NONE)),
+            (Some("disabled"), Some(MONITOR_AGGREGATION_NONE)),
+            (Some("Lowest"), Some(MONITOR_AGGREGATION_LOWEST)),
+            (Some("low"), Some(MONITOR_AGGREGATION_LOW)),
+            (Some("MEDIUM"), Some(MONITOR_AGGREGATION_MEDIUM)),
+            (Some("max"), Some(MONITOR_AGGREGATION_MAXIMUM)),
+            (Some("maximum"), Some(MONITOR_AGGREGATION_MAXIMUM)),
+            (Some("2"), Some(MONITOR_AGGREGATION_LOW)),
+            (Some("high"), None),
+            (Some("5"), None),
+        ];
+        for (value, want) in cases {
+            let pairs: Vec<(&str, &str)> = value.map(|v| ("monitor-aggregation", v)).into_iter().collect();
+            match (Config::from_raw(&raw(&pairs)), want) {
+                (Ok(cfg), Some(level)) => assert_eq!(cfg.monitor_aggregation, level, "{value:?}"),
+                (Err(e), None) => assert!(e.to_string().contains("`monitor-aggregation`"), "{value:?}: {e}"),
+                (got, want) => panic!("{value:?}: got {got:?}, want {want:?}"),
+            }
+        }
+        let cfg = Config::from_raw(&raw(&[])).unwrap();
+        assert!(cfg.bpf_events_trace && cfg.bpf_events_drop && cfg.bpf_events_policy_verdict, "on by default");
+        let cfg = Config::from_raw(&raw(&[("bpf-events-trace-enabled", "false")])).unwrap();
+        assert!(!cfg.bpf_events_trace && cfg.bpf_events_drop);
+        assert!(Config::ignored_keys(&raw(&[("monitor-aggregation", "low")])).is_empty(), "acted on, not ignored");
     }
 
     #[test]

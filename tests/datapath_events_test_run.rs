@@ -1,6 +1,7 @@
 //! Flow events of the datapath under `BPF_PROG_TEST_RUN`, read back from the pinned
-//! `beeline_events` ring buffer: trace events at from-endpoint / to-endpoint with the aggregation
-//! of Cilium's "medium" level, drop events with their reason, and policy verdicts with their match
+//! `beeline_events` ring buffer: trace events with the aggregation of Cilium's "medium" level (the
+//! default: no receive points, a flow's first packets only) and the other `monitor-aggregation`
+//! levels and `bpf-events-*-enabled` switches, drop events with their reason, and policy verdicts with their match
 //! type. Root, no namespaces (pod A sits on loopback, where test_run runs; pod B is local behind
 //! an arbitrary ifindex).
 
@@ -16,7 +17,10 @@ use beeline::datapath::{
 };
 use beeline::observe::decode::{decode, DatapathEvent, Endpoint, EventKind};
 use beeline_common::{
-    datapath::drop_reason,
+    datapath::{
+        drop_reason, monitor_flags, DatapathConfig, MONITOR_AGGREGATION_LOW, MONITOR_AGGREGATION_MAXIMUM,
+        MONITOR_AGGREGATION_MEDIUM, MONITOR_AGGREGATION_NONE,
+    },
     events::{point, policy_match},
     policy::{PolicyEntry, PolicyKey, DIR_INGRESS, EP_F_INGRESS_ENFORCE},
 };
@@ -71,25 +75,70 @@ const TO_EP: EventKind = EventKind::Trace { point: point::TO_ENDPOINT };
 fn traces_report_a_flows_first_packet_and_new_tcp_flags_only() {
     let mut f = Fixture::new("ev-trace");
     let syn = f.run(&tcp_a_to_b(40000, tcp_flags::SYN));
-    assert_eq!(kinds(&syn), [FROM_EP, TO_EP]);
+    // Medium hides the receive point (from-endpoint), as Cilium's TRACE_AGGREGATE_RX does.
+    assert_eq!(kinds(&syn), [TO_EP]);
     let first = syn[0];
     assert_eq!(first.src, Endpoint { ip: ip("10.0.1.2"), port: 40000 });
     assert_eq!(first.dst, Endpoint { ip: ip("10.0.1.3"), port: 80 });
     assert_eq!((first.protocol, first.tcp_flags, first.ifindex), (6, tcp_flags::SYN, LOOPBACK));
-    assert_eq!((first.src_identity, syn[1].dst_identity), (ID_A, ID_B), "identities known at each point");
-    assert!(first.ktime_ns > 0 && syn[1].ktime_ns >= first.ktime_ns);
+    assert_eq!(first.dst_identity, ID_B, "the destination's identity at to-endpoint");
+    assert!(first.ktime_ns > 0);
     // The same flow again: a retransmitted SYN and plain ACKs are aggregated away …
     assert_eq!(kinds(&f.run(&tcp_a_to_b(40000, tcp_flags::SYN))), []);
     assert_eq!(kinds(&f.run(&tcp_a_to_b(40000, tcp_flags::ACK))), []);
     assert_eq!(kinds(&f.run(&tcp_a_to_b(40000, tcp_flags::ACK | tcp_flags::PSH))), []);
-    // … a FIN is new on this flow and reported at both points, a second FIN is not.
+    // … a FIN is new on this flow and reported, a second FIN is not.
     let fin = f.run(&tcp_a_to_b(40000, tcp_flags::FIN | tcp_flags::ACK));
-    assert_eq!(kinds(&fin), [FROM_EP, TO_EP]);
+    assert_eq!(kinds(&fin), [TO_EP]);
     assert_eq!(fin[0].tcp_flags, tcp_flags::FIN | tcp_flags::ACK);
     assert_eq!(kinds(&f.run(&tcp_a_to_b(40000, tcp_flags::FIN | tcp_flags::ACK))), []);
     // Another source port is another flow.
-    assert_eq!(kinds(&f.run(&tcp_a_to_b(40001, tcp_flags::ACK))), [FROM_EP, TO_EP]);
+    assert_eq!(kinds(&f.run(&tcp_a_to_b(40001, tcp_flags::ACK))), [TO_EP]);
     assert_eq!(events::read_lost(&f.bpffs.pin_dir()).unwrap(), 0);
+}
+
+#[test]
+fn monitor_aggregation_levels_and_event_switches_decide_what_is_written() {
+    let mut f = Fixture::new("ev-levels");
+    let pin = f.bpffs.pin_dir();
+    let set = |flags: u32| tables::write_config(&pin, &DatapathConfig { flags, ..Default::default() }).unwrap();
+    // none: every packet, receive points included, with the source's identity at from-endpoint.
+    set(monitor_flags(MONITOR_AGGREGATION_NONE, true, true, true));
+    for _ in 0..3 {
+        let evs = f.run(&tcp_a_to_b(41000, tcp_flags::ACK));
+        assert_eq!(kinds(&evs), [FROM_EP, TO_EP]);
+        assert_eq!((evs[0].src_identity, evs[1].dst_identity), (ID_A, ID_B));
+    }
+    // low: every packet, no receive points.
+    set(monitor_flags(MONITOR_AGGREGATION_LOW, true, true, true));
+    for _ in 0..3 {
+        assert_eq!(kinds(&f.run(&tcp_a_to_b(41000, tcp_flags::ACK))), [TO_EP]);
+    }
+    // maximum aggregates like medium: a new flow once, then nothing.
+    set(monitor_flags(MONITOR_AGGREGATION_MAXIMUM, true, true, true));
+    assert_eq!(kinds(&f.run(&tcp_a_to_b(41001, tcp_flags::ACK))), [TO_EP]);
+    assert_eq!(kinds(&f.run(&tcp_a_to_b(41001, tcp_flags::ACK))), []);
+    // Traces off: nothing for forwarded packets, drops still reported.
+    set(monitor_flags(MONITOR_AGGREGATION_NONE, false, true, true));
+    assert_eq!(kinds(&f.run(&tcp_a_to_b(41002, tcp_flags::SYN))), []);
+    let spoofed = FrameBuilder::new(MAC_A, LXC_A).ipv4(ip("10.0.1.99"), ip("10.0.1.3")).tcp(1, 80, tcp_flags::ACK);
+    assert_eq!(kinds(&f.run(&spoofed.build())), [EventKind::Drop { reason: drop_reason::INVALID_SIP as u16 }]);
+    // Drop events off: the drop is not reported, but it is still counted and still a drop.
+    set(monitor_flags(MONITOR_AGGREGATION_MEDIUM, true, false, true));
+    let before = invalid_sip_drops(&f);
+    assert_eq!(kinds(&f.run(&spoofed.build())), []);
+    assert_eq!(invalid_sip_drops(&f), before + 1);
+    // Policy verdicts off: a denial is dropped and the drop reported, without a verdict.
+    set(monitor_flags(MONITOR_AGGREGATION_MEDIUM, true, true, false));
+    tables::set_policy_enforcement(&pin, EP_B, EP_F_INGRESS_ENFORCE).unwrap();
+    assert_eq!(
+        kinds(&f.run(&tcp_a_to_b(41003, tcp_flags::SYN))),
+        [EventKind::Drop { reason: drop_reason::POLICY as u16 }]
+    );
+}
+
+fn invalid_sip_drops(f: &Fixture) -> u64 {
+    f.drops().into_iter().find(|(r, _)| *r == drop_reason::INVALID_SIP).map_or(0, |(_, n)| n)
 }
 
 #[test]
@@ -119,18 +168,18 @@ fn policy_verdicts_carry_direction_verdict_and_match_type() {
     let drop = EventKind::Drop { reason: drop_reason::POLICY as u16 };
     // Default deny: a verdict and a drop, for every packet (denials are never aggregated).
     let events = f.run(&tcp_a_to_b(40000, tcp_flags::SYN));
-    assert_eq!(kinds(&events), [FROM_EP, denied, drop]);
-    assert_eq!((events[1].src_identity, events[1].dst_identity), (ID_A, ID_B));
-    // The retransmission: from-endpoint is aggregated away, the denial is not.
+    assert_eq!(kinds(&events), [denied, drop]);
+    assert_eq!((events[0].src_identity, events[0].dst_identity), (ID_A, ID_B));
+    // The retransmission: denials are never aggregated.
     assert_eq!(kinds(&f.run(&tcp_a_to_b(40000, tcp_flags::SYN))), [denied, drop]);
     // An L4 allow for A: allowed, L3-L4, then delivered; reported once per flow.
     tables::upsert_policy(&pin, &PolicyKey::l4(EP_B, ID_A, DIR_INGRESS, 6, 80, 16), &PolicyEntry::ALLOW).unwrap();
     let allowed_l3_l4 = EventKind::PolicyVerdict { egress: false, allowed: true, match_type: policy_match::L3_L4 };
-    assert_eq!(kinds(&f.run(&tcp_a_to_b(40002, tcp_flags::SYN))), [FROM_EP, allowed_l3_l4, TO_EP]);
+    assert_eq!(kinds(&f.run(&tcp_a_to_b(40002, tcp_flags::SYN))), [allowed_l3_l4, TO_EP]);
     assert_eq!(kinds(&f.run(&tcp_a_to_b(40002, tcp_flags::ACK))), []);
     // An L3 allow for A, a new flow: L3-Only.
     tables::upsert_policy(&pin, &PolicyKey::l3(EP_B, ID_A, DIR_INGRESS), &PolicyEntry::ALLOW).unwrap();
     let l3 = EventKind::PolicyVerdict { egress: false, allowed: true, match_type: policy_match::L3_ONLY };
     let frame = FrameBuilder::new(MAC_A, LXC_A).ipv4(ip("10.0.1.2"), ip("10.0.1.3")).udp(5000, 53).build();
-    assert_eq!(kinds(&f.run(&frame)), [FROM_EP, l3, TO_EP]);
+    assert_eq!(kinds(&f.run(&frame)), [l3, TO_EP]);
 }

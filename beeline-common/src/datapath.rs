@@ -19,6 +19,55 @@ pub const CONFIG_F_NO_PEER_REDIRECT: u32 = 1;
 /// `DatapathConfig::flags`: masquerade pod egress to outside the cluster to `node_ip` in BPF
 /// (`enable-ipv4-masquerade` + `enable-bpf-masquerade`), on the uplink's `to_netdev`.
 pub const CONFIG_F_MASQUERADE: u32 = 2;
+/// `DatapathConfig::flags`: no trace events (`bpf-events-trace-enabled: false`).
+pub const CONFIG_F_NO_TRACE_EVENTS: u32 = 4;
+/// `DatapathConfig::flags`: no drop events (`bpf-events-drop-enabled: false`); the drop counters
+/// still count.
+pub const CONFIG_F_NO_DROP_EVENTS: u32 = 8;
+/// `DatapathConfig::flags`: no policy-verdict events (`bpf-events-policy-verdict-enabled: false`).
+pub const CONFIG_F_NO_POLICY_VERDICT_EVENTS: u32 = 16;
+/// `DatapathConfig::flags`: trace the receive points too (from-endpoint, from-overlay, ...).
+/// Cilium hides them at every `monitor-aggregation` level but `none` (`TRACE_AGGREGATE_RX`).
+pub const CONFIG_F_TRACE_RX: u32 = 32;
+/// `DatapathConfig::flags`: trace every packet, not only a connection's first packets, TCP flag
+/// changes and one per interval (levels `none`, `lowest`, `low`; Cilium's
+/// `TRACE_AGGREGATE_ACTIVE_CT` starts at `medium`). Both bits clear = `medium`, Cilium's default,
+/// so a datapath whose config row is not written yet aggregates.
+pub const CONFIG_F_TRACE_EVERY_PACKET: u32 = 64;
+/// Every flag that [`monitor_flags`] decides.
+pub const CONFIG_F_MONITOR_MASK: u32 = CONFIG_F_NO_TRACE_EVENTS
+    | CONFIG_F_NO_DROP_EVENTS
+    | CONFIG_F_NO_POLICY_VERDICT_EVENTS
+    | CONFIG_F_TRACE_RX
+    | CONFIG_F_TRACE_EVERY_PACKET;
+
+/// `monitor-aggregation` levels in Cilium's numbering (`none` 0 … `maximum` 4).
+pub const MONITOR_AGGREGATION_NONE: u8 = 0;
+pub const MONITOR_AGGREGATION_LOWEST: u8 = 1;
+pub const MONITOR_AGGREGATION_LOW: u8 = 2;
+pub const MONITOR_AGGREGATION_MEDIUM: u8 = 3;
+pub const MONITOR_AGGREGATION_MAXIMUM: u8 = 4;
+
+/// The event flags for a `monitor-aggregation` level and the three `bpf-events-*-enabled` switches.
+pub const fn monitor_flags(level: u8, trace: bool, drop: bool, policy_verdict: bool) -> u32 {
+    let mut flags = 0;
+    if !trace {
+        flags |= CONFIG_F_NO_TRACE_EVENTS;
+    }
+    if !drop {
+        flags |= CONFIG_F_NO_DROP_EVENTS;
+    }
+    if !policy_verdict {
+        flags |= CONFIG_F_NO_POLICY_VERDICT_EVENTS;
+    }
+    if level < MONITOR_AGGREGATION_LOWEST {
+        flags |= CONFIG_F_TRACE_RX;
+    }
+    if level < MONITOR_AGGREGATION_MEDIUM {
+        flags |= CONFIG_F_TRACE_EVERY_PACKET;
+    }
+    flags
+}
 
 /// The only entry of [`CONFIG_MAP_NAME`] (an array of one).
 #[repr(C)]
@@ -156,6 +205,26 @@ mod tests {
         assert!(!unset.in_native_cidr(be([10, 0, 0, 1])), "no CIDR configured: nothing is inside");
         let host = DatapathConfig { native_cidr: be([10, 0, 0, 7]), native_cidr_prefix_len: 32, ..Default::default() };
         assert!(host.in_native_cidr(be([10, 0, 0, 7])) && !host.in_native_cidr(be([10, 0, 0, 8])));
+    }
+
+    #[test]
+    fn monitor_levels_map_to_ciliums_trace_aggregation() {
+        // (level, receive points traced, every packet traced)
+        let cases = [
+            (MONITOR_AGGREGATION_NONE, true, true),
+            (MONITOR_AGGREGATION_LOWEST, false, true),
+            (MONITOR_AGGREGATION_LOW, false, true),
+            (MONITOR_AGGREGATION_MEDIUM, false, false),
+            (MONITOR_AGGREGATION_MAXIMUM, false, false),
+        ];
+        for (level, rx, every) in cases {
+            let f = monitor_flags(level, true, true, true);
+            assert_eq!((f & CONFIG_F_TRACE_RX != 0, f & CONFIG_F_TRACE_EVERY_PACKET != 0), (rx, every), "{level}");
+            assert_eq!(f & !CONFIG_F_MONITOR_MASK, 0);
+        }
+        assert_eq!(monitor_flags(MONITOR_AGGREGATION_MEDIUM, true, true, true), 0, "the default is all zero");
+        let off = monitor_flags(MONITOR_AGGREGATION_MEDIUM, false, false, false);
+        assert_eq!(off, CONFIG_F_NO_TRACE_EVENTS | CONFIG_F_NO_DROP_EVENTS | CONFIG_F_NO_POLICY_VERDICT_EVENTS);
     }
 
     #[test]

@@ -40,6 +40,13 @@ pub mod point {
     pub const TO_NETWORK: u8 = 11;
     pub const SERVICE: u8 = 100;
 
+    /// The receive points (Cilium's `TRACE_FROM_*`), which every `monitor-aggregation` level
+    /// above `none` hides: the matching `to-*` point tells the same story.
+    pub const fn is_receive(point: u8) -> bool {
+        // 6 and 7 are Cilium's from-proxy and from-host, not emitted by beeline yet.
+        matches!(point, FROM_ENDPOINT | 6 | 7 | FROM_STACK | FROM_OVERLAY | FROM_NETWORK)
+    }
+
     /// Hubble's name for the observation point.
     pub fn name(point: u8) -> &'static str {
         match point {

@@ -11,6 +11,11 @@
 //! only for a flow's first packet at a point, the first SYN/FIN/RST, and then at most every
 //! `AGG_INTERVAL_SECS` (state in the LRU `beeline_events_agg`); drops and denials always. A full
 //! ring buffer costs the event, never the packet, and is counted in `beeline_events_lost`.
+//!
+//! The agent picks the level and switches event kinds off through `DatapathConfig::flags`
+//! (`monitor-aggregation`, `bpf-events-{trace,drop,policy-verdict}-enabled`): `none` traces every
+//! packet at every point, `lowest`/`low` every packet but not at receive points, `medium`/`maximum`
+//! (all flags clear, the default) as above without receive points.
 
 use aya_ebpf::{
     bindings::{__sk_buff, TC_ACT_OK},
@@ -20,6 +25,10 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use beeline_common::{
+    datapath::{
+        CONFIG_F_NO_DROP_EVENTS, CONFIG_F_NO_POLICY_VERDICT_EVENTS, CONFIG_F_NO_TRACE_EVENTS, CONFIG_F_TRACE_EVERY_PACKET,
+        CONFIG_F_TRACE_RX,
+    },
     events::{
         kind, policy_match, should_report, AggKey, AggValue, FlowEvent, AGG_MAX_ENTRIES, AGG_REPORT_FLAGS,
         DEFAULT_RING_BYTES,
@@ -29,7 +38,7 @@ use beeline_common::{
 use beeline_common::endpoint::EndpointInfo;
 
 use crate::{
-    maps::POLICY,
+    maps::{CONFIG, POLICY},
     parse::{self, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP},
 };
 
@@ -178,6 +187,13 @@ fn aggregate(ev: &FlowEvent, point: u8) -> bool {
     true
 }
 
+/// The node's event flags (`CONFIG_F_*`); all clear (medium, every kind on) before the agent
+/// writes the config row. Reads the one field, not the whole row, to keep the stack small.
+#[inline(always)]
+fn config_flags() -> u32 {
+    CONFIG.get(0).map(|c| c.flags).unwrap_or(0)
+}
+
 #[inline(always)]
 fn output(ev: &FlowEvent) {
     if EVENTS.output::<FlowEvent>(ev, 0).is_err() {
@@ -190,11 +206,17 @@ fn output(ev: &FlowEvent) {
 
 #[inline(never)]
 fn emit_trace(skb: *mut __sk_buff, point: u8, src_identity: u32, dst_identity: u32, orig: u64) {
+    let flags = config_flags();
+    if flags & CONFIG_F_NO_TRACE_EVENTS != 0
+        || (flags & CONFIG_F_TRACE_RX == 0 && beeline_common::events::point::is_receive(point))
+    {
+        return;
+    }
     let ctx = TcContext::new(skb);
     let Some(ev) = new_event(&ctx, kind::TRACE) else {
         return;
     };
-    if !fill_tuple(&ctx, ev) || !aggregate(ev, point) {
+    if !fill_tuple(&ctx, ev) || (flags & CONFIG_F_TRACE_EVERY_PACKET == 0 && !aggregate(ev, point)) {
         return;
     }
     ev.point = point;
@@ -207,6 +229,9 @@ fn emit_trace(skb: *mut __sk_buff, point: u8, src_identity: u32, dst_identity: u
 
 #[inline(never)]
 fn emit_drop(skb: *mut __sk_buff, reason: u32) {
+    if config_flags() & CONFIG_F_NO_DROP_EVENTS != 0 {
+        return;
+    }
     let ctx = TcContext::new(skb);
     let Some(ev) = new_event(&ctx, kind::DROP) else {
         return;
@@ -220,6 +245,9 @@ fn emit_drop(skb: *mut __sk_buff, reason: u32) {
 /// `packed` = direction | allowed << 8 | match type << 16 (five arguments at most per call).
 #[inline(never)]
 fn emit_policy(skb: *mut __sk_buff, packed: u32, peer: u32, local_identity: u32) {
+    if config_flags() & CONFIG_F_NO_POLICY_VERDICT_EVENTS != 0 {
+        return;
+    }
     let ctx = TcContext::new(skb);
     let Some(ev) = new_event(&ctx, kind::POLICY_VERDICT) else {
         return;

@@ -13,8 +13,9 @@
 //!     10 000 services programmed, `from_container` on the client's veth doing the LB;
 //! (c) pod-to-service vs pod-to-pod TCP throughput;
 //! then the baseline's `run.sh` with a reduced profile, and one table (markdown + JSON) with ratios.
-//! See `docs/benchmarks.md`. Not run by the tests; everything it creates is removed at the end,
-//! also on failure, SIGINT and SIGTERM.
+//! See `docs/benchmarks.md`. Under `cargo test` (no `--bench` argument) it is a smoke run: every
+//! beeline step with tiny counts, no baseline, and a failure when a step produced nothing.
+//! Everything it creates is removed at the end, also on failure, SIGINT and SIGTERM.
 
 #[path = "../../tests/integration/mod.rs"]
 mod integration;
@@ -80,12 +81,32 @@ pub struct Args {
     /// Global time budget; steps not started by then are reported as not run.
     #[arg(long, default_value_t = 20.0)]
     max_minutes: f64,
-    /// Passed by `cargo bench`; ignored.
+    /// Passed by `cargo bench`; without it (under `cargo test`) this is a smoke run.
     #[arg(long, hide = true)]
     bench: bool,
 }
 
 impl Args {
+    /// `cargo test` runs bench targets too: check the steps still work, in seconds, without the
+    /// baseline (minutes) and without figures anyone should read.
+    fn apply_smoke(&mut self) {
+        if !self.bench {
+            self.prog_n = vec![200];
+            self.dp_n = vec![1];
+            self.backends = 2;
+            self.prog_reps = 1;
+            self.inc_reps = 1;
+            self.runs = 1;
+            self.conns = 100;
+            self.warmup = 10;
+            self.throughput_secs = 1;
+            self.throughput_reps = 1;
+            self.skip_baseline = true;
+            self.max_minutes = 5.0;
+            self.out = PathBuf::from("target/bench-results/services-smoke");
+        }
+    }
+
     fn apply_quick(&mut self) {
         if self.quick {
             self.prog_n = vec![1000];
@@ -164,6 +185,7 @@ fn write_results(dir: &Path, results: &Results) -> std::io::Result<()> {
 fn main() {
     let mut args = Args::parse();
     args.apply_quick();
+    args.apply_smoke();
     if let Err(e) = beeline::lab::require_root("the services benchmark") {
         eprintln!("{e}");
         std::process::exit(2);
@@ -261,5 +283,13 @@ fn main() {
     }
     if signals::stopped() {
         std::process::exit(130);
+    }
+    if !args.bench {
+        let failed: Vec<&String> = results.pending.iter().filter(|p| !p.contains("--skip-baseline")).collect();
+        let unmeasured = results.connections.iter().any(|c| c.summary.is_none());
+        if results.programming.is_empty() || results.connections.is_empty() || unmeasured || !failed.is_empty() {
+            eprintln!("services benchmark smoke run failed: {failed:?}");
+            std::process::exit(1);
+        }
     }
 }

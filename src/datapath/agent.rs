@@ -21,7 +21,9 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use beeline_common::datapath::{DatapathConfig, CONFIG_F_MASQUERADE, TUNNEL_GENEVE, TUNNEL_NONE, TUNNEL_VXLAN};
+use beeline_common::datapath::{
+    monitor_flags, DatapathConfig, CONFIG_F_MASQUERADE, CONFIG_F_MONITOR_MASK, TUNNEL_GENEVE, TUNNEL_NONE, TUNNEL_VXLAN,
+};
 
 use super::{
     attach::AttachMode,
@@ -96,10 +98,16 @@ pub fn tunnel_of(config: &Config) -> Option<TunnelProtocol> {
 /// the router IP while IPAM catches up.
 pub fn datapath_config(config: &Config, facts: &NodeFacts, previous: &DatapathConfig) -> DatapathConfig {
     let tunnel = tunnel_of(config);
-    let mut flags = previous.flags & !CONFIG_F_MASQUERADE;
+    let mut flags = previous.flags & !(CONFIG_F_MASQUERADE | CONFIG_F_MONITOR_MASK);
     if bpf_masquerade(config) {
         flags |= CONFIG_F_MASQUERADE;
     }
+    flags |= monitor_flags(
+        config.monitor_aggregation,
+        config.bpf_events_trace,
+        config.bpf_events_drop,
+        config.bpf_events_policy_verdict,
+    );
     let (native_cidr, native_cidr_prefix_len) = match config.ipv4_native_routing_cidr {
         Some(net) => (tables::be(net.network()), u32::from(net.prefix_len())),
         None => (0, 0),

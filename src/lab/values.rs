@@ -65,6 +65,10 @@ const MAPPINGS: &[(&str, &str, Shape)] = &[
     ("nodePort.range", "node-port-range", Shape::Scalar),
     ("MTU", "mtu", Shape::Scalar),
     ("policyEnforcementMode", "enable-policy", Shape::Scalar),
+    ("bpf.monitorAggregation", "monitor-aggregation", Shape::Scalar),
+    ("bpf.events.trace.enabled", "bpf-events-trace-enabled", Shape::Scalar),
+    ("bpf.events.drop.enabled", "bpf-events-drop-enabled", Shape::Scalar),
+    ("bpf.events.policyVerdict.enabled", "bpf-events-policy-verdict-enabled", Shape::Scalar),
 ];
 
 /// Chart settings that have no meaning in the lab (images, Hubble, scheduling of the pods); the
@@ -334,6 +338,10 @@ mod tests {
             ),
             // Masquerading in BPF (beeline has no iptables masquerading to fall back to).
             ("bpf:\n  masquerade: true\n", &[("enable-bpf-masquerade", "true")]),
+            (
+                "bpf:\n  monitorAggregation: none\n  events:\n    drop: {enabled: false}\n",
+                &[("monitor-aggregation", "none"), ("bpf-events-drop-enabled", "false")],
+            ),
             // The seeds' cilium-ipam-multi-pool.yaml pool map, two pools and both families.
             (
                 "ipam:\n  mode: multi-pool\n  operator:\n    autoCreateCiliumPodIPPools:\n      default:\n        ipv4:\n          cidrs: [\"10.10.0.0/16\", 10.11.0.0/16]\n          maskSize: 27\n      other:\n        ipv6: {cidrs: fd00::/104, maskSize: 120}\nroutingMode: native\nipv4NativeRoutingCIDR: 10.0.0.0/8\n",

@@ -20,11 +20,18 @@ pub struct TestRunOutput {
 /// Runs `program` once on `frame` (an Ethernet frame). Without a context the kernel runs the
 /// program as if the packet arrived on the loopback device of the caller's network namespace.
 pub fn run_tc(program: &SchedClassifier, frame: &[u8]) -> Result<TestRunOutput, ProgramError> {
+    run_tc_repeat(program, frame, 1)
+}
+
+/// Runs `program` `repeat` times in the kernel on one skb; `duration` is the kernel's average
+/// per run (what the benchmarks report). The runs share the skb, so a program that rewrites the
+/// packet sees its own rewrite from the second run on: benchmark paths that leave it unchanged.
+pub fn run_tc_repeat(program: &SchedClassifier, frame: &[u8], repeat: u32) -> Result<TestRunOutput, ProgramError> {
     let mut out = vec![0u8; frame.len() + HEADROOM];
     let result = program.test_run(TestRunOptions {
         data_in: Some(frame),
         data_out: Some(&mut out),
-        repeat: 1,
+        repeat,
         ..TestRunOptions::new()
     })?;
     out.truncate(result.data_size_out as usize);
