@@ -38,13 +38,6 @@ struct Fixture {
     ring: aya::maps::RingBuf<aya::maps::MapData>,
 }
 
-impl std::ops::Deref for Fixture {
-    type Target = LoadedDatapath;
-    fn deref(&self) -> &LoadedDatapath {
-        &self.dp
-    }
-}
-
 impl Fixture {
     fn new(label: &str) -> Fixture {
         let dp = LoadedDatapath::new(label);
@@ -94,13 +87,13 @@ fn traces_report_a_flows_first_packet_and_new_tcp_flags_only() {
     assert_eq!(kinds(&f.run(&tcp_a_to_b(40000, tcp_flags::FIN | tcp_flags::ACK))), []);
     // Another source port is another flow.
     assert_eq!(kinds(&f.run(&tcp_a_to_b(40001, tcp_flags::ACK))), [TO_EP]);
-    assert_eq!(events::read_lost(&f.bpffs.pin_dir()).unwrap(), 0);
+    assert_eq!(events::read_lost(&f.dp.bpffs.pin_dir()).unwrap(), 0);
 }
 
 #[test]
 fn monitor_aggregation_levels_and_event_switches_decide_what_is_written() {
     let mut f = Fixture::new("ev-levels");
-    let pin = f.bpffs.pin_dir();
+    let pin = f.dp.bpffs.pin_dir();
     let set = |flags: u32| tables::write_config(&pin, &DatapathConfig { flags, ..Default::default() }).unwrap();
     // none: every packet, receive points included, with the source's identity at from-endpoint.
     set(monitor_flags(MONITOR_AGGREGATION_NONE, true, true, true));
@@ -138,7 +131,7 @@ fn monitor_aggregation_levels_and_event_switches_decide_what_is_written() {
 }
 
 fn invalid_sip_drops(f: &Fixture) -> u64 {
-    f.drops().into_iter().find(|(r, _)| *r == drop_reason::INVALID_SIP).map_or(0, |(_, n)| n)
+    f.dp.drops().into_iter().find(|(r, _)| *r == drop_reason::INVALID_SIP).map_or(0, |(_, n)| n)
 }
 
 #[test]
@@ -162,7 +155,7 @@ fn drops_are_always_reported_with_their_reason() {
 #[test]
 fn policy_verdicts_carry_direction_verdict_and_match_type() {
     let mut f = Fixture::new("ev-policy");
-    let pin = f.bpffs.pin_dir();
+    let pin = f.dp.bpffs.pin_dir();
     tables::set_policy_enforcement(&pin, EP_B, EP_F_INGRESS_ENFORCE).unwrap();
     let denied = EventKind::PolicyVerdict { egress: false, allowed: false, match_type: policy_match::NONE };
     let drop = EventKind::Drop { reason: drop_reason::POLICY as u16 };
