@@ -87,9 +87,48 @@ fn connectivity_traffic_shows_up_as_enriched_flows_and_filters_select_exactly() 
         .env_remove("KUBECONFIG")));
     assert!(text.lines().count() <= 5 && text.contains(&format!("{client}:")) && text.contains("(ID:"), "{text}");
 
+    // --follow merges new flows from every node as they happen (the relay, live): a new
+    // connection to the other node's echo pod shows up from the client's node (to-overlay) and
+    // from the echo pod's node (to-endpoint). `--last 0`: nothing from before.
+    let ns = delivered.source.namespace.clone();
+    let client_pod = &lab.running_pods("name=client", 1, Duration::from_secs(10))[0];
+    let netns = integration::lab::pod_netns(client_pod);
+    let other = &lab.running_pods("name=echo-other-node", 1, Duration::from_secs(10))[0];
+    let other_addr = format!("{}:8080", other["status"]["podIP"].as_str().unwrap()).parse().unwrap();
+    let other_pod = format!("{ns}/{}", other["metadata"]["name"].as_str().unwrap());
+    let mut follow = integration::Proc(
+        Command::new(BIN)
+            .args(["observe", "--state-dir", lab.arg(), "--follow", "--last", "0", "-o", "json", "--to-pod", &other_pod])
+            .env_remove("KUBECONFIG")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = follow.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(lines)).map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen: std::collections::BTreeMap<String, String> = Default::default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while seen.len() < 2 && std::time::Instant::now() < deadline {
+        let _ = beeline::lab::probe::http_get_in(&netns, other_addr, "/");
+        while let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+            let f: Flow = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            assert_eq!(format!("{}/{}", f.destination.namespace, f.destination.pod_name), other_pod, "--to-pod: {line}");
+            seen.insert(f.node_name.clone(), f.observation_point.clone());
+        }
+    }
+    assert_eq!(seen.len(), 2, "live flows from both nodes: {seen:?}");
+    assert!(seen.values().any(|p| p == "to-overlay") && seen.values().any(|p| p == "to-endpoint"), "{seen:?}");
+    drop(follow);
+
     // A policy that admits nobody the test runs: the client's connection to the same-node echo
     // pod shows a `policy-verdict:none INGRESS DENIED` and a drop with the policy reason.
-    let ns = delivered.source.namespace.clone();
     lab.apply(
         "deny.yaml",
         &format!(
@@ -98,11 +137,9 @@ fn connectivity_traffic_shows_up_as_enriched_flows_and_filters_select_exactly() 
              - fromEndpoints: [{{matchLabels: {{name: nobody}}}}]\n"
         ),
     );
-    let client_pod = &lab.running_pods("name=client", 1, Duration::from_secs(10))[0];
     let echo = &lab.running_pods("name=echo-same-node", 1, Duration::from_secs(10))[0];
     let echo_addr = format!("{}:8080", echo["status"]["podIP"].as_str().unwrap()).parse().unwrap();
     let echo_name = echo["metadata"]["name"].as_str().unwrap().to_string();
-    let netns = integration::lab::pod_netns(client_pod);
     let denied = poll("a denied policy verdict for the echo pod", Duration::from_secs(30), || {
         let _ = beeline::lab::probe::http_get_in(&netns, echo_addr, "/");
         let flows =
