@@ -5,6 +5,7 @@ use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     sync::Arc,
+    time::Duration,
 };
 
 use axum::{extract::State, routing::get, Json, Router};
@@ -29,6 +30,50 @@ pub struct StatusResponse {
     /// The load balancer's settings (`KubeProxyReplacement Details` of `cilium status --verbose`).
     #[serde(default)]
     pub kube_proxy_replacement_details: Option<KprDetails>,
+    #[serde(default)]
+    pub versions: Versions,
+    /// This node's endpoints (pods attached by the CNI plugin), by ID.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointSummary>,
+    /// Every controller of the agent that ran a pass (`Controller Status` of `cilium status`).
+    #[serde(default)]
+    pub controllers: Vec<crate::runtime::controllers::ControllerStatus>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Versions {
+    pub beeline: String,
+    /// `uname -r`.
+    pub kernel: String,
+    /// The API server's `gitVersion`; empty when it could not be asked.
+    pub kubernetes: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EndpointSummary {
+    pub id: u16,
+    /// `namespace/pod`.
+    pub pod: String,
+    pub ips: Vec<std::net::IpAddr>,
+    pub identity: u32,
+    pub state: String,
+}
+
+impl From<&super::endpoint_core::Endpoint> for EndpointSummary {
+    fn from(e: &super::endpoint_core::Endpoint) -> Self {
+        Self {
+            id: e.id,
+            pod: format!("{}/{}", e.spec.namespace, e.spec.pod),
+            ips: e.spec.ips.clone(),
+            identity: e.identity,
+            state: e.state.clone(),
+        }
+    }
+}
+
+/// The running kernel's release (`uname -r`), empty if unreadable.
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -104,6 +149,23 @@ pub fn router(state: Arc<ApiState>) -> Router {
 }
 
 async fn status(State(s): State<Arc<ApiState>>) -> Json<StatusResponse> {
+    let kubernetes = match &s.endpoint_kube {
+        // Bounded: an unreachable API server must not hold `beeline status` up.
+        Some(k) => match tokio::time::timeout(Duration::from_secs(2), k.client().apiserver_version()).await {
+            Ok(Ok(info)) => info.git_version,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "API server version unavailable for status");
+                String::new()
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "API server version unavailable for status");
+                String::new()
+            }
+        },
+        None => String::new(),
+    };
+    let mut endpoints: Vec<EndpointSummary> = s.endpoints.list().iter().map(EndpointSummary::from).collect();
+    endpoints.sort_by_key(|e| e.id);
     Json(StatusResponse {
         version: env!("CARGO_PKG_VERSION").to_string(),
         node_name: s.node_name.clone(),
@@ -115,6 +177,9 @@ async fn status(State(s): State<Arc<ApiState>>) -> Json<StatusResponse> {
         kube_proxy_replacement: s.config.kube_proxy_replacement,
         ipam_status: ipam_status_lines(&super::ipam_api::listing_of(&s)),
         kube_proxy_replacement_details: Some(kpr_details(&s.config)),
+        versions: Versions { beeline: env!("CARGO_PKG_VERSION").to_string(), kernel: kernel_release(), kubernetes },
+        endpoints,
+        controllers: crate::runtime::controllers::global().snapshot(),
     })
 }
 

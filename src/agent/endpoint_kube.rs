@@ -100,6 +100,11 @@ pub struct EndpointKube {
 }
 
 impl EndpointKube {
+    /// The API client (the status endpoint asks it for the server's version).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     pub fn new(client: Client, node_name: &str, cluster: &str) -> Self {
         Self {
             client,

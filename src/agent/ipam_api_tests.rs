@@ -104,7 +104,7 @@ async fn allocate_list_release_over_the_socket() {
     assert!(text.contains(&format!("{}  default/web-1  c1/eth0", ip.ip)), "{text}");
     assert!(text.contains("\n10.0.42.1  router\n"), "{text}");
     let status: StatusResponse = agent_client::get_json(&agent.socket, "/v1/status").await.unwrap();
-    assert!(crate::cli::status::render(&status).contains("  IPv4: 6/6 allocated from 10.0.42.0/29\n"));
+    assert!(crate::cli::status::render(&status, false).contains("  IPv4: 6/6 allocated from 10.0.42.0/29\n"));
 
     let del = |c: &'static str| {
         let socket = agent.socket.clone();

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use super::{agent_client, print_structured, Output};
-use crate::agent::api::StatusResponse;
+use crate::agent::api::{EndpointSummary, StatusResponse};
+use crate::runtime::controllers::ControllerStatus;
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
@@ -12,20 +13,27 @@ pub struct StatusArgs {
     pub socket: PathBuf,
     #[arg(short, long, value_enum, default_value_t)]
     pub output: Output,
+    /// One line per endpoint and per controller.
+    #[arg(long)]
+    pub verbose: bool,
 }
 
 pub async fn run(args: StatusArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let status: StatusResponse = agent_client::get_json(&args.socket, "/v1/status").await?;
     if !print_structured(args.output, &status)? {
-        print!("{}", render(&status));
+        print!("{}", render(&status, args.verbose));
     }
     Ok(())
 }
 
-pub fn render(s: &StatusResponse) -> String {
+pub fn render(s: &StatusResponse, verbose: bool) -> String {
     let mut out = String::new();
     out.push_str(&format!("Node:                   {}\n", s.node_name));
     out.push_str(&format!("Version:                {}\n", s.version));
+    let v = &s.versions;
+    let or_unknown = |x: &str| if x.is_empty() { "unknown".to_string() } else { x.to_string() };
+    out.push_str(&format!("Kernel:                 {}\n", or_unknown(&v.kernel)));
+    out.push_str(&format!("Kubernetes:             {}\n", or_unknown(&v.kubernetes)));
     out.push_str(&format!("Ready:                  {}\n", if s.ready { "Ok" } else { "Not ready" }));
     for c in &s.checks {
         let state = if c.ok { "Ok".to_string() } else { format!("Failure: {}", c.message) };
@@ -48,7 +56,43 @@ pub fn render(s: &StatusResponse) -> String {
             out.push_str(&format!("  - {:<14}{state}\n", format!("{kind}:")));
         }
     }
+    render_endpoints(&mut out, &s.endpoints, verbose);
+    render_controllers(&mut out, &s.controllers, verbose);
     out
+}
+
+fn render_endpoints(out: &mut String, endpoints: &[EndpointSummary], verbose: bool) {
+    let ready = endpoints.iter().filter(|e| e.state == crate::agent::endpoint_core::STATE_READY).count();
+    out.push_str(&format!("Endpoints:              {} ({ready} ready)\n", endpoints.len()));
+    if verbose {
+        for e in endpoints {
+            let ips: Vec<String> = e.ips.iter().map(ToString::to_string).collect();
+            out.push_str(&format!(
+                "  {:<6}{:<40}{:<32}identity {:<8}{}\n",
+                e.id,
+                e.pod,
+                ips.join(","),
+                e.identity,
+                e.state
+            ));
+        }
+    }
+}
+
+fn render_controllers(out: &mut String, controllers: &[ControllerStatus], verbose: bool) {
+    let healthy = controllers.iter().filter(|c| c.healthy()).count();
+    out.push_str(&format!("Controller Status:      {healthy}/{} healthy\n", controllers.len()));
+    for c in controllers.iter().filter(|c| verbose || !c.healthy()) {
+        let mut line = format!(
+            "  {:<28}{} successes, {} failures ({} in a row)",
+            c.name, c.success_count, c.failure_count, c.consecutive_failures
+        );
+        if !c.last_error.is_empty() {
+            line.push_str(&format!(", last error: {}", c.last_error));
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
 }
 
 #[cfg(test)]
@@ -75,8 +119,11 @@ mod tests {
                 protocols: "TCP, UDP".into(),
                 services: vec![("NodePort".into(), "Enabled (Range: 30000-32767)".into())],
             }),
+            versions: Default::default(),
+            endpoints: vec![],
+            controllers: vec![],
         };
-        let text = render(&status);
+        let text = render(&status, false);
         for line in [
             "KubeProxyReplacement:   True",
             "KubeProxyReplacement Details:",
@@ -86,6 +133,61 @@ mod tests {
             "  - NodePort:     Enabled (Range: 30000-32767)",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+        }
+    }
+
+    fn controller(name: &str, ok: u64, failed: u64, in_a_row: u64, last_error: &str) -> ControllerStatus {
+        ControllerStatus {
+            name: name.into(),
+            success_count: ok,
+            failure_count: failed,
+            consecutive_failures: in_a_row,
+            last_error: last_error.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn endpoints_and_controllers_are_counted_and_listed_when_verbose() {
+        let endpoint = |id: u16, pod: &str, state: &str| EndpointSummary {
+            id,
+            pod: pod.into(),
+            ips: vec!["10.0.1.5".parse().unwrap()],
+            identity: 4711,
+            state: state.into(),
+        };
+        let endpoints = [endpoint(12, "default/web-1", "ready"), endpoint(40, "default/client", "restoring")];
+        let controllers = [controller("services", 9, 0, 0, ""), controller("node-ipam", 3, 2, 1, "api down")];
+        // (verbose, lines that must be there, text that must not)
+        let cases: [(bool, &[&str], &[&str]); 2] = [
+            (
+                false,
+                &[
+                    "Endpoints:              2 (1 ready)",
+                    "Controller Status:      1/2 healthy",
+                    "  node-ipam                   3 successes, 2 failures (1 in a row), last error: api down",
+                ],
+                &["default/web-1", "services  "],
+            ),
+            (
+                true,
+                &[
+                    "  12    default/web-1                           10.0.1.5                        identity 4711    ready",
+                    "  services                    9 successes, 0 failures (0 in a row)",
+                ],
+                &[],
+            ),
+        ];
+        for (verbose, want, not) in cases {
+            let mut out = String::new();
+            render_endpoints(&mut out, &endpoints, verbose);
+            render_controllers(&mut out, &controllers, verbose);
+            for line in want {
+                assert!(out.lines().any(|l| l == *line), "verbose={verbose}: missing {line:?} in:\n{out}");
+            }
+            for text in not {
+                assert!(!out.contains(text), "verbose={verbose}: unexpected {text:?} in:\n{out}");
+            }
         }
     }
 }

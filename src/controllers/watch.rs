@@ -24,6 +24,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::runtime::controllers::Outcome;
+
 /// Between two passes of a level-triggered loop: waits for the next change, or — after a pass that
 /// asked to run again (`retry`) — at most that long (a change cuts the wait short). `false` once
 /// `shutdown` fires, so the caller can return.
@@ -139,7 +141,13 @@ impl Watches {
                     }
                 },
                 _ = timer, if all_listed => {
-                    pass_at = pass().await.map(|retry| Instant::now() + retry);
+                    let start = std::time::Instant::now();
+                    let again = pass().await;
+                    // These passes hand their errors to the map manager (retried there), so a
+                    // pass itself ends done or asking to run again.
+                    let outcome = if again.is_some() { Outcome::RequeueAfter } else { Outcome::Success };
+                    crate::runtime::controllers::global().record(self.controller, start.elapsed(), outcome);
+                    pass_at = again.map(|retry| Instant::now() + retry);
                 }
             }
         }

@@ -56,8 +56,11 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
+    /// Also carries the process's controller metrics ([`super::controllers::global`]).
     pub fn new(prefix: &str) -> Self {
-        Self { health: Health::default(), registry: Arc::new(RwLock::new(Registry::with_prefix(prefix))) }
+        let mut registry = Registry::with_prefix(prefix);
+        super::controllers::global().register(&mut registry);
+        Self { health: Health::default(), registry: Arc::new(RwLock::new(registry)) }
     }
 }
 

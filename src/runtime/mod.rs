@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod connectivity;
+pub mod controllers;
 pub mod health;
 pub mod kubeclient;
 pub mod logging;

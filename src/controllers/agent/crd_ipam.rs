@@ -241,23 +241,26 @@ pub async fn run(
     let mut last_used: Option<Value> = None;
     loop {
         let span = info_span!("reconcile", controller = "crd-ipam", node = %node_name);
-        let result = async {
-            let Some(cn) = store.get(&ObjectRef::new(&node_name)) else {
-                // Written again once the CiliumNode exists (node IPAM creates it).
-                last_used = None;
-                return Ok(());
-            };
-            let listed: Vec<String> = cn.spec.ipam.iter().flat_map(|i| i.pool.keys().cloned()).collect();
-            if last_listed.as_ref() != Some(&listed) {
-                for note in ipam.set_listed(listed.iter().map(String::as_str)) {
-                    tracing::warn!(%note, "CRD IPAM");
+        let result = crate::runtime::controllers::timed(
+            "crd-ipam",
+            async {
+                let Some(cn) = store.get(&ObjectRef::new(&node_name)) else {
+                    // Written again once the CiliumNode exists (node IPAM creates it).
+                    last_used = None;
+                    return Ok(());
+                };
+                let listed: Vec<String> = cn.spec.ipam.iter().flat_map(|i| i.pool.keys().cloned()).collect();
+                if last_listed.as_ref() != Some(&listed) {
+                    for note in ipam.set_listed(listed.iter().map(String::as_str)) {
+                        tracing::warn!(%note, "CRD IPAM");
+                    }
+                    last_listed = Some(listed);
                 }
-                last_listed = Some(listed);
+                apply_used(&api, &node_name, FIELD_MANAGER, ipam.used(), &mut last_used).await?;
+                Ok::<(), kube::Error>(())
             }
-            apply_used(&api, &node_name, FIELD_MANAGER, ipam.used(), &mut last_used).await?;
-            Ok::<(), kube::Error>(())
-        }
-        .instrument(span)
+            .instrument(span),
+        )
         .await;
         let wait = result.err().map(|error| {
             tracing::warn!(%error, retry_in = ?retry, "CRD IPAM pass failed");

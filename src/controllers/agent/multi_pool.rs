@@ -560,48 +560,51 @@ pub async fn run(
     let mut recent: Option<(Vec<(String, IpNet)>, String)> = None;
     loop {
         let span = info_span!("reconcile", controller = "multi-pool-agent", node = %node_name);
-        let result = async {
-            let cn = store.get(&ObjectRef::new(&node_name));
-            if let Some(cn) = &cn {
-                let seen = cn.resource_version().unwrap_or_default();
-                if recent.as_ref().is_some_and(|(_, rv)| caught_up(&seen, rv)) {
-                    recent = None;
+        let result = crate::runtime::controllers::timed(
+            "multi-pool-agent",
+            async {
+                let cn = store.get(&ObjectRef::new(&node_name));
+                if let Some(cn) = &cn {
+                    let seen = cn.resource_version().unwrap_or_default();
+                    if recent.as_ref().is_some_and(|(_, rv)| caught_up(&seen, rv)) {
+                        recent = None;
+                    }
+                    let mut allocated = allocated_of(cn);
+                    if let Some((dropped, _)) = &recent {
+                        allocated = without(allocated, dropped);
+                    }
+                    for note in ipam.sync_allocated(&allocated) {
+                        tracing::info!(%note, "multi-pool IPAM");
+                    }
+                } else {
+                    last_requested = None;
+                    last_used = None;
                 }
-                let mut allocated = allocated_of(cn);
-                if let Some((dropped, _)) = &recent {
-                    allocated = without(allocated, dropped);
+                let requested = json!(ipam
+                    .requested()
+                    .iter()
+                    .map(|d| json!({"pool": d.pool, "needed": needed_json(d)}))
+                    .collect::<Vec<_>>());
+                if last_requested.as_ref() != Some(&requested) {
+                    let patch = json!({
+                        "apiVersion": CiliumNode::api_version(&()), "kind": CiliumNode::kind(&()),
+                        "metadata": {"name": node_name},
+                        "spec": {"ipam": {"pools": {"requested": requested}}},
+                    });
+                    api.patch(&node_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+                    tracing::info!(%requested, "pool requests applied");
+                    last_requested = Some(requested);
                 }
-                for note in ipam.sync_allocated(&allocated) {
-                    tracing::info!(%note, "multi-pool IPAM");
+                if let Some(cn) = &cn {
+                    if recent.is_none() {
+                        recent = release(&api, &node_name, cn, &ipam).await?;
+                    }
+                    apply_used(&api, &node_name, FIELD_MANAGER, ipam.used(), &mut last_used).await?;
                 }
-            } else {
-                last_requested = None;
-                last_used = None;
+                Ok::<(), kube::Error>(())
             }
-            let requested = json!(ipam
-                .requested()
-                .iter()
-                .map(|d| json!({"pool": d.pool, "needed": needed_json(d)}))
-                .collect::<Vec<_>>());
-            if last_requested.as_ref() != Some(&requested) {
-                let patch = json!({
-                    "apiVersion": CiliumNode::api_version(&()), "kind": CiliumNode::kind(&()),
-                    "metadata": {"name": node_name},
-                    "spec": {"ipam": {"pools": {"requested": requested}}},
-                });
-                api.patch(&node_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
-                tracing::info!(%requested, "pool requests applied");
-                last_requested = Some(requested);
-            }
-            if let Some(cn) = &cn {
-                if recent.is_none() {
-                    recent = release(&api, &node_name, cn, &ipam).await?;
-                }
-                apply_used(&api, &node_name, FIELD_MANAGER, ipam.used(), &mut last_used).await?;
-            }
-            Ok::<(), kube::Error>(())
-        }
-        .instrument(span)
+            .instrument(span),
+        )
         .await;
         let wait = match result {
             Ok(()) => None,

@@ -213,7 +213,8 @@ pub async fn run(
     }
     loop {
         let span = info_span!("reconcile", controller = "node-ipam", node = %ctx.node_name);
-        let wait = match reconcile(ctx.clone()).instrument(span).await {
+        let pass = reconcile(ctx.clone()).instrument(span);
+        let wait = match crate::runtime::controllers::timed("node-ipam", pass).await {
             Ok(()) => None,
             Err(e) => Some(error_policy(&e, &ctx)),
         };

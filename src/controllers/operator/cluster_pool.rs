@@ -146,8 +146,8 @@ pub async fn run_with(
     tracing::info!(nodes = ctx.nodes.len(), cilium_nodes = ctx.cilium_nodes.len(), "cluster-pool caches synced");
 
     loop {
-        let action = match reconcile(ctx.clone()).instrument(info_span!("reconcile", controller = "cluster-pool")).await
-        {
+        let pass = reconcile(ctx.clone()).instrument(info_span!("reconcile", controller = "cluster-pool"));
+        let action = match crate::runtime::controllers::timed("cluster-pool", pass).await {
             Ok(action) => action,
             Err(e) => error_policy(&e, &ctx),
         };

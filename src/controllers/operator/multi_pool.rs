@@ -131,7 +131,8 @@ pub async fn run_with(
     }
     tracing::info!(pools = ctx.pools.len(), cilium_nodes = ctx.cilium_nodes.len(), "multi-pool caches synced");
     loop {
-        let failed = match reconcile(&ctx).instrument(info_span!("reconcile", controller = "multi-pool")).await {
+        let pass = reconcile(&ctx).instrument(info_span!("reconcile", controller = "multi-pool"));
+        let failed = match crate::runtime::controllers::timed("multi-pool", pass).await {
             Ok(()) => false,
             Err(error) => {
                 tracing::warn!(%error, retry_in = ?retry, "multi-pool pass failed");
