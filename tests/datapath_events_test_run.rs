@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 
 use beeline::datapath::{
     events,
-    loader::programs::FROM_CONTAINER,
+    loader::programs::{FROM_CONTAINER, FROM_NETDEV},
     tables,
     testing::packet::{tcp_flags, FrameBuilder},
 };
@@ -102,11 +102,20 @@ fn monitor_aggregation_levels_and_event_switches_decide_what_is_written() {
         assert_eq!(kinds(&evs), [FROM_EP, TO_EP]);
         assert_eq!((evs[0].src_identity, evs[1].dst_identity), (ID_A, ID_B));
     }
+    // The uplink's receive point, at none only: a packet from outside to the node itself.
+    let from_outside = FrameBuilder::new(MAC_A, LXC_A).ipv4(ip("192.168.0.9"), ip("192.168.0.1")).udp(9, 9).build();
+    f.dp.run(FROM_NETDEV, &from_outside);
+    let evs: Vec<DatapathEvent> =
+        events::drain(&mut f.ring).iter().map(|b| decode(b).expect("decodable event")).collect();
+    assert_eq!(kinds(&evs), [EventKind::Trace { point: point::FROM_NETWORK }]);
+    assert_eq!(evs[0].src.ip, ip("192.168.0.9"));
     // low: every packet, no receive points.
     set(monitor_flags(MONITOR_AGGREGATION_LOW, true, true, true));
     for _ in 0..3 {
         assert_eq!(kinds(&f.run(&tcp_a_to_b(41000, tcp_flags::ACK))), [TO_EP]);
     }
+    f.dp.run(FROM_NETDEV, &from_outside);
+    assert!(events::drain(&mut f.ring).is_empty(), "from-network is hidden above none");
     // maximum aggregates like medium: a new flow once, then nothing.
     set(monitor_flags(MONITOR_AGGREGATION_MAXIMUM, true, true, true));
     assert_eq!(kinds(&f.run(&tcp_a_to_b(41001, tcp_flags::ACK))), [TO_EP]);

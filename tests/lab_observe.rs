@@ -98,7 +98,18 @@ fn connectivity_traffic_shows_up_as_enriched_flows_and_filters_select_exactly() 
     let other_pod = format!("{ns}/{}", other["metadata"]["name"].as_str().unwrap());
     let mut follow = integration::Proc(
         Command::new(BIN)
-            .args(["observe", "--state-dir", lab.arg(), "--follow", "--last", "0", "-o", "json", "--to-pod", &other_pod])
+            .args([
+                "observe",
+                "--state-dir",
+                lab.arg(),
+                "--follow",
+                "--last",
+                "0",
+                "-o",
+                "json",
+                "--to-pod",
+                &other_pod,
+            ])
             .env_remove("KUBECONFIG")
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -119,7 +130,11 @@ fn connectivity_traffic_shows_up_as_enriched_flows_and_filters_select_exactly() 
         let _ = beeline::lab::probe::http_get_in(&netns, other_addr, "/");
         while let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
             let f: Flow = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
-            assert_eq!(format!("{}/{}", f.destination.namespace, f.destination.pod_name), other_pod, "--to-pod: {line}");
+            assert_eq!(
+                format!("{}/{}", f.destination.namespace, f.destination.pod_name),
+                other_pod,
+                "--to-pod: {line}"
+            );
             seen.insert(f.node_name.clone(), f.observation_point.clone());
         }
     }

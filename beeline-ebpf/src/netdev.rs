@@ -108,6 +108,8 @@ fn ipv4(skb: *mut __sk_buff) -> i32 {
     let Some(ip) = ipv4_frame(&ctx) else {
         return TC_ACT_OK;
     };
+    // A receive point: reported at `monitor-aggregation: none` only, as in Cilium.
+    events::trace(&ctx, point::FROM_NETWORK, 0, 0);
     let config = lookup::config();
     // SAFETY: `skb` is the kernel's __sk_buff for this invocation.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
