@@ -14,7 +14,7 @@ use aya::maps::{lpm_trie::Key as LpmKey, HashMap, LpmTrie, Map, MapData};
 use beeline::datapath::{loader::programs::FROM_CONTAINER, pins::PinLayout, tables, testing::packet::FrameBuilder};
 use beeline_common::{
     datapath::{drop_reason, DatapathConfig, TUNNEL_VXLAN},
-    endpoint::{self, EndpointInfo, EndpointKey, ENDPOINT_KEY_IPV4},
+    endpoint::{EndpointInfo, ENDPOINT_KEY_IPV4},
     ipcache::{self, IpcacheKey, IpcacheLpmData, RemoteEndpointInfo, FLAG_SKIP_TUNNEL},
     mask_ipv6,
     policy::{PolicyEntry, PolicyKey, DIR_EGRESS, EP_F_EGRESS_ENFORCE},
@@ -89,9 +89,7 @@ impl Fixture {
     }
 
     fn endpoint6(&self, addr: Ipv6Addr, info: &EndpointInfo) {
-        let mut map: HashMap<_, EndpointKey, EndpointInfo> =
-            HashMap::try_from(Map::HashMap(self.map(endpoint::MAP_NAME))).unwrap();
-        map.insert(EndpointKey::ipv6(addr.octets()), info, 0).unwrap();
+        integration::upsert_endpoint6(&self.bpffs.pin_dir(), addr, info);
     }
 
     fn ipcache6(&self, addr: Ipv6Addr, prefix_len: u32, info: &RemoteEndpointInfo) {
