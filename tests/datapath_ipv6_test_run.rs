@@ -10,12 +10,12 @@ mod integration;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use aya::maps::{lpm_trie::Key as LpmKey, HashMap, LpmTrie, Map, MapData};
+use aya::maps::{HashMap, Map, MapData};
 use beeline::datapath::{loader::programs::FROM_CONTAINER, pins::PinLayout, tables, testing::packet::FrameBuilder};
 use beeline_common::{
     datapath::{drop_reason, DatapathConfig, TUNNEL_VXLAN},
     endpoint::{EndpointInfo, ENDPOINT_KEY_IPV4},
-    ipcache::{self, IpcacheKey, IpcacheLpmData, RemoteEndpointInfo, FLAG_SKIP_TUNNEL},
+    ipcache::{RemoteEndpointInfo, FLAG_SKIP_TUNNEL},
     mask_ipv6,
     policy::{PolicyEntry, PolicyKey, DIR_EGRESS, EP_F_EGRESS_ENFORCE},
     tunnel::{self, TunnelKey, TunnelValue},
@@ -93,10 +93,7 @@ impl Fixture {
     }
 
     fn ipcache6(&self, addr: Ipv6Addr, prefix_len: u32, info: &RemoteEndpointInfo) {
-        let mut map: LpmTrie<_, IpcacheLpmData, RemoteEndpointInfo> =
-            LpmTrie::try_from(Map::LpmTrie(self.map(ipcache::MAP_NAME))).unwrap();
-        let key = IpcacheKey::ipv6(addr.octets(), prefix_len);
-        map.insert(&LpmKey::new(key.prefixlen, key.data), info, 0).unwrap();
+        integration::upsert_ipcache6(&self.bpffs.pin_dir(), addr, prefix_len, info);
     }
 
     fn tunnel6(&self, cidr: Ipv6Addr, prefix_len: u32, node: Ipv4Addr) {
