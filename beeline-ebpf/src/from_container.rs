@@ -153,10 +153,14 @@ const CONTINUE: i32 = i32::MIN;
 #[inline(never)]
 fn ipv6(skb: *mut __sk_buff, ifindex: u32) -> i32 {
     let ctx = TcContext::new(skb);
-    if ctx.load::<u8>(IPV6_NEXT_HEADER_OFF) == Ok(IPPROTO_ICMPV6)
-        && ctx.load::<u8>(IPV6_L4_OFF) == Ok(ICMP6_NEIGHBOR_SOLICIT)
-    {
-        return ndp::handle(skb, ifindex);
+    if ctx.load::<u8>(IPV6_NEXT_HEADER_OFF) == Ok(IPPROTO_ICMPV6) {
+        match ctx.load::<u8>(IPV6_L4_OFF) {
+            Ok(ICMP6_NEIGHBOR_SOLICIT) => return ndp::handle(skb, ifindex),
+            // The rest of neighbour discovery (RS, RA, NA, redirect) and MLD belong to the stack,
+            // whatever their addresses.
+            Ok(ty) if parse::is_link_control_icmp6(ty) => return TC_ACT_OK,
+            _ => {}
+        }
     }
     let mut route = Route6::default();
     match check6(skb, ifindex, &mut route) {
