@@ -17,7 +17,13 @@
 //!
 //! Malformed frames are dropped with a reason.
 
-use aya_ebpf::{bindings::{__sk_buff, TC_ACT_OK}, macros::classifier, macros::map, maps::HashMap, programs::TcContext};
+use aya_ebpf::{
+    bindings::{__sk_buff, TC_ACT_OK},
+    macros::classifier,
+    macros::map,
+    maps::HashMap,
+    programs::TcContext,
+};
 use beeline_common::{
     datapath::{drop_reason, TUNNEL_NONE},
     endpoint::{EndpointInfo, ENDPOINT_F_HOST},
@@ -28,12 +34,14 @@ use beeline_common::{
 use crate::{
     arp, conntrack, conntrack6,
     drop::drop,
-    events,
-    fib, forward,
+    events, fib, forward,
     lb::{self, Next},
     lb6::{self, Next6},
     lookup, ndp,
-    parse::{self, Malformed, ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ICMP6_NEIGHBOR_SOLICIT, IPPROTO_ICMPV6, IPV6_L4_OFF, IPV6_NEXT_HEADER_OFF, Ipv6Hdr},
+    parse::{
+        self, Ipv6Hdr, Malformed, ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ICMP6_NEIGHBOR_SOLICIT, IPPROTO_ICMPV6,
+        IPV6_L4_OFF, IPV6_NEXT_HEADER_OFF,
+    },
     policy,
 };
 

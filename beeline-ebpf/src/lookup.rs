@@ -2,10 +2,10 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use beeline_common::{
-    mask_ipv6,
     datapath::DatapathConfig,
     endpoint::{EndpointInfo, EndpointKey},
     ipcache::{IpcacheLpmData, RemoteEndpointInfo, IDENTITY_WORLD, STATIC_PREFIX_BITS},
+    mask_ipv6,
     tunnel::{TunnelKey, TunnelValue},
 };
 
