@@ -10,14 +10,19 @@ mod integration;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use aya::maps::{lpm_trie::Key as LpmKey, HashMap, LpmTrie, Map, MapData};
-use beeline::datapath::{loader::programs::FROM_CONTAINER, pins::PinLayout, tables, testing::packet::FrameBuilder};
+use aya::maps::{HashMap, Map, MapData};
+use beeline::datapath::{
+    loader::programs::{FROM_CONTAINER, FROM_NETDEV},
+    pins::PinLayout,
+    tables,
+    testing::{packet::FrameBuilder, test_run::run_tc},
+};
 use beeline_common::{
     datapath::{drop_reason, DatapathConfig, TUNNEL_VXLAN},
-    endpoint::{self, EndpointInfo, EndpointKey, ENDPOINT_KEY_IPV4},
-    ipcache::{self, IpcacheKey, IpcacheLpmData, RemoteEndpointInfo, FLAG_SKIP_TUNNEL},
+    endpoint::{EndpointInfo, ENDPOINT_KEY_IPV4},
+    ipcache::{RemoteEndpointInfo, FLAG_SKIP_TUNNEL},
     mask_ipv6,
-    policy::{PolicyEntry, PolicyKey, DIR_EGRESS, EP_F_EGRESS_ENFORCE},
+    policy::{PolicyEntry, PolicyKey, DIR_EGRESS, DIR_INGRESS, EP_F_EGRESS_ENFORCE, EP_F_INGRESS_ENFORCE},
     tunnel::{self, TunnelKey, TunnelValue},
 };
 use integration::{
@@ -37,6 +42,7 @@ const ID_A: u32 = two_pods::ID_A;
 
 const ICMPV6: u8 = 58;
 const ICMP: u8 = 1;
+const UDP: u8 = 17;
 const NS: u8 = 135;
 const NA: u8 = 136;
 
@@ -89,16 +95,11 @@ impl Fixture {
     }
 
     fn endpoint6(&self, addr: Ipv6Addr, info: &EndpointInfo) {
-        let mut map: HashMap<_, EndpointKey, EndpointInfo> =
-            HashMap::try_from(Map::HashMap(self.map(endpoint::MAP_NAME))).unwrap();
-        map.insert(EndpointKey::ipv6(addr.octets()), info, 0).unwrap();
+        integration::upsert_endpoint6(&self.bpffs.pin_dir(), addr, info);
     }
 
     fn ipcache6(&self, addr: Ipv6Addr, prefix_len: u32, info: &RemoteEndpointInfo) {
-        let mut map: LpmTrie<_, IpcacheLpmData, RemoteEndpointInfo> =
-            LpmTrie::try_from(Map::LpmTrie(self.map(ipcache::MAP_NAME))).unwrap();
-        let key = IpcacheKey::ipv6(addr.octets(), prefix_len);
-        map.insert(&LpmKey::new(key.prefixlen, key.data), info, 0).unwrap();
+        integration::upsert_ipcache6(&self.bpffs.pin_dir(), addr, prefix_len, info);
     }
 
     fn tunnel6(&self, cidr: Ipv6Addr, prefix_len: u32, node: Ipv4Addr) {
@@ -354,4 +355,87 @@ fn policy_applies_to_ipv6_with_icmpv6_as_protocol_58_and_leaves_ipv4_alone() {
     let udp6 = FrameBuilder::new(MAC_A, LXC_A).ipv6(pod_a6(), pod_b6()).udp(1, 53).build();
     assert_eq!(f.run(FROM_CONTAINER, &udp6).0, TC_ACT_SHOT, "other IPv6 traffic still denied");
     assert_eq!(f.drops(), vec![(drop_reason::POLICY, 2)]);
+}
+
+#[test]
+fn native_routing_hands_ipv6_to_the_kernel_fib() {
+    let f = Fixture::new("v6-native");
+    // A tunnel-map row for the destination: native routing must ignore it.
+    f.tunnel6(v6("fd00:20::"), 120, "192.168.0.2".parse().unwrap());
+    f.config(DatapathConfig { router_ip6: router6().octets(), pod_cidr6_prefix_len: 120, ..Default::default() });
+    // A node namespace whose FIB routes the peer's pod CIDR via the peer on eth0.
+    let mut topo = integration::Topology::new("v6-native");
+    let ns = topo.namespace("node").unwrap();
+    let peer = topo.namespace("peer").unwrap();
+    topo.veth((&ns, "eth0"), (&peer, "eth0")).unwrap();
+    topo.address(&ns, "eth0", "fd00:70::1/64").unwrap();
+    topo.address(&peer, "eth0", "fd00:70::2/64").unwrap();
+    topo.sysctl(&ns, "net.ipv6.conf.all.forwarding", "1").unwrap();
+    topo.route(&ns, &["fd00:20::/120", "via", "fd00:70::2"]).unwrap();
+    let program = f.datapath.program(FROM_CONTAINER).unwrap();
+    let run = |frame: &[u8]| ns.run(|| run_tc(program, frame).expect("test_run")).unwrap();
+    let to = |dst: &str| FrameBuilder::new(MAC_A, LXC_A).ipv6(pod_a6(), v6(dst)).udp(7, 9).build();
+
+    // Route known, next hop's MAC unknown: bpf_redirect_neigh resolves it (NDP); we route (hop limit).
+    let frame = to("fd00:20::5");
+    let out = run(&frame);
+    assert_eq!(out.retval, TC_ACT_REDIRECT, "via bpf_redirect_neigh");
+    assert_eq!(out.data.len(), frame.len(), "no encapsulation");
+    assert_eq!(out.data[14 + 7], 63, "hop limit - 1");
+    assert_eq!(&out.data[14 + 24..14 + 40], &v6("fd00:20::5").octets());
+
+    // Next hop's MAC known: the FIB result's MACs are written.
+    let peer_mac = [0x02, 0, 0, 0, 0x70, 0x02];
+    let neigh = ["-n", ns.name(), "neigh", "replace", "fd00:70::2", "lladdr", "02:00:00:00:70:02", "dev", "eth0"];
+    beeline::datapath::netns::run_ip(&neigh).unwrap();
+    let node_mac = topo.mac(&ns, "eth0").unwrap();
+    let out = run(&to("fd00:20::5"));
+    assert_eq!(out.retval, TC_ACT_REDIRECT, "via bpf_redirect");
+    assert_eq!((&out.data[0..6], &out.data[6..12]), (&peer_mac[..], &node_mac[..]), "next hop MACs from the FIB");
+    assert_eq!(out.data[14 + 7], 63);
+
+    // What the FIB cannot forward goes to the stack untouched.
+    let cases = [
+        ("no route", to("2001:db8::1")),
+        ("the node's own address", to("fd00:70::1")),
+        ("hop limit 1", FrameBuilder::new(MAC_A, LXC_A).ipv6(pod_a6(), v6("fd00:20::5")).ttl(1).udp(7, 9).build()),
+    ];
+    for (name, frame) in cases {
+        let out = run(&frame);
+        assert_eq!((out.retval, &out.data), (TC_ACT_OK, &frame), "{name}");
+    }
+    assert!(f.drops().is_empty(), "{:?}", f.drops());
+}
+
+#[test]
+fn ipv6_from_the_uplink_is_delivered_to_a_local_pod_after_its_ingress_policy() {
+    let f = Fixture::new("v6-netdev");
+    let pin = f.bpffs.pin_dir();
+    let from_peer = |src: &str| FrameBuilder::new([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 0, 1]).ipv6(v6(src), pod_b6());
+    let frame = from_peer("fd00:20::5").udp(5353, 53).build();
+    let (verdict, out) = f.run(FROM_NETDEV, &frame);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "to pod B");
+    assert_eq!((&out[0..6], &out[6..12]), (&POD_B_MAC[..], &LXC_B_MAC[..]));
+    assert_eq!(out[14 + 7], 63, "hop limit - 1");
+
+    // B enforces ingress; the sender's identity comes from the ipcache (its IPv6 row), else world.
+    tables::set_policy_enforcement(&pin, two_pods::EP_B, EP_F_INGRESS_ENFORCE).unwrap();
+    f.ipcache6(v6("fd00:20::"), 120, &RemoteEndpointInfo { sec_identity: 777, ..Default::default() });
+    let key = PolicyKey::l4(two_pods::EP_B, 777, DIR_INGRESS, UDP, 53, 16);
+    tables::upsert_policy(&pin, &key, &PolicyEntry::ALLOW).unwrap();
+    assert_eq!(f.run(FROM_NETDEV, &frame).0, TC_ACT_REDIRECT, "allowed from identity 777");
+    assert_eq!(f.run(FROM_NETDEV, &from_peer("2001:db8::1").udp(5353, 53).build()).0, TC_ACT_SHOT, "world");
+    assert_eq!(f.drops(), vec![(drop_reason::POLICY, 1)]);
+
+    // Not for a local pod, or link-scope: the node's own traffic.
+    let cases = [
+        (
+            "another address",
+            FrameBuilder::new(MAC_A, LXC_A).ipv6(v6("fd00:20::5"), v6("fd00:10::99")).udp(1, 2).build(),
+        ),
+        ("link-local", FrameBuilder::new(MAC_A, LXC_A).ipv6(v6("fe80::1"), pod_b6()).udp(1, 2).build()),
+    ];
+    for (name, frame) in cases {
+        assert_eq!(f.run(FROM_NETDEV, &frame), (TC_ACT_OK, frame.clone()), "{name}");
+    }
 }

@@ -86,9 +86,8 @@ fn words(addr: [u8; 16]) -> [u32; 4] {
 #[inline(always)]
 fn lookup(ctx: &TcContext, params: &mut bpf_fib_lookup) -> Option<u32> {
     // SAFETY: `params` lives on the stack for the call; size is the full struct.
-    let ret = unsafe {
-        fib_lookup(ctx.skb.skb as *mut c_void, params, core::mem::size_of::<bpf_fib_lookup>() as i32, 0)
-    };
+    let ret =
+        unsafe { fib_lookup(ctx.skb.skb as *mut c_void, params, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
     u32::try_from(ret).ok().filter(|r| *r == BPF_FIB_LKUP_RET_SUCCESS || *r == BPF_FIB_LKUP_RET_NO_NEIGH)
 }
 

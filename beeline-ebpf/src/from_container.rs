@@ -17,7 +17,13 @@
 //!
 //! Malformed frames are dropped with a reason.
 
-use aya_ebpf::{bindings::{__sk_buff, TC_ACT_OK}, macros::classifier, macros::map, maps::HashMap, programs::TcContext};
+use aya_ebpf::{
+    bindings::{__sk_buff, TC_ACT_OK},
+    macros::classifier,
+    macros::map,
+    maps::HashMap,
+    programs::TcContext,
+};
 use beeline_common::{
     datapath::{drop_reason, TUNNEL_NONE},
     endpoint::{EndpointInfo, ENDPOINT_F_HOST},
@@ -28,12 +34,14 @@ use beeline_common::{
 use crate::{
     arp, conntrack, conntrack6,
     drop::drop,
-    events,
-    fib, forward,
+    events, fib, forward,
     lb::{self, Next},
     lb6::{self, Next6},
     lookup, ndp,
-    parse::{self, Malformed, ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ICMP6_NEIGHBOR_SOLICIT, IPPROTO_ICMPV6, IPV6_L4_OFF, IPV6_NEXT_HEADER_OFF, Ipv6Hdr},
+    parse::{
+        self, Ipv6Hdr, Malformed, ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ICMP6_NEIGHBOR_SOLICIT, IPPROTO_ICMPV6,
+        IPV6_L4_OFF, IPV6_NEXT_HEADER_OFF,
+    },
     policy,
 };
 
@@ -99,7 +107,9 @@ fn ipv4(skb: *mut __sk_buff, ifindex: u32) -> i32 {
     };
     // Forwarding (and the FIB lookup in native routing) decides on the translated destination.
     ip.daddr = dst.to_ne_bytes();
-    let config = lookup::config();
+    let Some(config) = lookup::config_ref() else {
+        return TC_ACT_OK;
+    };
     // Policy sees the backend (address and, read from the rewritten packet, port).
     let dst_ep = lookup::endpoint(dst);
     let l4 = policy::L4::ipv4(ctx, &ip);
@@ -116,7 +126,7 @@ fn ipv4(skb: *mut __sk_buff, ifindex: u32) -> i32 {
         conntrack::track_allowed(ctx, &ip);
     }
     match (dst_ep, local_pod) {
-        (_, Some(ep)) => return forward::to_local_endpoint(ctx, &ip, &ep, &config),
+        (_, Some(ep)) => return forward::to_local_endpoint(ctx, &ip, &ep, config),
         // The node itself.
         (Some(_), None) => return TC_ACT_OK,
         (None, _) => {}
@@ -125,8 +135,8 @@ fn ipv4(skb: *mut __sk_buff, ifindex: u32) -> i32 {
         // Native routing: the kernel's routing table decides (no tunnel key).
         return fib::redirect_v4(ctx, &ip, ifindex);
     }
-    match forward::tunnel_endpoint(dst, &config) {
-        Some(node) => forward::to_remote_node(ctx, node, src.sec_id, &config),
+    match forward::tunnel_endpoint(dst, config) {
+        Some(node) => forward::to_remote_node(ctx, node, src.sec_id, config),
         None => events::pass(ctx, point::TO_STACK, src.sec_id, 0),
     }
 }
@@ -153,10 +163,14 @@ const CONTINUE: i32 = i32::MIN;
 #[inline(never)]
 fn ipv6(skb: *mut __sk_buff, ifindex: u32) -> i32 {
     let ctx = TcContext::new(skb);
-    if ctx.load::<u8>(IPV6_NEXT_HEADER_OFF) == Ok(IPPROTO_ICMPV6)
-        && ctx.load::<u8>(IPV6_L4_OFF) == Ok(ICMP6_NEIGHBOR_SOLICIT)
-    {
-        return ndp::handle(skb, ifindex);
+    if ctx.load::<u8>(IPV6_NEXT_HEADER_OFF) == Ok(IPPROTO_ICMPV6) {
+        match ctx.load::<u8>(IPV6_L4_OFF) {
+            Ok(ICMP6_NEIGHBOR_SOLICIT) => return ndp::handle(skb, ifindex),
+            // The rest of neighbour discovery (RS, RA, NA, redirect) and MLD belong to the stack,
+            // whatever their addresses.
+            Ok(ty) if parse::is_link_control_icmp6(ty) => return TC_ACT_OK,
+            _ => {}
+        }
     }
     let mut route = Route6::default();
     match check6(skb, ifindex, &mut route) {
@@ -221,15 +235,17 @@ fn forward6(skb: *mut __sk_buff, route: &Route6, ifindex: u32) -> i32 {
         return drop(ctx, drop_reason::INVALID);
     };
     let ip = Ipv6Hdr { daddr: route.dst, ..ip };
-    let config = lookup::config();
+    let Some(config) = lookup::config_ref() else {
+        return TC_ACT_OK;
+    };
     if route.is_local_pod != 0 {
-        return forward::to_local_endpoint6(ctx, &ip, &route.local, &config);
+        return forward::to_local_endpoint6(ctx, &ip, &route.local, config);
     }
     if config.tunnel_proto == TUNNEL_NONE {
         return fib::redirect_v6(ctx, &ip, ifindex);
     }
-    match forward::tunnel_endpoint6(route.dst, &config) {
-        Some(node) => forward::to_remote_node(ctx, node, route.src_identity, &config),
+    match forward::tunnel_endpoint6(route.dst, config) {
+        Some(node) => forward::to_remote_node(ctx, node, route.src_identity, config),
         None => TC_ACT_OK,
     }
 }

@@ -16,8 +16,7 @@ use beeline_common::{datapath::drop_reason, endpoint::ENDPOINT_F_HOST, events::p
 use crate::{
     conntrack, conntrack6,
     drop::drop,
-    events,
-    forward, lb, lb6, lookup,
+    events, forward, lb, lb6, lookup,
     parse::{self, ETH_HLEN, ETH_P_IP, ETH_P_IPV6},
     policy,
 };

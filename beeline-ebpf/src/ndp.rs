@@ -28,8 +28,8 @@ use crate::{
     icmp::checksum,
     lookup,
     parse::{
-        self, is_link_local, is_multicast, is_unspecified, EthHdr, Ipv6Hdr, ETH_P_IPV6, IPPROTO_ICMPV6,
-        ICMP6_NEIGHBOR_ADVERT, IPV6_L4_OFF,
+        self, is_link_local, is_multicast, is_unspecified, EthHdr, Ipv6Hdr, ETH_P_IPV6, ICMP6_NEIGHBOR_ADVERT,
+        IPPROTO_ICMPV6, IPV6_L4_OFF,
     },
 };
 
@@ -113,7 +113,8 @@ pub fn handle(skb: *mut __sk_buff, ifindex: u32) -> i32 {
         // The pod checks its own address.
         return TC_ACT_OK;
     }
-    let flags = if ns.target == lookup::config().router_ip6 { NA_ROUTER | NA_SOLICITED } else { NA_SOLICITED | NA_OVERRIDE };
+    let flags =
+        if ns.target == lookup::config().router_ip6 { NA_ROUTER | NA_SOLICITED } else { NA_SOLICITED | NA_OVERRIDE };
     let mut summed = Summed {
         src: ns.target,
         dst: ip.saddr,

@@ -185,6 +185,12 @@ pub fn is_unspecified(addr: &[u8; 16]) -> bool {
 pub const ICMP6_NEIGHBOR_SOLICIT: u8 = 135;
 pub const ICMP6_NEIGHBOR_ADVERT: u8 = 136;
 
+/// MLD (130–132, 143) and neighbour discovery other than solicitations (133 RS, 134 RA, 136 NA,
+/// 137 redirect): control messages of the link, never forwarded.
+pub fn is_link_control_icmp6(ty: u8) -> bool {
+    matches!(ty, 130..=134 | 136 | 137 | 143)
+}
+
 /// Where the L4 header starts for an IPv6 packet without extension headers.
 pub const IPV6_L4_OFF: usize = ETH_HLEN + IPV6_HLEN;
 

@@ -29,8 +29,7 @@ use aya_ebpf::programs::TcContext;
 use crate::{
     conntrack, conntrack6,
     drop::drop,
-    events,
-    lookup,
+    events, lookup,
     maps::{POLICY, POLICY_ENDPOINTS},
     parse::{Ipv4Hdr, Ipv6Hdr, ETH_HLEN, IPPROTO_ICMPV6, IPV6_L4_OFF},
 };
@@ -68,7 +67,9 @@ impl L4 {
     #[inline(always)]
     fn at(ctx: &TcContext, protocol: u8, l4: usize, icmp: u8) -> L4 {
         let port = match protocol {
-            IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => ctx.load::<[u8; 2]>(l4 + 2).map(u16::from_be_bytes).unwrap_or(0),
+            IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
+                ctx.load::<[u8; 2]>(l4 + 2).map(u16::from_be_bytes).unwrap_or(0)
+            }
             p if p == icmp => ctx.load::<u8>(l4).map(u16::from).unwrap_or(0),
             _ => 0,
         };
