@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use super::{agent_client, print_structured, Output};
 use crate::agent::api::{EndpointSummary, StatusResponse};
+use crate::datapath::pressure::MapPressure;
 use crate::runtime::controllers::ControllerStatus;
 
 #[derive(Debug, clap::Args)]
@@ -58,7 +59,17 @@ pub fn render(s: &StatusResponse, verbose: bool) -> String {
     }
     render_endpoints(&mut out, &s.endpoints, verbose);
     render_controllers(&mut out, &s.controllers, verbose);
+    render_maps(&mut out, &s.bpf_maps);
     out
+}
+
+fn render_maps(out: &mut String, maps: &[MapPressure]) {
+    out.push_str("BPF Maps:\n");
+    out.push_str(&format!("  {:<32}{:>10}{:>10}{:>10}\n", "Name", "Entries", "Max", "Pressure"));
+    for m in maps {
+        let pct = format!("{:.1}%", m.pressure() * 100.0);
+        out.push_str(&format!("  {:<32}{:>10}{:>10}{:>10}\n", m.name, m.entries, m.max_entries, pct));
+    }
 }
 
 fn render_endpoints(out: &mut String, endpoints: &[EndpointSummary], verbose: bool) {
@@ -122,6 +133,7 @@ mod tests {
             versions: Default::default(),
             endpoints: vec![],
             controllers: vec![],
+            bpf_maps: vec![MapPressure { name: "beeline_lxc".into(), entries: 3, max_entries: 16384 }],
         };
         let text = render(&status, false);
         for line in [
@@ -131,6 +143,7 @@ mod tests {
             "  Backend Selection:    Random",
             "  Session Affinity:     Enabled",
             "  - NodePort:     Enabled (Range: 30000-32767)",
+            "  beeline_lxc                              3     16384      0.0%",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }
