@@ -21,7 +21,7 @@ use beeline_common::{
         drop_reason, monitor_flags, DatapathConfig, MONITOR_AGGREGATION_LOW, MONITOR_AGGREGATION_MAXIMUM,
         MONITOR_AGGREGATION_MEDIUM, MONITOR_AGGREGATION_NONE,
     },
-    events::{point, policy_match},
+    events::{metric_dir, point, policy_match},
     policy::{PolicyEntry, PolicyKey, DIR_INGRESS, EP_F_INGRESS_ENFORCE},
 };
 use integration::{
@@ -141,6 +141,32 @@ fn monitor_aggregation_levels_and_event_switches_decide_what_is_written() {
 
 fn invalid_sip_drops(f: &Fixture) -> u64 {
     f.dp.drops().into_iter().find(|(r, _)| *r == drop_reason::INVALID_SIP).map_or(0, |(_, n)| n)
+}
+
+/// Forwarded packets counted in `beeline_metrics`: (ingress, egress) packets and ingress bytes.
+fn forwards(f: &Fixture) -> (u64, u64, u64) {
+    let rows = events::read_forwards(&f.dp.bpffs.pin_dir()).expect("read beeline_metrics");
+    let get = |dir| rows.iter().find(|(d, _)| *d == dir).map(|(_, s)| *s).unwrap_or_default();
+    let (ingress, egress) = (get(metric_dir::INGRESS), get(metric_dir::EGRESS));
+    (ingress.packets, egress.packets, ingress.bytes)
+}
+
+#[test]
+fn every_delivered_packet_is_counted_as_forwarded_even_when_its_event_is_aggregated_away() {
+    let mut f = Fixture::new("ev-fwd");
+    assert_eq!(forwards(&f), (0, 0, 0));
+    let frame = tcp_a_to_b(40100, tcp_flags::ACK);
+    let mut reported = 0;
+    for _ in 0..5 {
+        reported += f.run(&frame).iter().filter(|e| e.kind == TO_EP).count();
+    }
+    assert_eq!(reported, 1, "the trace event is aggregated");
+    // Delivered to pod B five times: five ingress forwards of the frame's length, none egress.
+    assert_eq!(forwards(&f), (5, 0, 5 * frame.len() as u64));
+    // A dropped packet (spoofed source) is not a forward.
+    let spoofed = FrameBuilder::new(MAC_A, LXC_A).ipv4(ip("10.0.1.99"), ip("10.0.1.3")).tcp(1, 80, tcp_flags::ACK);
+    f.run(&spoofed.build());
+    assert_eq!(forwards(&f), (5, 0, 5 * frame.len() as u64));
 }
 
 #[test]

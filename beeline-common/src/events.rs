@@ -13,6 +13,37 @@ pub const RING_MAP_NAME: &str = "beeline_events";
 pub const LOST_MAP_NAME: &str = "beeline_events_lost";
 /// Aggregation state (first packet of a flow, TCP flags seen) per flow and observation point.
 pub const AGG_MAP_NAME: &str = "beeline_events_agg";
+/// Forwarded packets and bytes per direction (Cilium's `cilium_metrics` rows with reason 0,
+/// "forwarded"; drops are counted per reason in `beeline_drops`): a per-CPU array indexed by
+/// [`metric_dir`], values [`crate::datapath::DropStats`] (packets, bytes); sum over CPUs to read.
+pub const METRICS_MAP_NAME: &str = "beeline_metrics";
+
+/// Directions of [`METRICS_MAP_NAME`] (Cilium's `METRIC_INGRESS` / `METRIC_EGRESS`).
+pub mod metric_dir {
+    pub const INGRESS: u32 = 1;
+    pub const EGRESS: u32 = 2;
+    /// Rows of the map (index 0 is unused, as in Cilium's numbering).
+    pub const MAX: u32 = 3;
+
+    /// Where a packet traced at `point` is counted as forwarded, as Cilium's
+    /// `update_trace_metrics`: delivery to a pod is ingress; leaving to the stack, the overlay or
+    /// the network is egress; `from-*` points and service translation are not forwards.
+    pub const fn of_point(point: u8) -> Option<u32> {
+        match point {
+            super::point::TO_ENDPOINT => Some(INGRESS),
+            super::point::TO_STACK | super::point::TO_OVERLAY | super::point::TO_NETWORK => Some(EGRESS),
+            _ => None,
+        }
+    }
+
+    pub fn name(dir: u32) -> &'static str {
+        match dir {
+            INGRESS => "INGRESS",
+            EGRESS => "EGRESS",
+            _ => "UNKNOWN",
+        }
+    }
+}
 
 /// Default ring buffer size in bytes (a power of two and a multiple of the page size); the
 /// loader can override it (`Datapath::load_with`).
@@ -167,6 +198,24 @@ pub const fn should_report(prev: Option<AggValue>, tcp_flags: u8, now: u32) -> b
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwards_count_by_direction_like_cilium() {
+        let cases = [
+            (point::TO_ENDPOINT, Some(metric_dir::INGRESS)),
+            (point::TO_STACK, Some(metric_dir::EGRESS)),
+            (point::TO_OVERLAY, Some(metric_dir::EGRESS)),
+            (point::TO_NETWORK, Some(metric_dir::EGRESS)),
+            (point::FROM_ENDPOINT, None),
+            (point::FROM_OVERLAY, None),
+            (point::FROM_NETWORK, None),
+            (point::SERVICE, None),
+        ];
+        for (p, want) in cases {
+            assert_eq!(metric_dir::of_point(p), want, "{}", point::name(p));
+        }
+        const { assert!(metric_dir::INGRESS < metric_dir::MAX && metric_dir::EGRESS < metric_dir::MAX) };
+    }
 
     #[test]
     fn event_layout_is_fixed() {

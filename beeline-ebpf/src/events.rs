@@ -30,9 +30,10 @@ use beeline_common::{
         CONFIG_F_TRACE_RX,
     },
     events::{
-        kind, policy_match, should_report, AggKey, AggValue, FlowEvent, AGG_MAX_ENTRIES, AGG_REPORT_FLAGS,
-        DEFAULT_RING_BYTES,
+        kind, metric_dir, policy_match, should_report, AggKey, AggValue, FlowEvent, AGG_MAX_ENTRIES,
+        AGG_REPORT_FLAGS, DEFAULT_RING_BYTES,
     },
+    datapath::DropStats,
     policy::{PolicyLpmData, STATIC_PREFIX_BITS},
 };
 use beeline_common::endpoint::EndpointInfo;
@@ -59,10 +60,31 @@ const AGG_POLICY_BASE: u8 = 200;
 
 const IPPROTO_SCTP: u8 = 132;
 
+#[map(name = "beeline_metrics")]
+static METRICS: PerCpuArray<DropStats> = PerCpuArray::with_max_entries(metric_dir::MAX, 0);
+
 /// A trace event at `point` (`events::point::*`); identities 0 when not known here.
 #[inline(always)]
 pub fn trace(ctx: &TcContext, point: u8, src_identity: u32, dst_identity: u32) {
+    // Every packet, before aggregation decides about the event (`point` is a constant at each
+    // call site, so `from-*` points compile to nothing here).
+    if let Some(dir) = metric_dir::of_point(point) {
+        count_forward(ctx.skb.skb, dir);
+    }
     emit_trace(ctx.skb.skb, point, src_identity, dst_identity, 0);
+}
+
+/// Counts a forwarded packet in `beeline_metrics` (Cilium's `update_metrics`).
+#[inline(never)]
+fn count_forward(skb: *mut __sk_buff, dir: u32) {
+    let ctx = TcContext::new(skb);
+    if let Some(stats) = METRICS.get_ptr_mut(dir) {
+        // SAFETY: per-CPU slot from a successful lookup; nothing else writes it on this CPU now.
+        unsafe {
+            (*stats).packets += 1;
+            (*stats).bytes += u64::from(ctx.len());
+        }
+    }
 }
 
 /// [`trace`], then hand the packet to the stack (`TC_ACT_OK`).

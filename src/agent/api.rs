@@ -38,6 +38,9 @@ pub struct StatusResponse {
     /// Every controller of the agent that ran a pass (`Controller Status` of `cilium status`).
     #[serde(default)]
     pub controllers: Vec<crate::runtime::controllers::ControllerStatus>,
+    /// Entries / max of every hash-like pinned map (`BPF Maps` of `cilium status`).
+    #[serde(default)]
+    pub bpf_maps: Vec<crate::datapath::pressure::MapPressure>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -166,6 +169,18 @@ async fn status(State(s): State<Arc<ApiState>>) -> Json<StatusResponse> {
     };
     let mut endpoints: Vec<EndpointSummary> = s.endpoints.list().iter().map(EndpointSummary::from).collect();
     endpoints.sort_by_key(|e| e.id);
+    let pin_dir = s.config.pin_dir();
+    let bpf_maps = match tokio::task::spawn_blocking(move || crate::datapath::pressure::read_all(&pin_dir)).await {
+        Ok(Ok(maps)) => maps,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "map pressure unavailable for status");
+            Vec::new()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "map pressure task failed");
+            Vec::new()
+        }
+    };
     Json(StatusResponse {
         version: env!("CARGO_PKG_VERSION").to_string(),
         node_name: s.node_name.clone(),
@@ -180,6 +195,7 @@ async fn status(State(s): State<Arc<ApiState>>) -> Json<StatusResponse> {
         versions: Versions { beeline: env!("CARGO_PKG_VERSION").to_string(), kernel: kernel_release(), kubernetes },
         endpoints,
         controllers: crate::runtime::controllers::global().snapshot(),
+        bpf_maps,
     })
 }
 

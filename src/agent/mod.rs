@@ -2,6 +2,7 @@
 //! local API to the CNI plugin and the CLI, and runs the node's controllers.
 
 pub mod api;
+pub mod datapath_metrics;
 pub mod endpoint_api;
 pub mod endpoint_core;
 pub mod endpoint_kube;
@@ -52,6 +53,10 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
     let (datapath, _attachments) = crate::datapath::agent::start(&args.datapath, &config.pin_dir())?;
     let client = kubeclient::client(args.config.kubeconfig.as_deref(), "agent").await?;
     let telemetry = health::Telemetry::new("beeline_agent");
+    datapath_metrics::DatapathCollector::register(
+        config.pin_dir(),
+        &mut telemetry.registry.write().expect("metrics registry lock"),
+    );
     telemetry.health.register(connectivity::CHECK);
 
     let mut runner = Runner::new(shutdown::on_signal());

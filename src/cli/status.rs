@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use super::{agent_client, print_structured, Output};
 use crate::agent::api::{EndpointSummary, StatusResponse};
+use crate::datapath::pressure::MapPressure;
 use crate::runtime::controllers::ControllerStatus;
 
 #[derive(Debug, clap::Args)]
@@ -16,14 +17,60 @@ pub struct StatusArgs {
     /// One line per endpoint and per controller.
     #[arg(long)]
     pub verbose: bool,
+    /// Every node of the lab whose state directory is `--state-dir`: one section per node; fails
+    /// naming each node whose agent is unreachable or not ready.
+    #[arg(long, requires = "state_dir")]
+    pub all_nodes: bool,
+    /// A lab's state directory (with `--all-nodes`).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
 }
 
 pub async fn run(args: StatusArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let status: StatusResponse = agent_client::get_json(&args.socket, "/v1/status").await?;
-    if !print_structured(args.output, &status)? {
-        print!("{}", render(&status, args.verbose));
+    let Some(dir) = args.state_dir.as_ref().filter(|_| args.all_nodes) else {
+        let status: StatusResponse = agent_client::get_json(&args.socket, "/v1/status").await?;
+        if !print_structured(args.output, &status)? {
+            print!("{}", render(&status, args.verbose));
+        }
+        return Ok(());
+    };
+    let mut nodes = Vec::new();
+    for node in crate::lab::cluster::read_plan(dir)?.nodes {
+        let status = agent_client::get_json::<StatusResponse>(&node.agent_socket(), "/v1/status").await;
+        nodes.push((node.name, status.map_err(|e| e.to_string())));
     }
-    Ok(())
+    let reachable: Vec<&StatusResponse> = nodes.iter().filter_map(|(_, s)| s.as_ref().ok()).collect();
+    if !print_structured(args.output, &reachable)? {
+        for (name, status) in &nodes {
+            println!("=== {name} ===");
+            match status {
+                Ok(s) => print!("{}", render(s, args.verbose)),
+                Err(e) => println!("Agent unreachable: {e}"),
+            }
+        }
+    }
+    all_nodes_verdict(&nodes).map_err(Into::into)
+}
+
+/// Fails naming every node whose agent did not answer or is not ready (with its failing checks).
+fn all_nodes_verdict(nodes: &[(String, Result<StatusResponse, String>)]) -> Result<(), String> {
+    let problems: Vec<String> = nodes
+        .iter()
+        .filter_map(|(name, status)| match status {
+            Err(e) => Some(format!("{name}: agent unreachable ({e})")),
+            Ok(s) if !s.ready => {
+                let failing: Vec<String> =
+                    s.checks.iter().filter(|c| !c.ok).map(|c| format!("{}: {}", c.name, c.message)).collect();
+                Some(format!("{name}: not ready ({})", failing.join("; ")))
+            }
+            Ok(_) => None,
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join(", "))
+    }
 }
 
 pub fn render(s: &StatusResponse, verbose: bool) -> String {
@@ -58,7 +105,17 @@ pub fn render(s: &StatusResponse, verbose: bool) -> String {
     }
     render_endpoints(&mut out, &s.endpoints, verbose);
     render_controllers(&mut out, &s.controllers, verbose);
+    render_maps(&mut out, &s.bpf_maps);
     out
+}
+
+fn render_maps(out: &mut String, maps: &[MapPressure]) {
+    out.push_str("BPF Maps:\n");
+    out.push_str(&format!("  {:<32}{:>10}{:>10}{:>10}\n", "Name", "Entries", "Max", "Pressure"));
+    for m in maps {
+        let pct = format!("{:.1}%", m.pressure() * 100.0);
+        out.push_str(&format!("  {:<32}{:>10}{:>10}{:>10}\n", m.name, m.entries, m.max_entries, pct));
+    }
 }
 
 fn render_endpoints(out: &mut String, endpoints: &[EndpointSummary], verbose: bool) {
@@ -100,9 +157,8 @@ mod tests {
     use super::*;
     use crate::agent::api::KprDetails;
 
-    #[test]
-    fn status_shows_the_kube_proxy_replacement_details() {
-        let status = StatusResponse {
+    fn sample() -> StatusResponse {
+        StatusResponse {
             version: "0.1.0".into(),
             node_name: "node-a".into(),
             ready: true,
@@ -122,7 +178,38 @@ mod tests {
             versions: Default::default(),
             endpoints: vec![],
             controllers: vec![],
-        };
+            bpf_maps: vec![MapPressure { name: "beeline_lxc".into(), entries: 3, max_entries: 16384 }],
+        }
+    }
+
+    #[test]
+    fn all_nodes_fails_naming_unreachable_and_unready_nodes() {
+        let ready = sample();
+        let mut unready = sample();
+        unready.ready = false;
+        unready.checks = vec![
+            crate::agent::api::CheckStatus { name: "datapath".into(), ok: true, message: String::new() },
+            crate::agent::api::CheckStatus { name: "bpf-maps".into(), ok: false, message: "syncing".into() },
+        ];
+        let cases: Vec<(Vec<(String, Result<StatusResponse, String>)>, Result<(), String>)> = vec![
+            (vec![("a".into(), Ok(ready.clone())), ("b".into(), Ok(ready.clone()))], Ok(())),
+            (
+                vec![("a".into(), Ok(ready.clone())), ("b".into(), Err("connection refused".into()))],
+                Err("b: agent unreachable (connection refused)".into()),
+            ),
+            (
+                vec![("a".into(), Ok(unready)), ("b".into(), Err("no socket".into()))],
+                Err("a: not ready (bpf-maps: syncing), b: agent unreachable (no socket)".into()),
+            ),
+        ];
+        for (nodes, want) in cases {
+            assert_eq!(all_nodes_verdict(&nodes), want);
+        }
+    }
+
+    #[test]
+    fn status_shows_the_kube_proxy_replacement_details() {
+        let status = sample();
         let text = render(&status, false);
         for line in [
             "KubeProxyReplacement:   True",
@@ -131,6 +218,7 @@ mod tests {
             "  Backend Selection:    Random",
             "  Session Affinity:     Enabled",
             "  - NodePort:     Enabled (Range: 30000-32767)",
+            "  beeline_lxc                              3     16384      0.0%",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }

@@ -37,5 +37,22 @@ pub fn read_lost(pin_dir: &Path) -> Result<u64, DatapathError> {
     Ok(per_cpu.iter().sum())
 }
 
+/// Forwarded packets and bytes per direction (`metric_dir::*`) from `beeline_metrics`, summed
+/// over CPUs.
+pub fn read_forwards(pin_dir: &Path) -> Result<Vec<(u32, beeline_common::datapath::DropStats)>, DatapathError> {
+    let name = events::METRICS_MAP_NAME;
+    let map: PerCpuArray<MapData, beeline_common::datapath::DropStats> =
+        PerCpuArray::try_from(Map::PerCpuArray(open(pin_dir, name)?)).map_err(|e| DatapathError::map(name, e))?;
+    let mut out = Vec::new();
+    for dir in [events::metric_dir::INGRESS, events::metric_dir::EGRESS] {
+        let per_cpu = map.get(&dir, 0).map_err(|e| DatapathError::map(name, e))?;
+        let sum = per_cpu.iter().fold(beeline_common::datapath::DropStats::default(), |acc, s| {
+            beeline_common::datapath::DropStats { packets: acc.packets + s.packets, bytes: acc.bytes + s.bytes }
+        });
+        out.push((dir, sum));
+    }
+    Ok(out)
+}
+
 /// Size of one record: the programs write nothing else.
 pub const RECORD_SIZE: usize = std::mem::size_of::<FlowEvent>();

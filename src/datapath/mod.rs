@@ -9,6 +9,7 @@ pub mod lb_tables;
 pub mod loader;
 pub mod netns;
 pub mod pins;
+pub mod pressure;
 pub mod routes;
 pub mod tables;
 #[cfg(any(test, feature = "testing"))]

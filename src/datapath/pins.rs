@@ -41,6 +41,7 @@ pub const PINNED_MAPS: &[&str] = &[
     events::RING_MAP_NAME,
     events::LOST_MAP_NAME,
     events::AGG_MAP_NAME,
+    events::METRICS_MAP_NAME,
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
