@@ -17,14 +17,63 @@ pub struct StatusArgs {
     /// One line per endpoint and per controller.
     #[arg(long)]
     pub verbose: bool,
+    /// Every node of the lab whose state directory is `--state-dir`: one section per node; fails
+    /// naming each node whose agent is unreachable or not ready.
+    #[arg(long, requires = "state_dir")]
+    pub all_nodes: bool,
+    /// A lab's state directory (with `--all-nodes`).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
 }
 
 pub async fn run(args: StatusArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let status: StatusResponse = agent_client::get_json(&args.socket, "/v1/status").await?;
-    if !print_structured(args.output, &status)? {
-        print!("{}", render(&status, args.verbose));
+    let Some(dir) = args.state_dir.as_ref().filter(|_| args.all_nodes) else {
+        let status: StatusResponse = agent_client::get_json(&args.socket, "/v1/status").await?;
+        if !print_structured(args.output, &status)? {
+            print!("{}", render(&status, args.verbose));
+        }
+        return Ok(());
+    };
+    let mut nodes = Vec::new();
+    for node in crate::lab::cluster::read_plan(dir)?.nodes {
+        let status = agent_client::get_json::<StatusResponse>(&node.agent_socket(), "/v1/status").await;
+        nodes.push((node.name, status.map_err(|e| e.to_string())));
     }
-    Ok(())
+    let reachable: Vec<&StatusResponse> = nodes.iter().filter_map(|(_, s)| s.as_ref().ok()).collect();
+    if !print_structured(args.output, &reachable)? {
+        for (name, status) in &nodes {
+            println!("=== {name} ===");
+            match status {
+                Ok(s) => print!("{}", render(s, args.verbose)),
+                Err(e) => println!("Agent unreachable: {e}"),
+            }
+        }
+    }
+    all_nodes_verdict(&nodes).map_err(Into::into)
+}
+
+/// A node's name and its agent's answer (or why there was none).
+type NodeStatus = (String, Result<StatusResponse, String>);
+
+/// Fails naming every node whose agent did not answer or is not ready (with its failing checks).
+fn all_nodes_verdict(nodes: &[NodeStatus]) -> Result<(), String> {
+    let problems: Vec<String> = nodes
+        .iter()
+        .filter_map(|(name, status)| match status {
+            Err(e) => Some(format!("{name}: agent unreachable ({e})")),
+            Ok(s) if !s.ready => {
+                let failing: Vec<String> =
+                    s.checks.iter().filter(|c| !c.ok).map(|c| format!("{}: {}", c.name, c.message)).collect();
+                Some(format!("{name}: not ready ({})", failing.join("; ")))
+            }
+            Ok(_) => None,
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join(", "))
+    }
 }
 
 pub fn render(s: &StatusResponse, verbose: bool) -> String {
@@ -111,9 +160,8 @@ mod tests {
     use super::*;
     use crate::agent::api::KprDetails;
 
-    #[test]
-    fn status_shows_the_kube_proxy_replacement_details() {
-        let status = StatusResponse {
+    fn sample() -> StatusResponse {
+        StatusResponse {
             version: "0.1.0".into(),
             node_name: "node-a".into(),
             ready: true,
@@ -134,7 +182,37 @@ mod tests {
             endpoints: vec![],
             controllers: vec![],
             bpf_maps: vec![MapPressure { name: "beeline_lxc".into(), entries: 3, max_entries: 16384 }],
-        };
+        }
+    }
+
+    #[test]
+    fn all_nodes_fails_naming_unreachable_and_unready_nodes() {
+        let ready = sample();
+        let mut unready = sample();
+        unready.ready = false;
+        unready.checks = vec![
+            crate::agent::api::CheckStatus { name: "datapath".into(), ok: true, message: String::new() },
+            crate::agent::api::CheckStatus { name: "bpf-maps".into(), ok: false, message: "syncing".into() },
+        ];
+        let cases: Vec<(Vec<NodeStatus>, Result<(), String>)> = vec![
+            (vec![("a".into(), Ok(ready.clone())), ("b".into(), Ok(ready.clone()))], Ok(())),
+            (
+                vec![("a".into(), Ok(ready.clone())), ("b".into(), Err("connection refused".into()))],
+                Err("b: agent unreachable (connection refused)".into()),
+            ),
+            (
+                vec![("a".into(), Ok(unready)), ("b".into(), Err("no socket".into()))],
+                Err("a: not ready (bpf-maps: syncing), b: agent unreachable (no socket)".into()),
+            ),
+        ];
+        for (nodes, want) in cases {
+            assert_eq!(all_nodes_verdict(&nodes), want);
+        }
+    }
+
+    #[test]
+    fn status_shows_the_kube_proxy_replacement_details() {
+        let status = sample();
         let text = render(&status, false);
         for line in [
             "KubeProxyReplacement:   True",
