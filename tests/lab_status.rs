@@ -108,6 +108,10 @@ fn status_metrics_and_all_nodes_show_real_numbers() {
         assert!(text.contains(&format!("Endpoints:              {}", s.endpoints.len())), "{text}");
         assert!(text.contains("Controller Status:") && text.contains("beeline_lxc"), "{text}");
         let reconciles = metrics(node);
+        // The connectivity test's services are programmed on every node, each with a backend.
+        let services = sample(&reconciles, "beeline_agent_services{family=\"ipv4\"}");
+        let backends = sample(&reconciles, "beeline_agent_service_backends{family=\"ipv4\"}");
+        assert!(services >= 1.0 && backends >= 1.0, "services {services}, backends {backends}");
         assert!(
             reconciles.contains(
                 "beeline_agent_controller_runtime_reconcile_total{controller=\"services\",result=\"success\"}"

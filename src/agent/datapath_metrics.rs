@@ -39,11 +39,32 @@ struct Families {
     forward_count: Family<DirectionLabels, Counter>,
     forward_bytes: Family<DirectionLabels, Counter>,
     pressure: Family<MapLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    services: Family<FamilyLabels, Gauge>,
+    backends: Family<FamilyLabels, Gauge>,
 }
 
-fn families(forwards: &[(u32, beeline_common::datapath::DropStats)], maps: &[MapPressure]) -> Families {
-    let f =
-        Families { forward_count: Family::default(), forward_bytes: Family::default(), pressure: Family::default() };
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FamilyLabels {
+    family: String,
+}
+
+fn families(
+    forwards: &[(u32, beeline_common::datapath::DropStats)],
+    maps: &[MapPressure],
+    lb4: Option<(u64, u64)>,
+) -> Families {
+    let f = Families {
+        forward_count: Family::default(),
+        forward_bytes: Family::default(),
+        pressure: Family::default(),
+        services: Family::default(),
+        backends: Family::default(),
+    };
+    if let Some((services, backends)) = lb4 {
+        let ipv4 = FamilyLabels { family: "ipv4".into() };
+        f.services.get_or_create(&ipv4).set(services as i64);
+        f.backends.get_or_create(&ipv4).set(backends as i64);
+    }
     for (dir, stats) in forwards {
         let labels = DirectionLabels { direction: beeline_common::events::metric_dir::name(*dir).to_string() };
         f.forward_count.get_or_create(&labels).inc_by(stats.packets);
@@ -63,13 +84,18 @@ impl Collector for DatapathCollector {
             Vec::new()
         });
         let maps = crate::datapath::pressure::read_all(&self.pin_dir).unwrap_or_default();
-        let f = families(&forwards, &maps);
+        let lb4 = crate::datapath::pressure::lb4_programmed(&self.pin_dir)
+            .inspect_err(|e| tracing::debug!(error = %e, "load-balancer maps unavailable"))
+            .ok();
+        let f = families(&forwards, &maps, lb4);
         let desc = |e: &mut DescriptorEncoder, name, help, m: &dyn EncodeMetric| -> Result<(), std::fmt::Error> {
             m.encode(e.encode_descriptor(name, help, None, m.metric_type())?)
         };
         desc(&mut encoder, "forward_count", "Packets forwarded by the datapath, by direction", &f.forward_count)?;
         desc(&mut encoder, "forward_bytes", "Bytes forwarded by the datapath, by direction", &f.forward_bytes)?;
         desc(&mut encoder, "bpf_map_pressure", "Fill ratio (entries / max entries) of each BPF map", &f.pressure)?;
+        desc(&mut encoder, "services", "Service frontends programmed in the datapath", &f.services)?;
+        desc(&mut encoder, "service_backends", "Service backends programmed in the datapath", &f.backends)?;
         Ok(())
     }
 }
@@ -87,7 +113,9 @@ mod tests {
         ];
         let maps = [MapPressure { name: "beeline_lxc".into(), entries: 4, max_entries: 16 }];
         let mut registry = Registry::with_prefix("beeline_agent");
-        let f = families(&forwards, &maps);
+        let f = families(&forwards, &maps, Some((2, 5)));
+        registry.register("services", "s", f.services);
+        registry.register("service_backends", "b", f.backends);
         registry.register("forward_count", "c", f.forward_count);
         registry.register("forward_bytes", "b", f.forward_bytes);
         registry.register("bpf_map_pressure", "p", f.pressure);
@@ -98,6 +126,8 @@ mod tests {
             "beeline_agent_forward_count_total{direction=\"EGRESS\"} 3",
             "beeline_agent_forward_bytes_total{direction=\"INGRESS\"} 700",
             "beeline_agent_bpf_map_pressure{map_name=\"beeline_lxc\"} 0.25",
+            "beeline_agent_services{family=\"ipv4\"} 2",
+            "beeline_agent_service_backends{family=\"ipv4\"} 5",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }

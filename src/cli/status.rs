@@ -52,8 +52,11 @@ pub async fn run(args: StatusArgs) -> Result<(), Box<dyn std::error::Error + Sen
     all_nodes_verdict(&nodes).map_err(Into::into)
 }
 
+/// A node's name and its agent's answer (or why there was none).
+type NodeStatus = (String, Result<StatusResponse, String>);
+
 /// Fails naming every node whose agent did not answer or is not ready (with its failing checks).
-fn all_nodes_verdict(nodes: &[(String, Result<StatusResponse, String>)]) -> Result<(), String> {
+fn all_nodes_verdict(nodes: &[NodeStatus]) -> Result<(), String> {
     let problems: Vec<String> = nodes
         .iter()
         .filter_map(|(name, status)| match status {
@@ -191,7 +194,7 @@ mod tests {
             crate::agent::api::CheckStatus { name: "datapath".into(), ok: true, message: String::new() },
             crate::agent::api::CheckStatus { name: "bpf-maps".into(), ok: false, message: "syncing".into() },
         ];
-        let cases: Vec<(Vec<(String, Result<StatusResponse, String>)>, Result<(), String>)> = vec![
+        let cases: Vec<(Vec<NodeStatus>, Result<(), String>)> = vec![
             (vec![("a".into(), Ok(ready.clone())), ("b".into(), Ok(ready.clone()))], Ok(())),
             (
                 vec![("a".into(), Ok(ready.clone())), ("b".into(), Err("connection refused".into()))],

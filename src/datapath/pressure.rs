@@ -105,6 +105,20 @@ fn count_keys(fd: i32, key_size: usize, max: u64) -> std::io::Result<u64> {
     Ok(count)
 }
 
+/// (frontends, backends) programmed in the IPv4 load-balancer maps: a frontend is a services row
+/// with backend slot 0 (its master entry), a backend a row of the backends map.
+pub fn lb4_programmed(pin_dir: &Path) -> Result<(u64, u64), Box<dyn std::error::Error + Send + Sync>> {
+    use aya::maps::{HashMap, Map};
+    use beeline_common::lb::{map_names, Lb4Backend, Lb4BackendKey, Lb4Key, Lb4Service};
+    let pins = super::pins::PinLayout::new(pin_dir);
+    let services: HashMap<MapData, Lb4Key, Lb4Service> =
+        HashMap::try_from(Map::HashMap(MapData::from_pin(pins.map(map_names::LB4_SERVICES))?))?;
+    let frontends = services.keys().filter_map(Result::ok).filter(|k| k.backend_slot == 0).count() as u64;
+    let backends: HashMap<MapData, Lb4BackendKey, Lb4Backend> =
+        HashMap::try_from(Map::HashMap(MapData::from_pin(pins.map(map_names::LB4_BACKENDS))?))?;
+    Ok((frontends, backends.keys().filter_map(Result::ok).count() as u64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

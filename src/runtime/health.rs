@@ -74,21 +74,24 @@ pub fn router(telemetry: Telemetry) -> Router {
 
 async fn readyz(State(t): State<Telemetry>, query: axum::extract::RawQuery) -> impl IntoResponse {
     let verbose = query.0.is_some_and(|q| q.split('&').any(|p| p == "verbose"));
+    let (ready, body) = readyz_body(&t.health.report(), verbose);
+    (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, body)
+}
+
+/// Whether every check passed, and the `/readyz` text: each failing check with its reason (each
+/// passing one too when `verbose`), then the verdict.
+fn readyz_body(report: &[(String, bool, String)], verbose: bool) -> (bool, String) {
     let mut body = String::new();
-    for (name, ok, reason) in t.health.report() {
-        if ok && verbose {
+    for (name, ok, reason) in report {
+        if *ok && verbose {
             body.push_str(&format!("[+]{name} ok\n"));
         } else if !ok {
             body.push_str(&format!("[-]{name} failed: {reason}\n"));
         }
     }
-    if t.health.is_ready() {
-        body.push_str("ok\n");
-        (StatusCode::OK, body)
-    } else {
-        body.push_str("readyz check failed\n");
-        (StatusCode::SERVICE_UNAVAILABLE, body)
-    }
+    let ready = report.iter().all(|(_, ok, _)| *ok);
+    body.push_str(if ready { "ok\n" } else { "readyz check failed\n" });
+    (ready, body)
 }
 
 async fn metrics(State(t): State<Telemetry>) -> impl IntoResponse {
@@ -116,4 +119,29 @@ pub async fn serve(
     Ok(async move {
         axum::serve(listener, router(telemetry)).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readyz_names_each_failing_check_and_its_reason() {
+        let check = |name: &str, ok: bool, reason: &str| (name.to_string(), ok, reason.to_string());
+        let report = [check("apiserver", true, ""), check("bpf-maps", false, "initial sync waits for policy")];
+        let cases = [
+            (&report[..1], false, true, "ok\n"),
+            (&report[..1], true, true, "[+]apiserver ok\nok\n"),
+            (&report[..], false, false, "[-]bpf-maps failed: initial sync waits for policy\nreadyz check failed\n"),
+            (
+                &report[..],
+                true,
+                false,
+                "[+]apiserver ok\n[-]bpf-maps failed: initial sync waits for policy\nreadyz check failed\n",
+            ),
+        ];
+        for (report, verbose, ready, body) in cases {
+            assert_eq!(readyz_body(report, verbose), (ready, body.to_string()), "{report:?} verbose={verbose}");
+        }
+    }
 }
