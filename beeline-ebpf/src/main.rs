@@ -17,6 +17,7 @@ mod lb6;
 mod lookup;
 mod maps;
 mod nat;
+mod ndp;
 mod netdev;
 mod nodeport;
 mod parse;
