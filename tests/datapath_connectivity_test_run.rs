@@ -158,7 +158,6 @@ fn ttl_expiring_unknown_and_host_destinations_go_to_the_stack_unchanged() {
         ("ttl 1", base().ipv4(pod_a(), pod_b()).ttl(1).udp(1, 2).build()),
         ("outside the cluster", base().ipv4(pod_a(), ip("1.1.1.1")).udp(1, 53).build()),
         ("the node itself", base().ipv4(pod_a(), router()).tcp(1, 4240, tcp_flags::SYN).build()),
-        ("ipv6", base().ipv6("fd00::1".parse().unwrap(), "fd00::2".parse().unwrap()).udp(1, 2).build()),
     ];
     for (name, frame) in cases {
         let (verdict, out) = f.run(FROM_CONTAINER, &frame);

@@ -58,6 +58,7 @@ fn from_container_passes_every_frame_unchanged_and_counts_it() {
     let pin = bpffs.pin_dir();
     let pod = EndpointInfo { ifindex: LOOPBACK_IFINDEX, ..Default::default() };
     tables::upsert_endpoint(&pin, "10.0.1.2".parse().unwrap(), &pod).unwrap();
+    integration::upsert_endpoint6(&pin, "fd00::1:2".parse().unwrap(), &pod);
     let tunnel = DatapathConfig { tunnel_proto: TUNNEL_VXLAN, tunnel_ifindex: 77, ..Default::default() };
     tables::write_config(&pin, &tunnel).unwrap();
 

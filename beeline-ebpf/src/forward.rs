@@ -16,7 +16,7 @@ use beeline_common::{
 use crate::{
     drop::drop,
     events, lookup,
-    parse::{Ipv4Hdr, IPV4_CSUM_OFF, IPV4_TTL_OFF},
+    parse::{Ipv4Hdr, Ipv6Hdr, IPV4_CSUM_OFF, IPV4_TTL_OFF, IPV6_HOP_LIMIT_OFF},
 };
 
 /// TTL of the outer header of tunnelled packets.
@@ -45,6 +45,33 @@ pub fn to_local_endpoint(ctx: &TcContext, ip: &Ipv4Hdr, ep: &EndpointInfo, confi
         return drop(ctx, drop_reason::WRITE_ERROR);
     }
     events::trace(ctx, point::TO_ENDPOINT, 0, ep.sec_id);
+    deliver(ctx, ep, config)
+}
+
+/// [`to_local_endpoint`] for IPv6: hop limit − 1 (IPv6 has no header checksum to fix), MACs,
+/// redirect. No trace event: flow events carry IPv4 addresses only (see `events.rs`).
+#[inline(always)]
+pub fn to_local_endpoint6(ctx: &TcContext, ip: &Ipv6Hdr, ep: &EndpointInfo, config: &DatapathConfig) -> i32 {
+    if ip.hop_limit <= 1 {
+        // The kernel answers with ICMPv6 time exceeded.
+        return TC_ACT_OK;
+    }
+    if decrement_hop_limit(ctx, ip).is_err() {
+        return drop(ctx, drop_reason::WRITE_ERROR);
+    }
+    deliver(ctx, ep, config)
+}
+
+/// Hop limit − 1; the caller has checked `hop_limit > 1`.
+#[inline(always)]
+pub fn decrement_hop_limit(ctx: &TcContext, ip: &Ipv6Hdr) -> Result<(), ()> {
+    ctx.store(IPV6_HOP_LIMIT_OFF, &(ip.hop_limit - 1), 0).map_err(|_| ())
+}
+
+/// The last step of local delivery, the same for both families: MACs gateway → pod, then into
+/// the pod (see [`to_local_endpoint`] for the choice of redirect).
+#[inline(always)]
+fn deliver(ctx: &TcContext, ep: &EndpointInfo, config: &DatapathConfig) -> i32 {
     let macs: [[u8; 6]; 2] = [ep.mac, ep.node_mac];
     if ctx.store(0, &macs, 0).is_err() {
         return drop(ctx, drop_reason::WRITE_ERROR);
@@ -80,6 +107,21 @@ pub fn tunnel_endpoint(dst_be: u32, config: &DatapathConfig) -> Option<u32> {
         }
     }
     lookup::tunnel(dst_be, config.pod_cidr_prefix_len).map(|v| v.ip4).filter(|ip| *ip != 0)
+}
+
+/// [`tunnel_endpoint`] for an IPv6 destination. The answer is still the node's IPv4 underlay
+/// address: the outer header stays IPv4, so dual-stack pods talk over the same VXLAN mesh.
+#[inline(always)]
+pub fn tunnel_endpoint6(dst: [u8; 16], config: &DatapathConfig) -> Option<u32> {
+    if let Some(info) = lookup::ipcache6(dst) {
+        if info.flags & FLAG_SKIP_TUNNEL != 0 {
+            return None;
+        }
+        if info.tunnel_endpoint != 0 {
+            return Some(info.tunnel_endpoint);
+        }
+    }
+    lookup::tunnel6(dst, config.pod_cidr6_prefix_len).map(|v| v.ip4).filter(|ip| *ip != 0)
 }
 
 /// Sends the packet to `node_be` through the node's tunnel device with the source's identity as

@@ -82,7 +82,7 @@ pub fn port_unreachable(ctx: &TcContext, ip: &Ipv4Hdr, l4_offset: usize, ifindex
 /// The Internet checksum of `len` bytes at `ptr` (stack memory, `len` a multiple of 4), ready to
 /// store in memory order.
 #[inline(always)]
-fn checksum(ptr: *mut u32, len: u32) -> u16 {
+pub fn checksum(ptr: *mut u32, len: u32) -> u16 {
     // SAFETY: `ptr` points at `len` initialised bytes on this program's stack.
     let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, ptr, len, 0) } as u64;
     let mut folded = (sum & 0xffff) + (sum >> 16);

@@ -4,6 +4,7 @@
 
 mod arp;
 mod conntrack;
+mod conntrack6;
 mod drop;
 mod events;
 mod fib;
@@ -12,9 +13,11 @@ mod from_container;
 mod from_overlay;
 mod icmp;
 mod lb;
+mod lb6;
 mod lookup;
 mod maps;
 mod nat;
+mod ndp;
 mod netdev;
 mod nodeport;
 mod parse;

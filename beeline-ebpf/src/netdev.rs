@@ -10,9 +10,16 @@
 //! - `from_netdev` also balances NodePort / LoadBalancer / externalIP traffic from outside
 //!   ([`crate::lb::from_netdev`], [`crate::nodeport`]) and returns the replies of remote backends.
 //!
+//! - IPv6: `from_netdev` delivers packets for local pods the same way ([`ipv6`]); IPv6 NodePort
+//!   and masquerading are out of scope for now.
+//!
 //! Anything else passes unchanged: the uplink carries the node's own traffic too.
 
-use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::{__sk_buff, TC_ACT_OK},
+    macros::classifier,
+    programs::TcContext,
+};
 use beeline_common::{
     datapath::{DatapathConfig, CONFIG_F_MASQUERADE},
     endpoint::ENDPOINT_F_HOST,
@@ -24,10 +31,10 @@ use crate::{
     drop::drop,
     events, forward,
     lb::{self, Next},
-    lookup,
+    lb6, lookup,
     nat::{self, SnatTarget},
     nodeport,
-    parse::{self, Ipv4Hdr, ETH_P_IP},
+    parse::{self, Ipv4Hdr, ETH_P_IP, ETH_P_IPV6},
     policy,
 };
 
@@ -85,6 +92,19 @@ fn needs_masquerade(ip: &Ipv4Hdr, config: &DatapathConfig) -> bool {
 
 #[classifier]
 pub fn from_netdev(ctx: TcContext) -> i32 {
+    // The kernel's parse of the ethertype, not a copy of the header: this frame stays empty, so
+    // the IPv4 path below keeps the whole stack limit.
+    // SAFETY: `skb` is the kernel's __sk_buff for this invocation.
+    if u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16) == ETH_P_IPV6 {
+        return ipv6(ctx.skb.skb);
+    }
+    ipv4(ctx.skb.skb)
+}
+
+/// IPv4 on the uplink, in a frame of its own (see [`ipv6`]).
+#[inline(never)]
+fn ipv4(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
     let Some(ip) = ipv4_frame(&ctx) else {
         return TC_ACT_OK;
     };
@@ -130,4 +150,29 @@ pub fn from_netdev(ctx: TcContext) -> i32 {
         }
         _ => TC_ACT_OK,
     }
+}
+
+/// IPv6 on the uplink: in native routing, peers route our IPv6 pod CIDR to this node; a packet
+/// for a local pod gets a remote backend's reply translated back ([`crate::lb6::from_overlay`]),
+/// the pod's ingress policy, and delivery. NodePort and masquerading do not exist for IPv6 yet,
+/// so everything else is the node's own traffic. Not inlined: keeps its locals off the IPv4 path.
+#[inline(never)]
+fn ipv6(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
+    let Ok(ip) = parse::ipv6(&ctx) else {
+        return TC_ACT_OK;
+    };
+    if ip.is_link_scope() {
+        return TC_ACT_OK;
+    }
+    let Some(ep) = lookup::endpoint6(ip.daddr).filter(|ep| ep.flags & ENDPOINT_F_HOST == 0) else {
+        return TC_ACT_OK;
+    };
+    if let Err(verdict) = lb6::from_overlay(&ctx, &ip) {
+        return verdict;
+    }
+    if let Some(verdict) = policy::ingress_from_netdev6(&ctx, &ep, &ip) {
+        return verdict;
+    }
+    forward::to_local_endpoint6(&ctx, &ip, &ep, &lookup::config())
 }

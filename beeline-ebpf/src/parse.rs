@@ -134,7 +134,8 @@ pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const IPV6_HLEN: usize = 40;
 pub const IPPROTO_ICMPV6: u8 = 58;
 
-/// Offsets of the IPv6 hop limit and addresses from the start of the frame.
+/// Offsets of the IPv6 next header, hop limit and addresses from the start of the frame.
+pub const IPV6_NEXT_HEADER_OFF: usize = ETH_HLEN + 6;
 pub const IPV6_HOP_LIMIT_OFF: usize = ETH_HLEN + 7;
 pub const IPV6_SADDR_OFF: usize = ETH_HLEN + 8;
 pub const IPV6_DADDR_OFF: usize = ETH_HLEN + 24;
@@ -157,7 +158,41 @@ impl Ipv6Hdr {
     pub fn payload_len(&self) -> usize {
         usize::from(u16::from_be_bytes(self.payload_len))
     }
+
+    /// Link-local source or destination, or a multicast destination: traffic of the link itself
+    /// (neighbour discovery, router solicitations, MLD), which is the stack's, never forwarded.
+    pub fn is_link_scope(&self) -> bool {
+        is_link_local(&self.saddr) || is_link_local(&self.daddr) || is_multicast(&self.daddr)
+    }
 }
+
+/// fe80::/10.
+pub fn is_link_local(addr: &[u8; 16]) -> bool {
+    addr[0] == 0xfe && addr[1] & 0xc0 == 0x80
+}
+
+/// ff00::/8.
+pub fn is_multicast(addr: &[u8; 16]) -> bool {
+    addr[0] == 0xff
+}
+
+/// `::`, the source of duplicate address detection probes.
+pub fn is_unspecified(addr: &[u8; 16]) -> bool {
+    *addr == [0; 16]
+}
+
+/// ICMPv6 message types (RFC 4443, RFC 4861).
+pub const ICMP6_NEIGHBOR_SOLICIT: u8 = 135;
+pub const ICMP6_NEIGHBOR_ADVERT: u8 = 136;
+
+/// MLD (130–132, 143) and neighbour discovery other than solicitations (133 RS, 134 RA, 136 NA,
+/// 137 redirect): control messages of the link, never forwarded.
+pub fn is_link_control_icmp6(ty: u8) -> bool {
+    matches!(ty, 130..=134 | 136 | 137 | 143)
+}
+
+/// Where the L4 header starts for an IPv6 packet without extension headers.
+pub const IPV6_L4_OFF: usize = ETH_HLEN + IPV6_HLEN;
 
 /// The fixed IPv6 header after validating the version and the payload length against the skb.
 pub fn ipv6(ctx: &TcContext) -> Result<Ipv6Hdr, Malformed> {

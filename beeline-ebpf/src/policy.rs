@@ -27,12 +27,11 @@ use beeline_common::{
 use aya_ebpf::programs::TcContext;
 
 use crate::{
-    conntrack,
+    conntrack, conntrack6,
     drop::drop,
-    events,
-    lookup,
+    events, lookup,
     maps::{POLICY, POLICY_ENDPOINTS},
-    parse::{Ipv4Hdr, ETH_HLEN},
+    parse::{Ipv4Hdr, Ipv6Hdr, ETH_HLEN, IPPROTO_ICMPV6, IPV6_L4_OFF},
 };
 
 const IPPROTO_ICMP: u8 = 1;
@@ -40,18 +39,41 @@ const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_SCTP: u8 = 132;
 
-/// The port a policy key matches: the destination port for TCP/UDP/SCTP, the type for ICMP, 0 for
-/// other protocols and for non-first fragments (which carry no L4 header).
-#[inline(always)]
-fn l4_port(ctx: &TcContext, ip: &Ipv4Hdr) -> u16 {
-    if u16::from_be_bytes(ip.frag_off) & 0x1fff != 0 {
-        return 0;
+/// What a policy key matches on, the same for both families: the protocol and the "port" — the
+/// destination port for TCP/UDP/SCTP, the type for ICMP and ICMPv6 (protocol 58), 0 for other
+/// protocols and for non-first fragments (which carry no L4 header).
+#[derive(Clone, Copy)]
+pub struct L4 {
+    pub protocol: u8,
+    pub port: u16,
+}
+
+impl L4 {
+    #[inline(always)]
+    pub fn ipv4(ctx: &TcContext, ip: &Ipv4Hdr) -> L4 {
+        if ip.fragment_offset() != 0 {
+            return L4 { protocol: ip.protocol, port: 0 };
+        }
+        L4::at(ctx, ip.protocol, ETH_HLEN + ip.header_len(), IPPROTO_ICMP)
     }
-    let l4 = ETH_HLEN + usize::from(ip.version_ihl & 0x0f) * 4;
-    match ip.protocol {
-        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => ctx.load::<[u8; 2]>(l4 + 2).map(u16::from_be_bytes).unwrap_or(0),
-        IPPROTO_ICMP => ctx.load::<u8>(l4).map(u16::from).unwrap_or(0),
-        _ => 0,
+
+    /// Extension headers are not walked: a packet that has some is matched on the first one's
+    /// number with port 0 (only an L3 rule can allow it).
+    #[inline(always)]
+    pub fn ipv6(ctx: &TcContext, ip: &Ipv6Hdr) -> L4 {
+        L4::at(ctx, ip.next_header, IPV6_L4_OFF, IPPROTO_ICMPV6)
+    }
+
+    #[inline(always)]
+    fn at(ctx: &TcContext, protocol: u8, l4: usize, icmp: u8) -> L4 {
+        let port = match protocol {
+            IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
+                ctx.load::<[u8; 2]>(l4 + 2).map(u16::from_be_bytes).unwrap_or(0)
+            }
+            p if p == icmp => ctx.load::<u8>(l4).map(u16::from).unwrap_or(0),
+            _ => 0,
+        };
+        L4 { protocol, port }
     }
 }
 
@@ -77,7 +99,7 @@ fn lookup(endpoint_id: u32, identity: u32, egress: u8, protocol: u8, port: u16) 
 /// This is the one place where a policy verdict is known (endpoint, direction, peer identity,
 /// protocol, port, and the verdict below): a policy-verdict event belongs here.
 #[inline(always)]
-fn denied(ctx: &TcContext, ep: &EndpointInfo, egress: u8, peer: u32, ip: &Ipv4Hdr, reply: bool) -> Option<u32> {
+fn denied(ctx: &TcContext, ep: &EndpointInfo, egress: u8, peer: u32, l4: L4, reply: bool) -> Option<u32> {
     if reply {
         return None;
     }
@@ -88,9 +110,8 @@ fn denied(ctx: &TcContext, ep: &EndpointInfo, egress: u8, peer: u32, ip: &Ipv4Hd
     if flags & flag == 0 {
         return None;
     }
-    let port = l4_port(ctx, ip);
-    let specific = lookup(endpoint_id, peer, egress, ip.protocol, port);
-    let wildcard = lookup(endpoint_id, 0, egress, ip.protocol, port);
+    let specific = lookup(endpoint_id, peer, egress, l4.protocol, l4.port);
+    let wildcard = lookup(endpoint_id, 0, egress, l4.protocol, l4.port);
     events::policy_verdict(ctx, ep, egress, peer, specific, wildcard);
     match specific.max(wildcard) {
         DENIED => Some(drop_reason::POLICY_DENY),
@@ -102,14 +123,14 @@ fn denied(ctx: &TcContext, ep: &EndpointInfo, egress: u8, peer: u32, ip: &Ipv4Hd
 /// Egress policy of `src` towards a destination of identity `dst_identity`: `Some(verdict)` when
 /// the packet was dropped. `reply`: the packet answers a tracked connection.
 #[inline(always)]
-pub fn egress(ctx: &TcContext, src: &EndpointInfo, ip: &Ipv4Hdr, dst_identity: u32, reply: bool) -> Option<i32> {
-    denied(ctx, src, DIR_EGRESS, dst_identity, ip, reply).map(|reason| drop(ctx, reason))
+pub fn egress(ctx: &TcContext, src: &EndpointInfo, l4: L4, dst_identity: u32, reply: bool) -> Option<i32> {
+    denied(ctx, src, DIR_EGRESS, dst_identity, l4, reply).map(|reason| drop(ctx, reason))
 }
 
 /// Ingress policy of local endpoint `dst` for a packet from identity `src_identity`.
 #[inline(always)]
-pub fn ingress(ctx: &TcContext, dst: &EndpointInfo, ip: &Ipv4Hdr, src_identity: u32, reply: bool) -> Option<i32> {
-    denied(ctx, dst, DIR_INGRESS, src_identity, ip, reply).map(|reason| drop(ctx, reason))
+pub fn ingress(ctx: &TcContext, dst: &EndpointInfo, l4: L4, src_identity: u32, reply: bool) -> Option<i32> {
+    denied(ctx, dst, DIR_INGRESS, src_identity, l4, reply).map(|reason| drop(ctx, reason))
 }
 
 /// Ingress policy for a packet the uplink delivers to local endpoint `dst`: from a pod on another
@@ -121,11 +142,26 @@ pub fn ingress(ctx: &TcContext, dst: &EndpointInfo, ip: &Ipv4Hdr, src_identity: 
 pub fn ingress_from_netdev(ctx: &TcContext, dst: &EndpointInfo, ip: &Ipv4Hdr) -> Option<i32> {
     let reply = conntrack::is_reply(ctx, ip);
     let src_identity = lookup::identity(ip.saddr_be(), None);
-    if let Some(verdict) = ingress(ctx, dst, ip, src_identity, reply) {
+    if let Some(verdict) = ingress(ctx, dst, L4::ipv4(ctx, ip), src_identity, reply) {
         return Some(verdict);
     }
     if !reply {
         conntrack::track_allowed(ctx, ip);
+    }
+    None
+}
+
+/// [`ingress_from_netdev`] for IPv6 (from the uplink in native routing; no NodePort/masquerade
+/// translation exists for IPv6 yet).
+#[inline(always)]
+pub fn ingress_from_netdev6(ctx: &TcContext, dst: &EndpointInfo, ip: &Ipv6Hdr) -> Option<i32> {
+    let reply = conntrack6::is_reply(ctx, ip);
+    let src_identity = lookup::identity6(ip.saddr, None);
+    if let Some(verdict) = ingress(ctx, dst, L4::ipv6(ctx, ip), src_identity, reply) {
+        return Some(verdict);
+    }
+    if !reply {
+        conntrack6::track_allowed(ctx, ip);
     }
     None
 }

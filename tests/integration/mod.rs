@@ -264,3 +264,31 @@ pub mod two_pods {
         beeline::datapath::tables::upsert_endpoint(&pin, B.parse().unwrap(), &ep(B_IFINDEX, EP_B, ID_B)).unwrap();
     }
 }
+
+/// Writes the local endpoint row of IPv6 address `addr` straight into the pinned `beeline_lxc`
+/// (the tables module writes IPv4 rows only, for now).
+pub fn upsert_endpoint6(pin_dir: &Path, addr: std::net::Ipv6Addr, info: &beeline_common::endpoint::EndpointInfo) {
+    use aya::maps::{HashMap, Map, MapData};
+    use beeline_common::endpoint::{self, EndpointInfo, EndpointKey};
+    let pin = beeline::datapath::pins::PinLayout::new(pin_dir).map(endpoint::MAP_NAME);
+    let mut map: HashMap<_, EndpointKey, EndpointInfo> =
+        HashMap::try_from(Map::HashMap(MapData::from_pin(pin).expect("open beeline_lxc"))).unwrap();
+    map.insert(EndpointKey::ipv6(addr.octets()), info, 0).expect("insert the IPv6 endpoint row");
+}
+
+/// Writes the ipcache row of IPv6 prefix `addr`/`prefix_len` straight into the pinned
+/// `beeline_ipcache` (the tables module writes IPv4 rows only, for now).
+pub fn upsert_ipcache6(
+    pin_dir: &Path,
+    addr: std::net::Ipv6Addr,
+    prefix_len: u32,
+    info: &beeline_common::ipcache::RemoteEndpointInfo,
+) {
+    use aya::maps::{lpm_trie::Key, LpmTrie, Map, MapData};
+    use beeline_common::ipcache::{self, IpcacheKey, IpcacheLpmData, RemoteEndpointInfo};
+    let pin = beeline::datapath::pins::PinLayout::new(pin_dir).map(ipcache::MAP_NAME);
+    let mut map: LpmTrie<_, IpcacheLpmData, RemoteEndpointInfo> =
+        LpmTrie::try_from(Map::LpmTrie(MapData::from_pin(pin).expect("open beeline_ipcache"))).unwrap();
+    let key = IpcacheKey::ipv6(addr.octets(), prefix_len);
+    map.insert(&Key::new(key.prefixlen, key.data), info, 0).expect("insert the IPv6 ipcache row");
+}
