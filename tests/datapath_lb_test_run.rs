@@ -85,7 +85,7 @@ fn cfg() -> ServicesConfig {
     ServicesConfig {
         node_name: NODE.into(),
         // The NodePort address of this node (the Node object is not among the inputs here).
-        extra_node_addresses: vec![node_ip()],
+        extra_node_addresses: vec![node_ip().into()],
         kube_proxy_replacement: true,
         node_port_range: (30000, 32767),
         lb_algorithm: LbAlgorithm::Random,

@@ -21,6 +21,13 @@ pub mod map_names {
     pub const LB_CONFIG: &str = "beeline_lb_config";
     /// IPv4 connection tracking (written by the datapath, LRU).
     pub const CT4: &str = "beeline_ct4_global";
+    /// IPv6 services, backends and reverse NAT (Cilium's `cilium_lb6_services_v2`,
+    /// `cilium_lb6_backends_v3`, `cilium_lb6_reverse_nat`).
+    pub const LB6_SERVICES: &str = "beeline_lb6_services";
+    pub const LB6_BACKENDS: &str = "beeline_lb6_backends";
+    pub const LB6_REVERSE_NAT: &str = "beeline_lb6_reverse_nat";
+    /// IPv6 connection tracking (Cilium's `cilium_ct6_global`; written by the datapath, LRU).
+    pub const CT6: &str = "beeline_ct6_global";
 }
 
 /// Bits of `Lb4Service::flags` (Cilium's `SVC_FLAG_*`, first byte).
@@ -276,6 +283,79 @@ pub struct Ct4Entry {
     pub pad: u32,
 }
 
+// ---- IPv6 (Cilium's `lb6_*` / `ipv6_ct_tuple`) -------------------------------------------------
+//
+// Addresses are the 16 bytes as they sit in the packet (network byte order), ports in network byte
+// order. The service value, the backend key, the rev-NAT key and the conntrack entry carry no
+// address, so they are the IPv4 types (Cilium's `lb6_service` etc. have the same layouts).
+
+/// Key of the IPv6 services map (Cilium's `lb6_key`, 24 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lb6Key {
+    /// Service virtual IPv6 address.
+    pub address: [u8; 16],
+    /// Service port (network byte order); 0 matches all ports.
+    pub dport: u16,
+    /// 0 is the master entry, otherwise the backend slot.
+    pub backend_slot: u16,
+    /// L4 protocol (IPPROTO_*), 0 for any.
+    pub proto: u8,
+    /// `LB_LOOKUP_SCOPE_*`.
+    pub scope: u8,
+    pub pad: [u8; 2],
+}
+
+/// Value of the IPv6 services map: Cilium's `lb6_service` has `lb4_service`'s layout.
+pub type Lb6Service = Lb4Service;
+/// Key of the IPv6 backends map (Cilium's `lb6_backend_key` is `lb4_backend_key`'s layout).
+pub type Lb6BackendKey = Lb4BackendKey;
+/// Key of the IPv6 reverse-NAT map.
+pub type Lb6RevNatKey = Lb4RevNatKey;
+
+/// Value of the IPv6 backends map (Cilium's `lb6_backend`, 24 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lb6Backend {
+    /// Backend IPv6 address.
+    pub address: [u8; 16],
+    /// Backend port (network byte order).
+    pub port: u16,
+    pub proto: u8,
+    /// `backend_flags::*`.
+    pub flags: u8,
+    pub cluster_id: u16,
+    /// Topology zone index, 0 if unknown.
+    pub zone: u8,
+    pub pad: u8,
+}
+
+/// Value of the IPv6 reverse-NAT map (Cilium's `lb6_reverse_nat`, 18 bytes; no hidden padding
+/// since every field is byte- or 2-byte aligned).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lb6ReverseNat {
+    pub address: [u8; 16],
+    pub port: u16,
+}
+
+/// IPv6 conntrack tuple (Cilium's `ipv6_ct_tuple`, 38 bytes packed; padded explicitly to 40 as
+/// [`Ct4Tuple`] is to 16). Same meaning of `flags` (`TUPLE_F_*`) and of the two entry kinds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ct6Tuple {
+    pub daddr: [u8; 16],
+    pub saddr: [u8; 16],
+    pub dport: u16,
+    pub sport: u16,
+    pub nexthdr: u8,
+    pub flags: u8,
+    pub pad: u16,
+}
+
+/// IPv6 conntrack entry: the same as IPv4's (Cilium shares `ct_entry` between families).
+pub type Ct6Entry = Ct4Entry;
+
 #[cfg(feature = "user")]
 mod pod_impls {
     use super::*;
@@ -295,6 +375,10 @@ mod pod_impls {
     unsafe impl aya::Pod for LbConfig {}
     unsafe impl aya::Pod for Ct4Tuple {}
     unsafe impl aya::Pod for Ct4Entry {}
+    unsafe impl aya::Pod for Lb6Key {}
+    unsafe impl aya::Pod for Lb6Backend {}
+    unsafe impl aya::Pod for Lb6ReverseNat {}
+    unsafe impl aya::Pod for Ct6Tuple {}
 }
 
 #[cfg(test)]
@@ -320,5 +404,17 @@ mod tests {
         assert_eq!(size_of::<LbConfig>(), 8);
         assert_eq!(size_of::<Ct4Tuple>(), 16);
         assert_eq!(size_of::<Ct4Entry>(), 32);
+    }
+
+    #[test]
+    fn ipv6_layouts_match_ciliums_lb6_and_ct6_sizes() {
+        assert_eq!(size_of::<Lb6Key>(), 24, "lb6_key");
+        assert_eq!(size_of::<Lb6Service>(), 12, "lb6_service");
+        assert_eq!(size_of::<Lb6Backend>(), 24, "lb6_backend");
+        assert_eq!(size_of::<Lb6ReverseNat>(), 18, "lb6_reverse_nat");
+        assert_eq!(size_of::<Ct6Tuple>(), 40, "ipv6_ct_tuple (38) + explicit pad");
+        assert_eq!(size_of::<Ct6Entry>(), 32);
+        // Alignment 2: no padding hides between the address bytes and the 16-bit fields.
+        assert_eq!((align_of::<Lb6Key>(), align_of::<Lb6Backend>(), align_of::<Ct6Tuple>()), (2, 2, 2));
     }
 }

@@ -13,7 +13,8 @@ use crate::datapath::lb_tables;
 use crate::datapath::manager::backend::BackendError;
 use crate::datapath::manager::kernel::{KernelLpmMap, KernelMap};
 use crate::datapath::manager::maps::{
-    self, Lb4Backends, Lb4Maglev, Lb4RevNat, Lb4Services, Lb4SourceRange, LbAffinityMatch,
+    self, Lb4Backends, Lb4Maglev, Lb4RevNat, Lb4Services, Lb4SourceRange, Lb6Backends, Lb6RevNat, Lb6Services,
+    LbAffinityMatch,
 };
 use crate::datapath::manager::writer::{GroupWriter, WriterOptions};
 use crate::datapath::manager::{MapManager, Owner};
@@ -69,6 +70,10 @@ pub fn open_tables(manager: &MapManager, pin_dir: &Path) -> Result<(LbTables, Gr
         affinity_match: group.add::<LbAffinityMatch>(KernelMap::open_or_create::<LbAffinityMatch>(pin_dir)?)?,
         maglev: group.add::<Lb4Maglev>(KernelMap::open_or_create::<Lb4Maglev>(pin_dir)?)?,
         source_ranges: group.add::<Lb4SourceRange>(KernelLpmMap::open_or_create::<Lb4SourceRange>(pin_dir)?)?,
+        // The IPv6 rows, added after the IPv4 ones in the same dependency order.
+        backends6: group.add::<Lb6Backends>(KernelMap::open_or_create::<Lb6Backends>(pin_dir)?)?,
+        rev_nat6: group.add::<Lb6RevNat>(KernelMap::open_or_create::<Lb6RevNat>(pin_dir)?)?,
+        services6: group.add::<Lb6Services>(KernelMap::open_or_create::<Lb6Services>(pin_dir)?)?,
     };
     Ok((tables, group.build()))
 }

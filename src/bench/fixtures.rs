@@ -218,7 +218,8 @@ mod tests {
             if let Some(p) = probe {
                 let fe =
                     d.frontends.iter().find(|f| f.addr.ip == cluster_ip(p) && f.addr.port == SERVICE_PORT).unwrap();
-                let ips: Vec<Ipv4Addr> = fe.backends.iter().map(|b| b.1.ip).collect();
+                let ips: Vec<std::net::IpAddr> = fe.backends.iter().map(|b| b.1.ip).collect();
+                let pods: Vec<std::net::IpAddr> = pods.iter().map(|p| (*p).into()).collect();
                 assert_eq!(ips, pods);
                 assert!(fe.backends.iter().all(|b| b.1.port == TARGET_PORT));
             }

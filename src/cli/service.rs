@@ -1,18 +1,21 @@
 //! `beeline service list`: the services the datapath is balancing, read from the pinned LB maps (no
 //! agent needed), in the shape of `cilium-dbg service list`: ID, frontend, type, and the backends
-//! with their state, one per line, in slot order.
+//! with their state, one per line, in slot order. IPv4 and IPv6 frontends together (one ID space).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use std::net::{SocketAddr, SocketAddrV6};
+
 use beeline_common::lb::{
-    backend_flags, svc_flags, svc_flags2, Lb4Backend, Lb4BackendKey, Lb4Key, Lb4Service, LB_LOOKUP_SCOPE_INT,
+    backend_flags, svc_flags, svc_flags2, Lb4Backend, Lb4BackendKey, Lb4Key, Lb4Service, Lb6Backend, Lb6Key,
+    LB_LOOKUP_SCOPE_INT,
 };
 
 use super::{print_structured, Output};
 use crate::datapath::manager::backend::MapBackend;
 use crate::datapath::manager::kernel::KernelMap;
-use crate::datapath::manager::maps::{Lb4Backends, Lb4Services};
+use crate::datapath::manager::maps::{Lb4Backends, Lb4Services, Lb6Backends, Lb6Services};
 use crate::datapath::tables::from_be;
 
 #[derive(Debug, clap::Args)]
@@ -54,8 +57,79 @@ fn proto_name(proto: u8) -> String {
     }
 }
 
+/// A services-map key of either family, as the listing needs it.
+pub trait ServiceKey: Ord + Copy {
+    /// `addr:port` (`[addr]:port` for IPv6).
+    fn socket(&self) -> String;
+    fn proto(&self) -> u8;
+    fn scope(&self) -> u8;
+    fn slot(&self) -> u16;
+    fn with_slot(&self, slot: u16) -> Self;
+}
+
+impl ServiceKey for Lb4Key {
+    fn socket(&self) -> String {
+        SocketAddr::new(from_be(self.address).into(), u16::from_be(self.dport)).to_string()
+    }
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+    fn scope(&self) -> u8 {
+        self.scope
+    }
+    fn slot(&self) -> u16 {
+        self.backend_slot
+    }
+    fn with_slot(&self, slot: u16) -> Self {
+        Lb4Key { backend_slot: slot, ..*self }
+    }
+}
+
+impl ServiceKey for Lb6Key {
+    fn socket(&self) -> String {
+        SocketAddrV6::new(self.address.into(), u16::from_be(self.dport), 0, 0).to_string()
+    }
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+    fn scope(&self) -> u8 {
+        self.scope
+    }
+    fn slot(&self) -> u16 {
+        self.backend_slot
+    }
+    fn with_slot(&self, slot: u16) -> Self {
+        Lb6Key { backend_slot: slot, ..*self }
+    }
+}
+
+/// A backends-map value of either family.
+pub trait BackendValue {
+    /// `addr:port/PROTO`.
+    fn describe(&self) -> String;
+    fn state_flags(&self) -> u8;
+}
+
+impl BackendValue for Lb4Backend {
+    fn describe(&self) -> String {
+        format!("{}:{}/{}", from_be(self.address), u16::from_be(self.port), proto_name(self.proto))
+    }
+    fn state_flags(&self) -> u8 {
+        self.flags
+    }
+}
+
+impl BackendValue for Lb6Backend {
+    fn describe(&self) -> String {
+        format!("{}/{}", SocketAddrV6::new(self.address.into(), u16::from_be(self.port), 0, 0), proto_name(self.proto))
+    }
+    fn state_flags(&self) -> u8 {
+        self.flags
+    }
+}
+
 /// Cilium's type column: the frontend kind, then the traffic-policy qualifiers it shows.
-fn kind(key: &Lb4Key, svc: &Lb4Service) -> String {
+fn kind(key: &impl ServiceKey, svc: &Lb4Service) -> String {
     let f = svc.flags;
     let mut kind = if f & svc_flags::HOSTPORT != 0 {
         "HostPort"
@@ -69,7 +143,7 @@ fn kind(key: &Lb4Key, svc: &Lb4Service) -> String {
         "ClusterIP"
     }
     .to_string();
-    if f & svc_flags::EXT_LOCAL_SCOPE != 0 && key.scope != LB_LOOKUP_SCOPE_INT {
+    if f & svc_flags::EXT_LOCAL_SCOPE != 0 && key.scope() != LB_LOOKUP_SCOPE_INT {
         kind.push_str(", Local");
     }
     if svc.flags2 & svc_flags2::INT_LOCAL_SCOPE != 0 {
@@ -94,30 +168,26 @@ fn state_name(flags: u8) -> &'static str {
 /// Groups the services map into frontends (master entry + slots) and resolves backend IDs. Slots
 /// past `count` hold backends kept only for established connections; they are listed too, with
 /// their state (a slot whose backend is missing shows as `missing`).
-pub fn service_rows(
-    services: &BTreeMap<Lb4Key, Lb4Service>,
-    backends: &BTreeMap<Lb4BackendKey, Lb4Backend>,
+pub fn service_rows<K: ServiceKey, B: BackendValue>(
+    services: &BTreeMap<K, Lb4Service>,
+    backends: &BTreeMap<Lb4BackendKey, B>,
 ) -> Vec<ServiceRow> {
     let mut rows: Vec<ServiceRow> = services
         .iter()
         // Wildcard entries (no rev-NAT ID) only make the datapath drop undeclared ports.
-        .filter(|(k, master)| k.backend_slot == 0 && master.rev_nat_index != 0)
+        .filter(|(k, master)| k.slot() == 0 && master.rev_nat_index != 0)
         .map(|(key, master)| {
-            let mut frontend =
-                format!("{}:{}/{}", from_be(key.address), u16::from_be(key.dport), proto_name(key.proto));
-            if key.scope == LB_LOOKUP_SCOPE_INT {
+            let mut frontend = format!("{}/{}", key.socket(), proto_name(key.proto()));
+            if key.scope() == LB_LOOKUP_SCOPE_INT {
                 frontend.push_str("/i");
             }
             let slots = master.count.saturating_add(master.qcount);
             let backends = (1..=slots)
-                .filter_map(|slot| services.get(&Lb4Key { backend_slot: slot, ..*key }).map(|s| (slot, s.backend_id)))
+                .filter_map(|slot| services.get(&key.with_slot(slot)).map(|s| (slot, s.backend_id)))
                 .map(|(slot, id)| match backends.get(&Lb4BackendKey { backend_id: id }) {
-                    Some(b) => BackendRow {
-                        slot,
-                        id,
-                        address: format!("{}:{}/{}", from_be(b.address), u16::from_be(b.port), proto_name(b.proto)),
-                        state: state_name(b.flags).into(),
-                    },
+                    Some(b) => {
+                        BackendRow { slot, id, address: b.describe(), state: state_name(b.state_flags()).into() }
+                    }
                     None => BackendRow { slot, id, address: String::new(), state: "missing".into() },
                 })
                 .collect();
@@ -151,7 +221,16 @@ pub async fn run(args: ServiceArgs) -> Result<(), Box<dyn std::error::Error + Se
     let super::bpf::Verb::List = args.verb;
     let services: BTreeMap<_, _> = KernelMap::open_pinned::<Lb4Services>(&args.pin_dir)?.dump()?.into_iter().collect();
     let backends: BTreeMap<_, _> = KernelMap::open_pinned::<Lb4Backends>(&args.pin_dir)?.dump()?.into_iter().collect();
-    let rows = service_rows(&services, &backends);
+    let mut rows = service_rows(&services, &backends);
+    // A datapath pinned by an older agent has no IPv6 maps: then there is nothing IPv6 to list.
+    if let (Ok(mut services6), Ok(mut backends6)) =
+        (KernelMap::open_pinned::<Lb6Services>(&args.pin_dir), KernelMap::open_pinned::<Lb6Backends>(&args.pin_dir))
+    {
+        let services6: BTreeMap<_, _> = services6.dump()?.into_iter().collect();
+        let backends6: BTreeMap<_, _> = backends6.dump()?.into_iter().collect();
+        rows.extend(service_rows(&services6, &backends6));
+        rows.sort_by(|a, b| (a.id, &a.frontend).cmp(&(b.id, &b.frontend)));
+    }
     if !print_structured(args.output, &rows)? {
         print!("{}", render(&rows));
     }
@@ -225,5 +304,38 @@ mod tests {
         assert!(lines[2].ends_with("1 => 10.0.1.3:8080/TCP (active)"), "{text}");
         assert!(lines[3].trim_start().starts_with("2 => 10.0.1.4:8080/TCP (terminating)"), "{text}");
         assert_eq!(lines.len(), 5, "{text}");
+    }
+
+    #[test]
+    fn ipv6_frontends_and_backends_are_listed_as_bracketed_socket_addresses() {
+        let vip: std::net::Ipv6Addr = "fd00:10:96::a".parse().unwrap();
+        let key = |slot| Lb6Key {
+            address: vip.octets(),
+            dport: 80u16.to_be(),
+            backend_slot: slot,
+            proto: 6,
+            ..Default::default()
+        };
+        let services: BTreeMap<_, _> = [
+            (key(0), Lb4Service { count: 1, rev_nat_index: 7, ..Default::default() }),
+            (key(1), Lb4Service { backend_id: 21, rev_nat_index: 7, ..Default::default() }),
+        ]
+        .into_iter()
+        .collect();
+        let backend = Lb6Backend {
+            address: "fd00:10:0:1::5".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+            port: 8080u16.to_be(),
+            proto: 6,
+            ..Default::default()
+        };
+        let backends: BTreeMap<_, _> = [(Lb4BackendKey { backend_id: 21 }, backend)].into_iter().collect();
+        let rows = service_rows(&services, &backends);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0].id, rows[0].frontend.as_str(), rows[0].kind.as_str()),
+            (7, "[fd00:10:96::a]:80/TCP", "ClusterIP")
+        );
+        assert_eq!(rows[0].backends[0].address, "[fd00:10:0:1::5]:8080/TCP");
+        assert_eq!(rows[0].backends[0].state, "active");
     }
 }

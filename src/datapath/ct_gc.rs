@@ -5,6 +5,7 @@
 //! entries, and under pressure the kernel evicts the least recently used entry, which may be a live
 //! long-idle connection (an idle SSH session, a database connection pool). Deleting the expired
 //! entries keeps room for the live ones, and makes `beeline bpf ct list` show what is alive.
+//! Both families' tables are collected (`beeline_ct4_global`, `beeline_ct6_global`) in one pass.
 //!
 //! Interval (Cilium's `conntrack-gc-interval`): a fixed value, or `0` for a dynamic one that
 //! starts at 5 minutes, shortens when a pass deleted a large share of the map's capacity (down to
@@ -13,7 +14,7 @@
 use std::{path::Path, time::Duration};
 
 use aya::maps::{HashMap, Map, MapData};
-use beeline_common::lb::{map_names, Ct4Entry, Ct4Tuple};
+use beeline_common::lb::{map_names, Ct4Entry, Ct4Tuple, Ct6Tuple};
 use prometheus_client::{metrics::counter::Counter, metrics::gauge::Gauge, registry::Registry};
 use tokio_util::sync::CancellationToken;
 
@@ -63,7 +64,8 @@ impl GcSchedule {
 }
 
 /// The keys of entries past their lifetime at `now` (monotonic seconds, the datapath's clock).
-pub fn expired(entries: &[(Ct4Tuple, Ct4Entry)], now: u64) -> Vec<Ct4Tuple> {
+/// (IPv6 entries are the same `ct_entry`, so this serves both tuples.)
+pub fn expired<K: Copy>(entries: &[(K, Ct4Entry)], now: u64) -> Vec<K> {
     entries.iter().filter(|(_, e)| u64::from(e.lifetime) < now).map(|(t, _)| *t).collect()
 }
 
@@ -75,16 +77,36 @@ pub struct PassStats {
     pub capacity: usize,
 }
 
-/// One GC pass over the pinned conntrack map under `pin_dir`. An entry that vanished between the
-/// walk and the delete (evicted, or collected by a concurrent pass) is not an error.
+impl std::ops::Add for PassStats {
+    type Output = PassStats;
+    fn add(self, o: PassStats) -> PassStats {
+        PassStats {
+            alive: self.alive + o.alive,
+            deleted: self.deleted + o.deleted,
+            capacity: self.capacity + o.capacity,
+        }
+    }
+}
+
+/// One GC pass over the pinned conntrack maps under `pin_dir` (IPv4, and IPv6 when pinned: a
+/// datapath pinned by an older agent has no IPv6 table yet, which is not an error).
 pub fn collect(pin_dir: &Path) -> Result<PassStats, DatapathError> {
-    let name = map_names::CT4;
+    let v4 = collect_map::<Ct4Tuple>(pin_dir, map_names::CT4)?;
+    if !PinLayout::new(pin_dir).map(map_names::CT6).exists() {
+        return Ok(v4);
+    }
+    Ok(v4 + collect_map::<Ct6Tuple>(pin_dir, map_names::CT6)?)
+}
+
+/// One pass over one table. An entry that vanished between the walk and the delete (evicted, or
+/// collected by a concurrent pass) is not an error.
+fn collect_map<K: aya::Pod>(pin_dir: &Path, name: &'static str) -> Result<PassStats, DatapathError> {
     let err = |e| DatapathError::map(name, e);
     let data = MapData::from_pin(PinLayout::new(pin_dir).map(name)).map_err(err)?;
     let capacity = data.info().map(|i| i.max_entries() as usize).unwrap_or(0);
-    let mut map: HashMap<MapData, Ct4Tuple, Ct4Entry> =
+    let mut map: HashMap<MapData, K, Ct4Entry> =
         HashMap::try_from(Map::from_map_data(data).map_err(err)?).map_err(err)?;
-    let entries: Vec<(Ct4Tuple, Ct4Entry)> = map.iter().filter_map(Result::ok).collect();
+    let entries: Vec<(K, Ct4Entry)> = map.iter().filter_map(Result::ok).collect();
     let dead = expired(&entries, monotonic_secs());
     let mut deleted = 0;
     for key in &dead {

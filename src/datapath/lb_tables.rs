@@ -6,7 +6,9 @@
 use std::path::Path;
 
 use aya::maps::{Array, HashMap, Map, MapData};
-use beeline_common::lb::{map_names, Ct4Entry, Ct4Tuple, Lb4AffinityKey, LbAffinityValue, LbConfig};
+use beeline_common::lb::{
+    map_names, Ct4Entry, Ct4Tuple, Ct6Entry, Ct6Tuple, Lb4AffinityKey, LbAffinityValue, LbConfig,
+};
 
 use super::{loader::DatapathError, pins::PinLayout};
 
@@ -52,6 +54,11 @@ pub fn list_ct(pin_dir: &Path) -> Result<Vec<(Ct4Tuple, Ct4Entry)>, DatapathErro
     dump(pin_dir, map_names::CT4)
 }
 
+/// Every IPv6 conntrack entry (`beeline_ct6_global`), expired ones included.
+pub fn list_ct6(pin_dir: &Path) -> Result<Vec<(Ct6Tuple, Ct6Entry)>, DatapathError> {
+    dump(pin_dir, map_names::CT6)
+}
+
 /// Every ClientIP affinity entry.
 pub fn list_affinity(pin_dir: &Path) -> Result<Vec<(Lb4AffinityKey, LbAffinityValue)>, DatapathError> {
     dump(pin_dir, map_names::LB4_AFFINITY)
@@ -76,6 +83,11 @@ pub fn upsert_affinity(pin_dir: &Path, key: &Lb4AffinityKey, value: &LbAffinityV
 /// Writes a conntrack entry (tests of the conntrack GC plant expired and live entries this way).
 pub fn upsert_ct(pin_dir: &Path, key: &Ct4Tuple, value: &Ct4Entry) -> Result<(), DatapathError> {
     upsert(pin_dir, map_names::CT4, key, value)
+}
+
+/// Writes an IPv6 conntrack entry (tests plant entries this way).
+pub fn upsert_ct6(pin_dir: &Path, key: &Ct6Tuple, value: &Ct6Entry) -> Result<(), DatapathError> {
+    upsert(pin_dir, map_names::CT6, key, value)
 }
 
 /// The monotonic clock the datapath stamps entries with (`bpf_ktime_get_ns`, CLOCK_MONOTONIC), in

@@ -36,6 +36,10 @@ pub const PINNED_MAPS: &[&str] = &[
     lb::map_names::LB4_SOURCE_RANGE,
     lb::map_names::LB_CONFIG,
     lb::map_names::CT4,
+    lb::map_names::LB6_SERVICES,
+    lb::map_names::LB6_BACKENDS,
+    lb::map_names::LB6_REVERSE_NAT,
+    lb::map_names::CT6,
     nat::SNAT_MAP_NAME,
     // Pinned so a restarted agent reads the ring the still-attached programs write.
     events::RING_MAP_NAME,

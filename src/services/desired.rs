@@ -8,10 +8,19 @@
 //! maintenance, which get no slot — has a backends-map entry, so established connections keep their
 //! backend until it disappears from the EndpointSlice. Each LoadBalancer address also gets a
 //! wildcard entry (port 0, any protocol, rev-NAT ID 0) so its undeclared ports are dropped.
+//!
+//! IPv6 frontends and backends go to the `lb6` rows with the same structure. Rev-NAT and backend IDs
+//! are one space across both families (as in Cilium), so conntrack entries and the shared
+//! affinity-match and Maglev maps never confuse an IPv4 service with an IPv6 one.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use beeline_common::lb::{Lb4Backend, Lb4BackendKey, Lb4Key, Lb4RevNatKey, Lb4ReverseNat, Lb4Service};
+use std::net::IpAddr;
+
+use beeline_common::lb::{
+    Lb4Backend, Lb4BackendKey, Lb4Key, Lb4RevNatKey, Lb4ReverseNat, Lb4Service, Lb6Backend, Lb6Key, Lb6ReverseNat,
+    LB_LOOKUP_SCOPE_EXT,
+};
 use ipnet::Ipv4Net;
 
 use super::frontends::{collect_frontends, FrontendSpec, Inputs, Note, ServicesConfig};
@@ -57,6 +66,10 @@ pub struct DesiredLb {
     pub services: BTreeMap<Lb4Key, Lb4Service>,
     pub backends: BTreeMap<Lb4BackendKey, Lb4Backend>,
     pub rev_nat: BTreeMap<Lb4RevNatKey, Lb4ReverseNat>,
+    /// The IPv6 rows (`beeline_lb6_*`).
+    pub services6: BTreeMap<Lb6Key, Lb4Service>,
+    pub backends6: BTreeMap<Lb4BackendKey, Lb6Backend>,
+    pub rev_nat6: BTreeMap<Lb4RevNatKey, Lb6ReverseNat>,
     pub affinity_match: BTreeSet<AffinityMatch>,
     pub source_ranges: BTreeSet<SourceRange>,
     /// rev-NAT ID → Maglev lookup table (backend IDs), for frontends using Maglev.
@@ -91,7 +104,18 @@ fn build_rows(frontends: &[FrontendSpec], cfg: &ServicesConfig, ids: &mut LbIds,
         match ids.backend(addr) {
             Ok(id) => {
                 backend_ids.insert(*addr, id);
-                out.backends.insert(Lb4BackendKey { backend_id: id }, backend_value(addr, *state));
+                let key = Lb4BackendKey { backend_id: id };
+                let (proto, port, flags) = (addr.proto.number(), addr.port.to_be(), state.map_flags());
+                match addr.ip {
+                    IpAddr::V4(ip) => {
+                        let address = u32::from(ip).to_be();
+                        out.backends.insert(key, Lb4Backend { address, port, proto, flags, ..Default::default() });
+                    }
+                    IpAddr::V6(ip) => {
+                        let address = ip.octets();
+                        out.backends6.insert(key, Lb6Backend { address, port, proto, flags, ..Default::default() });
+                    }
+                }
             }
             Err(e) => notes.push(Note { object: addr.to_string(), message: format!("no backend ID: {e}") }),
         }
@@ -128,26 +152,39 @@ fn wildcard_rows(frontends: &[FrontendSpec], out: &mut DesiredLb) {
         .map(|fe| fe.addr.ip)
         .collect();
     for ip in lb_addresses {
-        let key = Lb4Key {
-            address: u32::from(ip).to_be(),
-            dport: 0,
-            backend_slot: 0,
-            proto: 0,
-            scope: beeline_common::lb::LB_LOOKUP_SCOPE_EXT,
-            pad: [0; 2],
-        };
         let value = Lb4Service { flags: flags::LOADBALANCER | flags::ROUTABLE, ..Default::default() };
-        out.services.insert(key, value);
+        out.insert_service(ip, 0, 0, 0, LB_LOOKUP_SCOPE_EXT, value);
     }
 }
 
-fn backend_value(addr: &BackendAddr, state: BackendState) -> Lb4Backend {
-    Lb4Backend {
-        address: u32::from(addr.ip).to_be(),
-        port: addr.port.to_be(),
-        proto: addr.proto.number(),
-        flags: state.map_flags(),
-        ..Default::default()
+impl DesiredLb {
+    /// A services-map row in the family of `ip`.
+    fn insert_service(&mut self, ip: IpAddr, port_be: u16, proto: u8, slot: u16, scope: u8, value: Lb4Service) {
+        match ip {
+            IpAddr::V4(v4) => {
+                let address = u32::from(v4).to_be();
+                let key = Lb4Key { address, dport: port_be, backend_slot: slot, proto, scope, pad: [0; 2] };
+                self.services.insert(key, value);
+            }
+            IpAddr::V6(v6) => {
+                let address = v6.octets();
+                let key = Lb6Key { address, dport: port_be, backend_slot: slot, proto, scope, pad: [0; 2] };
+                self.services6.insert(key, value);
+            }
+        }
+    }
+
+    /// A rev-NAT row in the family of `ip`.
+    fn insert_rev_nat(&mut self, id: u16, ip: IpAddr, port_be: u16) {
+        let key = Lb4RevNatKey { rev_nat_index: id };
+        match ip {
+            IpAddr::V4(v4) => {
+                self.rev_nat.insert(key, Lb4ReverseNat { address: u32::from(v4).to_be(), port: port_be, pad: 0 });
+            }
+            IpAddr::V6(v6) => {
+                self.rev_nat6.insert(key, Lb6ReverseNat { address: v6.octets(), port: port_be });
+            }
+        }
     }
 }
 
@@ -158,14 +195,8 @@ fn frontend_rows(
     cfg: &ServicesConfig,
     out: &mut DesiredLb,
 ) {
-    let key = |slot: u16| Lb4Key {
-        address: u32::from(fe.addr.ip).to_be(),
-        dport: fe.addr.port.to_be(),
-        backend_slot: slot,
-        proto: fe.addr.proto.number(),
-        scope: fe.addr.scope.number(),
-        pad: [0; 2],
-    };
+    let (ip, port_be, proto, scope) =
+        (fe.addr.ip, fe.addr.port.to_be(), fe.addr.proto.number(), fe.addr.scope.number());
     // Slot order: the backends are sorted by (state, address); maintenance gets no slot.
     let slotted: Vec<(u32, BackendAddr, BackendState)> = fe
         .backends
@@ -189,7 +220,7 @@ fn frontend_rows(
             flags2: fe.flags2,
             qcount: 0,
         };
-        out.services.insert(key(slot as u16 + 1), value);
+        out.insert_service(ip, port_be, proto, slot as u16 + 1, scope, value);
     }
 
     let mut master_flags = fe.flags;
@@ -211,21 +242,16 @@ fn frontend_rows(
         Some(LbAlgorithm::Maglev) => master_word |= LB_ALG_MAGLEV << LB_ALG_SHIFT,
         None => {}
     }
-    out.services.insert(
-        key(0),
-        Lb4Service {
-            backend_id: master_word,
-            count: count as u16,
-            rev_nat_index: id,
-            flags: master_flags,
-            flags2: master_flags2,
-            qcount: qcount as u16,
-        },
-    );
-    out.rev_nat.insert(
-        Lb4RevNatKey { rev_nat_index: id },
-        Lb4ReverseNat { address: u32::from(fe.addr.ip).to_be(), port: fe.addr.port.to_be(), pad: 0 },
-    );
+    let master = Lb4Service {
+        backend_id: master_word,
+        count: count as u16,
+        rev_nat_index: id,
+        flags: master_flags,
+        flags2: master_flags2,
+        qcount: qcount as u16,
+    };
+    out.insert_service(ip, port_be, proto, 0, scope, master);
+    out.insert_rev_nat(id, ip, port_be);
 
     if fe.affinity_timeout.is_some() {
         for (backend_id, _, state) in &slotted {

@@ -7,9 +7,15 @@
 //! reachable frontends (NodePort, LoadBalancer, externalIPs) exist twice — the external scope with
 //! the backends eTP allows and the internal scope with those iTP allows — and carry `TWO_SCOPES`, so
 //! the datapath picks the set by where the packet came from. ClusterIPs always follow iTP.
+//!
+//! Both families: every address of a Service (`clusterIPs`, ingress, externalIPs) is a frontend in
+//! its own family, with the backends of the EndpointSlices of that family (`addressType: IPv4` /
+//! `IPv6`, one slice per family as kube-controller-manager writes them). NodePort answers in the
+//! Service's families, with a surrogate per family (0.0.0.0 and ::). `loadBalancerSourceRanges` and hostPorts are
+//! IPv4 only (there is no IPv6 source-range map); an IPv6 frontend with source ranges gets a note.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{Node, Pod, Service, ServicePort};
@@ -42,7 +48,7 @@ pub struct ServicesConfig {
     pub node_name: String,
     /// NodePort addresses besides the InternalIP/ExternalIP of this node's Node object (e.g. the
     /// addresses of the attached devices).
-    pub extra_node_addresses: Vec<Ipv4Addr>,
+    pub extra_node_addresses: Vec<IpAddr>,
     /// `kube-proxy-replacement`: without it only ClusterIPs and externalIPs are programmed.
     pub kube_proxy_replacement: bool,
     /// `node-port-range` (inclusive).
@@ -178,18 +184,17 @@ fn object_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta
 }
 
 /// This node's NodePort addresses: InternalIP/ExternalIP of its Node object plus configured extras.
-fn node_addresses(nodes: &[Node], cfg: &ServicesConfig, notes: &mut Vec<Note>) -> Vec<Ipv4Addr> {
-    let mut addrs: BTreeSet<Ipv4Addr> = cfg.extra_node_addresses.iter().copied().collect();
+fn node_addresses(nodes: &[Node], cfg: &ServicesConfig, notes: &mut Vec<Note>) -> Vec<IpAddr> {
+    let mut addrs: BTreeSet<IpAddr> = cfg.extra_node_addresses.iter().copied().collect();
     let own = nodes.iter().find(|n| n.metadata.name.as_deref() == Some(cfg.node_name.as_str()));
     for a in own.and_then(|n| n.status.as_ref()).and_then(|s| s.addresses.as_ref()).into_iter().flatten() {
         if a.type_ != "InternalIP" && a.type_ != "ExternalIP" {
             continue;
         }
         match a.address.parse::<IpAddr>() {
-            Ok(IpAddr::V4(v4)) => {
-                addrs.insert(v4);
+            Ok(ip) => {
+                addrs.insert(ip);
             }
-            Ok(IpAddr::V6(_)) => {} // IPv4-only maps; the IPv6 address simply has no NodePort entry.
             Err(_) => notes.push(Note {
                 object: format!("node/{}", cfg.node_name),
                 message: format!("unparsable {} address {:?}", a.type_, a.address),
@@ -209,13 +214,14 @@ pub(crate) fn slices_by_service(slices: &[EndpointSlice]) -> BTreeMap<ObjectName
     by
 }
 
-/// The backends of one service port: every IPv4 endpoint address of the Service's slices, on the
+/// The backends of one service port: every endpoint address (IPv4 and IPv6) of the Service's slices, on the
 /// slice port with the same name and protocol (that is how a named `targetPort` resolves: each
 /// slice carries the number for its own pods). One address in several slices keeps its best state.
 fn port_backends(slices: &[&EndpointSlice], port_name: &str, proto: Proto, node_name: &str) -> Vec<Backend> {
     let mut best: BTreeMap<BackendAddr, Backend> = BTreeMap::new();
     for slice in slices {
-        if slice.address_type != "IPv4" {
+        // FQDN slices name no address to balance to.
+        if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
             continue;
         }
         let Some(port) = slice.ports.iter().flatten().find(|p| {
@@ -232,7 +238,7 @@ fn port_backends(slices: &[&EndpointSlice], port_name: &str, proto: Proto, node_
                 c.and_then(|c| c.terminating),
             );
             let node_local = ep.node_name.as_deref() == Some(node_name);
-            for ip in ep.addresses.iter().filter_map(|a| a.parse::<Ipv4Addr>().ok()) {
+            for ip in ep.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
                 let addr = BackendAddr { ip, port, proto };
                 let be = Backend { state, addr, node_local };
                 best.entry(addr).and_modify(|b| *b = (*b).min(be)).or_insert(be);
@@ -286,8 +292,15 @@ impl ServiceCommon<'_> {
         local_only: bool,
     ) -> FrontendSpec {
         let (flags, flags2) = frontend_flags(kind, addr.ip, self.policies, self.affinity_timeout.is_some());
-        let backends = backends.iter().filter(|b| !local_only || b.node_local).copied().collect();
-        let lb = kind == FrontendKind::LoadBalancer;
+        // A frontend only balances to backends of its own family (no NAT46/64).
+        let backends = backends
+            .iter()
+            .filter(|b| b.addr.ip.is_ipv4() == addr.ip.is_ipv4())
+            .filter(|b| !local_only || b.node_local)
+            .copied()
+            .collect();
+        // Source ranges are enforced for IPv4 frontends only (IPv4 LPM map).
+        let lb = kind == FrontendKind::LoadBalancer && addr.ip.is_ipv4();
         FrontendSpec {
             addr,
             kind,
@@ -305,7 +318,7 @@ impl ServiceCommon<'_> {
     }
 }
 
-fn frontend_flags(kind: FrontendKind, ip: Ipv4Addr, policies: Policies, affinity: bool) -> (u8, u8) {
+fn frontend_flags(kind: FrontendKind, ip: IpAddr, policies: Policies, affinity: bool) -> (u8, u8) {
     let mut f = match kind {
         FrontendKind::ClusterIp => 0,
         FrontendKind::NodePort => flags::NODEPORT,
@@ -355,7 +368,7 @@ fn service_frontends(
     svc: &Service,
     name: &ObjectName,
     slices: &[&EndpointSlice],
-    node_addrs: &[Ipv4Addr],
+    node_addrs: &[IpAddr],
     cfg: &ServicesConfig,
     notes: &mut Vec<Note>,
 ) -> Vec<FrontendSpec> {
@@ -415,31 +428,24 @@ fn service_frontends(
         source_ranges_deny: annotations.get(SOURCE_RANGES_POLICY_ANNOTATION).is_some_and(|v| v == "deny"),
     };
 
-    // Addresses, IPv4 only: the LB maps are IPv4 maps; IPv6 addresses of dual-stack Services are
-    // skipped with a note rather than silently.
-    let v4 = |what: &str, raw: &str, note: &mut dyn FnMut(String)| -> Option<Ipv4Addr> {
-        match raw.parse::<IpAddr>() {
-            Ok(IpAddr::V4(a)) => Some(a),
-            Ok(IpAddr::V6(_)) => {
-                note(format!("{what} {raw} skipped: IPv6 is not supported by the IPv4-only LB maps"));
-                None
-            }
-            Err(_) => {
-                note(format!("{what} {raw:?} is not an IP address; skipped"));
-                None
-            }
+    // Addresses of both families; each becomes a frontend in its family's maps.
+    let parse = |what: &str, raw: &str, note: &mut dyn FnMut(String)| -> Option<IpAddr> {
+        let parsed = raw.parse::<IpAddr>().ok();
+        if parsed.is_none() {
+            note(format!("{what} {raw:?} is not an IP address; skipped"));
         }
+        parsed
     };
-    let cluster_ips: Vec<Ipv4Addr> = match &spec.cluster_ips {
+    let cluster_ips: Vec<IpAddr> = match &spec.cluster_ips {
         Some(ips) if !ips.is_empty() => ips.clone(),
         _ => spec.cluster_ip.iter().cloned().collect(),
     }
     .iter()
     .filter(|ip| !ip.is_empty())
-    .filter_map(|ip| v4("clusterIP", ip, &mut note))
+    .filter_map(|ip| parse("clusterIP", ip, &mut note))
     .collect();
     let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
-    let lb_ips: Vec<Ipv4Addr> = if ty == "LoadBalancer" {
+    let lb_ips: Vec<IpAddr> = if ty == "LoadBalancer" {
         let ingress = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|l| l.ingress.as_ref());
         ingress
             .into_iter()
@@ -447,13 +453,26 @@ fn service_frontends(
             // KEP-1860: only VIP-mode ingress addresses are ours to answer for.
             .filter(|i| i.ip_mode.as_deref().is_none_or(|m| m == "VIP"))
             .filter_map(|i| i.ip.as_deref())
-            .filter_map(|ip| v4("LoadBalancer ingress", ip, &mut note))
+            .filter_map(|ip| parse("LoadBalancer ingress", ip, &mut note))
             .collect()
     } else {
         Vec::new()
     };
-    let external_ips: Vec<Ipv4Addr> =
-        spec.external_ips.iter().flatten().filter_map(|ip| v4("externalIP", ip, &mut note)).collect();
+    if !common.source_ranges.is_empty() && lb_ips.iter().any(IpAddr::is_ipv6) {
+        note("loadBalancerSourceRanges are not enforced on IPv6 ingress addresses (IPv4 only)".to_string());
+    }
+    let external_ips: Vec<IpAddr> =
+        spec.external_ips.iter().flatten().filter_map(|ip| parse("externalIP", ip, &mut note)).collect();
+    // NodePort answers in the Service's families (those of its clusterIPs; IPv4 for a Service
+    // without any): one surrogate per family, and the node's addresses of those families.
+    let v6 = cluster_ips.iter().any(IpAddr::is_ipv6);
+    let v4 = cluster_ips.is_empty() || cluster_ips.iter().any(IpAddr::is_ipv4);
+    let node_port_addrs: Vec<IpAddr> =
+        [(v4, IpAddr::V4(Ipv4Addr::UNSPECIFIED)), (v6, IpAddr::V6(Ipv6Addr::UNSPECIFIED))]
+            .into_iter()
+            .filter_map(|(on, surrogate)| on.then_some(surrogate))
+            .chain(node_addrs.iter().copied().filter(|a| if a.is_ipv4() { v4 } else { v6 }))
+            .collect();
 
     let mut out = Vec::new();
     for port in spec.ports.iter().flatten() {
@@ -494,9 +513,10 @@ fn service_frontends(
                 note(format!("nodePort {np} is outside node-port-range {lo}-{hi}; skipped"));
                 continue;
             }
-            // The 0.0.0.0 surrogate answers lookups for any node address the datapath recognises
-            // (remote nodes included); the per-address entries answer for this node's own addresses.
-            for ip in std::iter::once(Ipv4Addr::UNSPECIFIED).chain(node_addrs.iter().copied()) {
+            // The 0.0.0.0 / :: surrogates answer lookups for any node address the datapath
+            // recognises (remote nodes included); the per-address entries answer for this node's own
+            // addresses. (The IPv6 NodePort rows exist; the uplink's IPv6 NodePort path does not yet.)
+            for ip in node_port_addrs.iter().copied() {
                 for (scope, local) in policies.external_scopes() {
                     let addr = FrontendAddr { ip, port: np, proto, scope };
                     out.push(common.frontend(FrontendKind::NodePort, addr, port, &backends, local));
@@ -511,7 +531,7 @@ fn service_frontends(
 /// address when no hostIP is set) → `podIP:containerPort`.
 fn hostport_frontends(
     pod: &Pod,
-    node_addrs: &[Ipv4Addr],
+    node_addrs: &[IpAddr],
     cfg: &ServicesConfig,
     notes: &mut Vec<Note>,
 ) -> Vec<FrontendSpec> {
@@ -537,8 +557,11 @@ fn hostport_frontends(
         let Some(host_port) = cp.host_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0) else { continue };
         let Some(proto) = Proto::from_k8s(cp.protocol.as_deref()) else { continue };
         let Ok(container_port) = u16::try_from(cp.container_port) else { continue };
-        let backend =
-            Backend { state, addr: BackendAddr { ip: pod_ip, port: container_port, proto }, node_local: true };
+        let backend = Backend {
+            state,
+            addr: BackendAddr { ip: IpAddr::V4(pod_ip), port: container_port, proto },
+            node_local: true,
+        };
         let host_ip = match cp.host_ip.as_deref().filter(|h| !h.is_empty()) {
             None => None,
             Some(raw) => match raw.parse::<IpAddr>() {
@@ -553,9 +576,11 @@ fn hostport_frontends(
                 }
             },
         };
-        let (addrs, expansion): (Vec<Ipv4Addr>, bool) = match host_ip {
-            Some(a) => (vec![a], false),
-            None => (std::iter::once(Ipv4Addr::UNSPECIFIED).chain(node_addrs.iter().copied()).collect(), true),
+        // HostPorts stay IPv4: the pod's IPv4 address on the node's IPv4 addresses.
+        let node_v4 = node_addrs.iter().filter(|a| a.is_ipv4()).copied();
+        let (addrs, expansion): (Vec<IpAddr>, bool) = match host_ip {
+            Some(a) => (vec![IpAddr::V4(a)], false),
+            None => (std::iter::once(IpAddr::V4(Ipv4Addr::UNSPECIFIED)).chain(node_v4).collect(), true),
         };
         for ip in addrs {
             let addr = FrontendAddr { ip, port: host_port, proto, scope: Scope::External };

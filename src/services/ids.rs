@@ -2,9 +2,9 @@
 //! the pinned maps at start, so conntrack entries (which store both IDs) stay valid across restarts.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use beeline_common::lb::{Lb4Backend, Lb4BackendKey, Lb4Key, Lb4Service};
+use beeline_common::lb::{Lb4Backend, Lb4BackendKey, Lb4Key, Lb4Service, Lb6Backend, Lb6Key};
 
 use super::model::{BackendAddr, FrontendAddr, Proto, Scope};
 use crate::datapath::manager::ids::{IdAllocator, IdError};
@@ -35,27 +35,48 @@ impl LbIds {
         services: &[(Lb4Key, Lb4Service)],
         backends: &[(Lb4BackendKey, Lb4Backend)],
     ) -> Vec<String> {
+        self.restore_families(services, backends, &[], &[])
+    }
+
+    /// [`Self::restore`] over the rows of both families (one ID space).
+    pub fn restore_families(
+        &mut self,
+        services: &[(Lb4Key, Lb4Service)],
+        backends: &[(Lb4BackendKey, Lb4Backend)],
+        services6: &[(Lb6Key, Lb4Service)],
+        backends6: &[(Lb4BackendKey, Lb6Backend)],
+    ) -> Vec<String> {
         let mut problems = Vec::new();
+        let v4 = services.iter().map(|(k, v)| {
+            (IpAddr::V4(Ipv4Addr::from(u32::from_be(k.address))), k.dport, k.backend_slot, k.proto, k.scope, v)
+        });
+        let v6 = services6
+            .iter()
+            .map(|(k, v)| (IpAddr::V6(Ipv6Addr::from(k.address)), k.dport, k.backend_slot, k.proto, k.scope, v));
         // Wildcard entries (rev-NAT ID 0, see `desired`) carry no ID to restore.
-        for (k, v) in services.iter().filter(|(k, v)| k.backend_slot == 0 && v.rev_nat_index != 0) {
-            let (Some(proto), Some(scope)) = (Proto::from_number(k.proto), Scope::from_number(k.scope)) else {
-                problems.push(format!("service entry {k:?}: unknown protocol or scope; its ID is not restored"));
+        for (ip, dport, _, proto, scope, v) in v4.chain(v6).filter(|e| e.2 == 0 && e.5.rev_nat_index != 0) {
+            let (Some(proto), Some(scope)) = (Proto::from_number(proto), Scope::from_number(scope)) else {
+                problems.push(format!(
+                    "service entry {ip} {proto}/{scope}: unknown protocol or scope; its ID is not restored"
+                ));
                 continue;
             };
-            let addr =
-                FrontendAddr { ip: Ipv4Addr::from(u32::from_be(k.address)), port: u16::from_be(k.dport), proto, scope };
+            let addr = FrontendAddr { ip, port: u16::from_be(dport), proto, scope };
             if let Err(e) = self.rev_nat.restore(addr, u32::from(v.rev_nat_index)) {
                 problems.push(format!("rev-NAT ID of {addr}: {e}"));
             }
         }
-        for (k, v) in backends {
-            let Some(proto) = Proto::from_number(v.proto) else {
-                problems
-                    .push(format!("backend {}: unknown protocol {}; its ID is not restored", k.backend_id, v.proto));
+        let v4 = backends
+            .iter()
+            .map(|(k, v)| (k.backend_id, IpAddr::V4(Ipv4Addr::from(u32::from_be(v.address))), v.port, v.proto));
+        let v6 = backends6.iter().map(|(k, v)| (k.backend_id, IpAddr::V6(Ipv6Addr::from(v.address)), v.port, v.proto));
+        for (backend_id, ip, port, proto) in v4.chain(v6) {
+            let Some(proto) = Proto::from_number(proto) else {
+                problems.push(format!("backend {backend_id}: unknown protocol {proto}; its ID is not restored"));
                 continue;
             };
-            let addr = BackendAddr { ip: Ipv4Addr::from(u32::from_be(v.address)), port: u16::from_be(v.port), proto };
-            if let Err(e) = self.backends.restore(addr, k.backend_id) {
+            let addr = BackendAddr { ip, port: u16::from_be(port), proto };
+            if let Err(e) = self.backends.restore(addr, backend_id) {
                 problems.push(format!("backend ID of {addr}: {e}"));
             }
         }

@@ -75,7 +75,7 @@ mod tests {
         (
             100 + i,
             BackendAddr {
-                ip: Ipv4Addr::new(10, 0, (i / 250) as u8, (i % 250) as u8 + 1),
+                ip: Ipv4Addr::new(10, 0, (i / 250) as u8, (i % 250) as u8 + 1).into(),
                 port: 8080,
                 proto: Proto::Tcp,
             },

@@ -7,8 +7,8 @@
 //! Inputs + ServicesConfig ──collect_frontends──▶ FrontendSpec[] ──build rows (LbIds)──▶ DesiredLb
 //! ```
 //!
-//! IPv4 only: the LB maps are IPv4 maps, so IPv6 ClusterIPs/ingress/externalIPs of dual-stack
-//! Services are skipped with a [`Note`] naming the address.
+//! Both families: IPv6 ClusterIPs/ingress/externalIPs/NodePorts become rows of the `lb6` maps with
+//! the backends of the Service's IPv6 EndpointSlices (`DesiredLb::services6` etc.); one ID space.
 
 pub mod desired;
 pub mod frontends;

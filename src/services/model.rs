@@ -3,7 +3,7 @@
 //! `SVC_FLAG_*` layout so `bpf lb list` output and datapath logic carry over).
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, SocketAddr};
 
 use beeline_common::lb::{LB_LOOKUP_SCOPE_EXT, LB_LOOKUP_SCOPE_INT};
 
@@ -163,7 +163,8 @@ impl BackendState {
 /// the two scopes of one address get two IDs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FrontendAddr {
-    pub ip: Ipv4Addr,
+    /// IPv4 or IPv6: the family picks the map (`beeline_lb4_*` / `beeline_lb6_*`).
+    pub ip: IpAddr,
     pub port: u16,
     pub proto: Proto,
     pub scope: Scope,
@@ -171,7 +172,7 @@ pub struct FrontendAddr {
 
 impl fmt::Display for FrontendAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.ip, self.port, self.proto)?;
+        write!(f, "{}/{}", SocketAddr::new(self.ip, self.port), self.proto)?;
         if self.scope == Scope::Internal {
             f.write_str("/i")?;
         }
@@ -182,14 +183,15 @@ impl fmt::Display for FrontendAddr {
 /// A backend's identity; backend IDs are allocated per value and shared by every frontend using it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BackendAddr {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     pub proto: Proto,
 }
 
 impl fmt::Display for BackendAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.ip, self.port, self.proto)
+        // `[v6]:port` for IPv6, as socket addresses are written.
+        write!(f, "{}/{}", SocketAddr::new(self.ip, self.port), self.proto)
     }
 }
 

@@ -360,14 +360,17 @@ fn frontends_per_service_type_and_policy() {
             notes: &[],
         },
         Case {
-            name: "dual-stack: the IPv6 ClusterIP is skipped with a note",
+            name: "dual-stack without IPv6 slices: the IPv6 ClusterIP exists with no IPv4 backends",
             world: World::new(
                 vec![web(json!({"clusterIPs": ["10.96.0.10", "fd00::10"], "ipFamilies": ["IPv4", "IPv6"]}), json!({}))],
                 vec![web_slice("web")],
             ),
             cfg: cfg(),
-            want: &["ClusterIP 10.96.0.10:80/TCP count=3 [10.0.1.1:8080(active) 10.0.2.1:8080(active) 10.0.2.2:8080(active)]"],
-            notes: &["clusterIP fd00::10 skipped: IPv6 is not supported by the IPv4-only LB maps"],
+            want: &[
+                "ClusterIP 10.96.0.10:80/TCP count=3 [10.0.1.1:8080(active) 10.0.2.1:8080(active) 10.0.2.2:8080(active)]",
+                "ClusterIP [fd00::10]:80/TCP count=0 []",
+            ],
+            notes: &[],
         },
         Case {
             name: "two Services claiming one externalIP:port: the first by name keeps it",
@@ -677,7 +680,7 @@ fn assert_invariants(d: &DesiredLb, ctx: &str) {
     let (wildcards, services): (Vec<_>, Vec<_>) = d.services.iter().partition(|(k, _)| k.dport == 0 && k.proto == 0);
     for (k, v) in &wildcards {
         assert_eq!((k.backend_slot, v.rev_nat_index, v.count), (0, 0, 0), "{ctx}: wildcard {k:?}");
-        let ip = Ipv4Addr::from(u32::from_be(k.address));
+        let ip = std::net::IpAddr::from(Ipv4Addr::from(u32::from_be(k.address)));
         assert!(
             d.frontends.iter().any(|f| f.kind == FrontendKind::LoadBalancer && f.addr.ip == ip),
             "{ctx}: wildcard for {ip} without a LoadBalancer frontend"
@@ -722,7 +725,21 @@ fn assert_invariants(d: &DesiredLb, ctx: &str) {
             "{ctx}: {} leaves a {want:?} out",
             f.addr
         );
-        assert_eq!(d.services[&Lb4Key { backend_slot: 0, ..frontend_key(f) }].count, f.count, "{ctx}");
+        let master_count = match f.addr.ip {
+            std::net::IpAddr::V4(_) => d.services[&frontend_key(f)].count,
+            std::net::IpAddr::V6(ip) => {
+                let key = beeline_common::lb::Lb6Key {
+                    address: ip.octets(),
+                    dport: f.addr.port.to_be(),
+                    backend_slot: 0,
+                    proto: f.addr.proto.number(),
+                    scope: f.addr.scope.number(),
+                    pad: [0; 2],
+                };
+                d.services6[&key].count
+            }
+        };
+        assert_eq!(master_count, f.count, "{ctx}");
     }
     for (k, v) in &d.backends {
         assert!(
@@ -737,8 +754,9 @@ fn assert_invariants(d: &DesiredLb, ctx: &str) {
 }
 
 fn frontend_key(f: &FrontendStatus) -> Lb4Key {
+    let std::net::IpAddr::V4(ip) = f.addr.ip else { panic!("IPv4 frontend expected: {}", f.addr) };
     Lb4Key {
-        address: u32::from(f.addr.ip).to_be(),
+        address: u32::from(ip).to_be(),
         dport: f.addr.port.to_be(),
         backend_slot: 0,
         proto: f.addr.proto.number(),
@@ -884,4 +902,128 @@ fn each_load_balancer_address_gets_one_wildcard_entry_and_nothing_else_does() {
         vec![web_slice("web")],
     );
     assert!(wildcards(&others).is_empty(), "ClusterIP, NodePort and externalIPs get none");
+}
+
+fn slice6(service: &str, name: &str, endpoints: Value) -> EndpointSlice {
+    let mut s = slice(service, name, json!([{"name": "http", "port": 8080, "protocol": "TCP"}]), endpoints);
+    s.address_type = "IPv6".into();
+    s
+}
+
+#[test]
+fn ipv6_and_dual_stack_frontends_balance_to_backends_of_their_own_family() {
+    let v6_slice =
+        || slice6("web", "web-v6", json!([ep("fd00:10:1::1", NODE, READY), ep("fd00:10:2::1", "node-b", READY)]));
+    let dual_nodes = || {
+        vec![
+            node(NODE, &[("InternalIP", "192.168.1.10"), ("InternalIP", "fd00:192::10")]),
+            node("node-b", &[("InternalIP", "192.168.1.11"), ("InternalIP", "fd00:192::11")]),
+        ]
+    };
+    let web = |spec: Value| svc("web", json!({}), spec, json!({}));
+    let ports = json!([{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP", "nodePort": 30080}]);
+    let v4 = "[10.0.1.1:8080(active) 10.0.2.1:8080(active) 10.0.2.2:8080(active)]";
+    let v6 = "[fd00:10:1::1:8080(active) fd00:10:2::1:8080(active)]";
+    struct Case {
+        name: &'static str,
+        spec: Value,
+        want: Vec<String>,
+    }
+    let cases = vec![
+        Case {
+            name: "SingleStack IPv6 ClusterIP: IPv6 backends only, although an IPv4 slice exists",
+            spec: json!({"clusterIP": "fd00:10:96::a", "clusterIPs": ["fd00:10:96::a"], "ipFamilies": ["IPv6"],
+                         "ipFamilyPolicy": "SingleStack", "ports": ports}),
+            want: vec![format!("ClusterIP [fd00:10:96::a]:80/TCP count=2 {v6}")],
+        },
+        Case {
+            name: "dual-stack ClusterIP: one frontend per family",
+            spec: json!({"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00:10:96::a"],
+                         "ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "PreferDualStack", "ports": ports}),
+            want: vec![
+                format!("ClusterIP 10.96.0.10:80/TCP count=3 {v4}"),
+                format!("ClusterIP [fd00:10:96::a]:80/TCP count=2 {v6}"),
+            ],
+        },
+        Case {
+            name: "IPv6-only NodePort: the :: surrogate and this node's IPv6 address, no IPv4 NodePort",
+            spec: json!({"type": "NodePort", "clusterIP": "fd00:10:96::a", "clusterIPs": ["fd00:10:96::a"],
+                         "ipFamilies": ["IPv6"], "ipFamilyPolicy": "SingleStack", "ports": ports}),
+            want: vec![
+                format!("ClusterIP [fd00:10:96::a]:80/TCP count=2 {v6}"),
+                format!("NodePort [::]:30080/TCP count=2 {v6}"),
+                format!("NodePort [fd00:192::10]:30080/TCP count=2 {v6}"),
+            ],
+        },
+        Case {
+            name: "dual-stack NodePort: surrogates and node addresses of both families",
+            spec: json!({"type": "NodePort", "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00:10:96::a"],
+                         "ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "RequireDualStack", "ports": ports}),
+            want: vec![
+                format!("ClusterIP 10.96.0.10:80/TCP count=3 {v4}"),
+                format!("ClusterIP [fd00:10:96::a]:80/TCP count=2 {v6}"),
+                format!("NodePort 0.0.0.0:30080/TCP count=3 {v4}"),
+                format!("NodePort 192.168.1.10:30080/TCP count=3 {v4}"),
+                format!("NodePort [::]:30080/TCP count=2 {v6}"),
+                format!("NodePort [fd00:192::10]:30080/TCP count=2 {v6}"),
+            ],
+        },
+    ];
+    for c in cases {
+        let mut world = World::new(vec![web(c.spec)], vec![web_slice("web"), v6_slice()]);
+        world.nodes = dual_nodes();
+        let d = world.desired(&cfg());
+        let mut want = c.want.clone();
+        want.sort();
+        assert_eq!(lines(&d), want, "{}", c.name);
+        assert!(d.notes.is_empty(), "{}: {:?}", c.name, d.notes);
+        assert_invariants(&d, c.name);
+        // Each family's rows sit in its own maps: one rev-NAT entry per frontend, no ID shared.
+        let v6_frontends = d.frontends.iter().filter(|f| f.addr.ip.is_ipv6()).count();
+        assert_eq!(d.rev_nat6.len(), v6_frontends, "{}", c.name);
+        assert!(d.rev_nat6.keys().all(|k| !d.rev_nat.contains_key(k)), "{}: one rev-NAT ID space", c.name);
+        assert!(d.backends6.keys().all(|k| !d.backends.contains_key(k)), "{}: one backend ID space", c.name);
+    }
+}
+
+#[test]
+fn ipv6_rows_carry_the_clusterip_slots_backends_and_rev_nat() {
+    let spec = json!({"clusterIP": "fd00:10:96::a", "clusterIPs": ["fd00:10:96::a"],
+        "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]});
+    let world = World::new(
+        vec![svc("web", json!({}), spec, json!({}))],
+        vec![slice6(
+            "web",
+            "web-v6",
+            json!([ep("fd00:10:1::1", NODE, READY), ep("fd00:10:2::1", "node-b", TERMINATING)]),
+        )],
+    );
+    let d = world.desired(&cfg());
+    let vip: std::net::Ipv6Addr = "fd00:10:96::a".parse().unwrap();
+    let key = |slot| beeline_common::lb::Lb6Key {
+        address: vip.octets(),
+        dport: 80u16.to_be(),
+        backend_slot: slot,
+        proto: 6,
+        scope: Scope::External.number(),
+        pad: [0; 2],
+    };
+    let master = d.services6[&key(0)];
+    assert_eq!((master.count, master.qcount), (1, 1), "the terminating backend is kept for existing flows");
+    let slot1 = d.services6[&key(1)];
+    let backend = d.backends6[&beeline_common::lb::Lb4BackendKey { backend_id: slot1.backend_id }];
+    assert_eq!(std::net::Ipv6Addr::from(backend.address), "fd00:10:1::1".parse::<std::net::Ipv6Addr>().unwrap());
+    assert_eq!((u16::from_be(backend.port), backend.proto, backend.flags), (8080, 6, backend_flags::ACTIVE));
+    let rev = d.rev_nat6[&beeline_common::lb::Lb4RevNatKey { rev_nat_index: master.rev_nat_index }];
+    assert_eq!((rev.address, u16::from_be(rev.port)), (vip.octets(), 80));
+    assert!(d.services.is_empty() && d.backends.is_empty() && d.rev_nat.is_empty(), "nothing in the IPv4 maps");
+
+    // IDs of IPv6 frontends and backends are restored from the IPv6 maps after a restart.
+    let mut ids = LbIds::new();
+    let services6: Vec<_> = d.services6.iter().map(|(k, v)| (*k, *v)).collect();
+    let backends6: Vec<_> = d.backends6.iter().map(|(k, v)| (*k, *v)).collect();
+    assert!(ids.restore_families(&[], &[], &services6, &backends6).is_empty());
+    assert_eq!(ids.len(), (1, 2));
+    let again = desired_state(&world.inputs(), &cfg(), &mut ids);
+    assert_eq!((again.services6, again.backends6), (d.services6.clone(), d.backends6.clone()), "same IDs");
 }

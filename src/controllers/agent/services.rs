@@ -9,7 +9,10 @@
 use beeline_common::lb::{Lb4SrcRangeData, Lb4SrcRangeKey, LbAffinityMatchKey, LbMaglevKey, SRC_RANGE_STATIC_PREFIX};
 
 use crate::agent::health_check::HealthChecks;
-use crate::datapath::manager::maps::{Lb4Backends, Lb4Maglev, Lb4RevNat, Lb4Services, Lb4SourceRange, LbAffinityMatch};
+use crate::datapath::manager::maps::{
+    Lb4Backends, Lb4Maglev, Lb4RevNat, Lb4Services, Lb4SourceRange, Lb6Backends, Lb6RevNat, Lb6Services,
+    LbAffinityMatch,
+};
 use crate::datapath::manager::{Owner, TableHandle};
 use crate::services::{desired_state, health_checks, DesiredLb, Inputs, LbIds, ServicesConfig, SourceRange};
 
@@ -22,6 +25,9 @@ pub struct LbTables {
     pub affinity_match: TableHandle<LbAffinityMatch>,
     pub maglev: TableHandle<Lb4Maglev>,
     pub source_ranges: TableHandle<Lb4SourceRange>,
+    pub backends6: TableHandle<Lb6Backends>,
+    pub rev_nat6: TableHandle<Lb6RevNat>,
+    pub services6: TableHandle<Lb6Services>,
 }
 
 /// Owns the ID state between passes.
@@ -39,7 +45,13 @@ impl ServicesSync {
     /// Restores IDs from the tables' restored rows; problems (unreadable entries) are logged.
     pub fn new(owner: Owner, tables: LbTables, cfg: ServicesConfig) -> Self {
         let mut ids = LbIds::new();
-        for problem in ids.restore(tables.services.restored(), tables.backends.restored()) {
+        let problems = ids.restore_families(
+            tables.services.restored(),
+            tables.backends.restored(),
+            tables.services6.restored(),
+            tables.backends6.restored(),
+        );
+        for problem in problems {
             tracing::warn!(%problem, "LB ID not restored");
         }
         let (rev_nat, backends) = ids.len();
@@ -64,6 +76,9 @@ impl ServicesSync {
         self.tables.backends.replace_owner(&self.owner, desired.backends.iter().map(|(k, v)| (*k, *v)));
         self.tables.rev_nat.replace_owner(&self.owner, desired.rev_nat.iter().map(|(k, v)| (*k, *v)));
         self.tables.services.replace_owner(&self.owner, desired.services.iter().map(|(k, v)| (*k, *v)));
+        self.tables.backends6.replace_owner(&self.owner, desired.backends6.iter().map(|(k, v)| (*k, *v)));
+        self.tables.rev_nat6.replace_owner(&self.owner, desired.rev_nat6.iter().map(|(k, v)| (*k, *v)));
+        self.tables.services6.replace_owner(&self.owner, desired.services6.iter().map(|(k, v)| (*k, *v)));
         let affinity = desired
             .affinity_match
             .iter()
@@ -129,6 +144,9 @@ impl LbTables {
             affinity_match: group.add::<LbAffinityMatch>(kernel.map(LbAffinityMatch::NAME)).unwrap(),
             maglev: group.add::<Lb4Maglev>(kernel.map(Lb4Maglev::NAME)).unwrap(),
             source_ranges: group.add::<Lb4SourceRange>(kernel.map(Lb4SourceRange::NAME)).unwrap(),
+            backends6: group.add::<Lb6Backends>(kernel.map(Lb6Backends::NAME)).unwrap(),
+            rev_nat6: group.add::<Lb6RevNat>(kernel.map(Lb6RevNat::NAME)).unwrap(),
+            services6: group.add::<Lb6Services>(kernel.map(Lb6Services::NAME)).unwrap(),
         }
     }
 }

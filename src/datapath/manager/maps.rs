@@ -6,8 +6,8 @@ use beeline_common::{
     endpoint::{self, EndpointInfo, EndpointKey},
     ipcache::{self, IpcacheKey, RemoteEndpointInfo},
     lb::{
-        self, Lb4Backend, Lb4BackendKey, Lb4Key, Lb4RevNatKey, Lb4ReverseNat, Lb4Service, Lb4SrcRangeKey,
-        LbAffinityMatchKey, LbMaglevKey,
+        self, Lb4Backend, Lb4BackendKey, Lb4Key, Lb4RevNatKey, Lb4ReverseNat, Lb4Service, Lb4SrcRangeKey, Lb6Backend,
+        Lb6BackendKey, Lb6Key, Lb6RevNatKey, Lb6ReverseNat, Lb6Service, LbAffinityMatchKey, LbMaglevKey,
     },
     policy::{self, PolicyEndpointConfig, PolicyEndpointKey, PolicyEntry, PolicyKey},
     tunnel::{self, TunnelKey, TunnelValue},
@@ -86,6 +86,70 @@ impl MapDef for Lb4RevNat {
             "rev_nat_index": k.rev_nat_index,
             "frontend": format!("{}:{}", ipv4(v.address), u16::from_be(v.port)),
         })
+    }
+}
+
+/// The IPv6 service maps (Cilium's `cilium_lb6_services_v2`, `_backends_v3`, `_reverse_nat`): the
+/// same rows and write order as the IPv4 ones, in the same writer group.
+pub struct Lb6Services;
+pub struct Lb6Backends;
+pub struct Lb6RevNat;
+
+/// `[addr]:port`, as IPv6 socket addresses are written.
+fn ipv6_port(addr: [u8; 16], port_be: u16) -> String {
+    std::net::SocketAddrV6::new(addr.into(), u16::from_be(port_be), 0, 0).to_string()
+}
+
+impl MapDef for Lb6Services {
+    type Key = Lb6Key;
+    type Value = Lb6Service;
+    const NAME: &'static str = lb::map_names::LB6_SERVICES;
+    const KIND: MapKind = MapKind::Hash;
+    const MAX_ENTRIES: u32 = 65536;
+    const FLAGS: u32 = BPF_F_NO_PREALLOC;
+
+    /// Slots (phase 0) before the master entry, slot 0 (phase 1).
+    fn phase(key: &Lb6Key) -> u8 {
+        u8::from(key.backend_slot == 0)
+    }
+
+    fn row_json(k: &Lb6Key, v: &Lb6Service) -> serde_json::Value {
+        json!({
+            "frontend": ipv6_port(k.address, k.dport),
+            "proto": k.proto, "scope": k.scope, "slot": k.backend_slot,
+            "backend_id": v.backend_id, "count": v.count, "rev_nat_index": v.rev_nat_index,
+            "flags": v.flags, "flags2": v.flags2, "qcount": v.qcount,
+        })
+    }
+}
+
+impl MapDef for Lb6Backends {
+    type Key = Lb6BackendKey;
+    type Value = Lb6Backend;
+    const NAME: &'static str = lb::map_names::LB6_BACKENDS;
+    const KIND: MapKind = MapKind::Hash;
+    const MAX_ENTRIES: u32 = 65536;
+    const FLAGS: u32 = BPF_F_NO_PREALLOC;
+
+    fn row_json(k: &Lb6BackendKey, v: &Lb6Backend) -> serde_json::Value {
+        json!({
+            "backend_id": k.backend_id,
+            "address": ipv6_port(v.address, v.port),
+            "proto": v.proto, "flags": v.flags, "cluster_id": v.cluster_id, "zone": v.zone,
+        })
+    }
+}
+
+impl MapDef for Lb6RevNat {
+    type Key = Lb6RevNatKey;
+    type Value = Lb6ReverseNat;
+    const NAME: &'static str = lb::map_names::LB6_REVERSE_NAT;
+    const KIND: MapKind = MapKind::Hash;
+    const MAX_ENTRIES: u32 = 65536;
+    const FLAGS: u32 = BPF_F_NO_PREALLOC;
+
+    fn row_json(k: &Lb6RevNatKey, v: &Lb6ReverseNat) -> serde_json::Value {
+        json!({ "rev_nat_index": k.rev_nat_index, "frontend": ipv6_port(v.address, v.port) })
     }
 }
 
@@ -281,6 +345,21 @@ mod tests {
         let row = Lb4Services::row_json(&k, &v);
         assert_eq!(row["frontend"], "10.96.0.1:80");
         assert_eq!(row["count"], 2);
+    }
+
+    #[test]
+    fn ipv6_rows_render_bracketed_socket_addresses_and_masters_last() {
+        let address: std::net::Ipv6Addr = "fd00:10:96::a".parse().unwrap();
+        let k = Lb6Key { address: address.octets(), dport: 80u16.to_be(), ..Default::default() };
+        let row = Lb6Services::row_json(&k, &Lb6Service { count: 1, ..Default::default() });
+        assert_eq!(row["frontend"], "[fd00:10:96::a]:80");
+        assert_eq!(Lb6Services::phase(&k), 1);
+        assert_eq!(Lb6Services::phase(&Lb6Key { backend_slot: 1, ..k }), 0);
+        let backend = Lb6Backend { address: address.octets(), port: 8080u16.to_be(), proto: 6, ..Default::default() };
+        assert_eq!(
+            Lb6Backends::row_json(&Lb6BackendKey { backend_id: 3 }, &backend)["address"],
+            "[fd00:10:96::a]:8080"
+        );
     }
 
     #[test]
