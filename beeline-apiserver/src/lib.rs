@@ -13,6 +13,7 @@ pub mod printers;
 pub mod record;
 pub mod resources;
 pub mod selectors;
+pub mod service_ips;
 pub mod storage;
 pub mod validation;
 pub mod watch;
@@ -34,6 +35,8 @@ pub struct ServerConfig {
     pub bookmark_interval: Duration,
     /// Custom-resource validation against the CRD schema.
     pub validator: Validator,
+    /// ClusterIP ranges, primary family first (kube-apiserver's `--service-cluster-ip-range`).
+    pub service_cidrs: service_ips::ServiceCidrs,
 }
 
 impl Default for ServerConfig {
@@ -42,6 +45,7 @@ impl Default for ServerConfig {
             event_log_capacity: 10_000,
             bookmark_interval: Duration::from_secs(10),
             validator: validation::default_validator(),
+            service_cidrs: service_ips::ServiceCidrs::default(),
         }
     }
 }
@@ -66,7 +70,8 @@ impl Default for ApiServer {
 
 impl ApiServer {
     pub fn new(config: ServerConfig) -> Self {
-        let (state, _rx) = State::new(config.event_log_capacity, config.validator.clone());
+        let (mut state, _rx) = State::new(config.event_log_capacity, config.validator.clone());
+        state.set_service_cidrs(config.service_cidrs.clone());
         ApiServer { inner: Arc::new(Inner { state: Mutex::new(state), config, recorder: Recorder::default() }) }
     }
 

@@ -13,6 +13,7 @@ use crate::errors::{ApiError, ApiResult, Cause};
 use crate::managed::{self, Scope, TypeInfo, Writer};
 use crate::resources::{Registry, ResourceType, TypeKey};
 use crate::selectors::{FieldSelector, LabelSelector};
+use crate::service_ips::{Family, ServiceCidrs};
 use crate::validation::Validator;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -101,7 +102,10 @@ pub struct State {
     log_capacity: usize,
     /// Watches must start at or after this resourceVersion (older events were dropped).
     compacted_rv: u64,
-    next_service_ip: u32,
+    /// Next offset into each family's service range (see [`ServiceCidrs`]).
+    next_service_ip: u128,
+    next_service_ip6: u128,
+    service_cidrs: ServiceCidrs,
     next_node_port: u32,
     events: broadcast::Sender<Arc<StoredEvent>>,
     validator: Validator,
@@ -219,6 +223,8 @@ impl State {
             log_capacity: log_capacity.max(1),
             compacted_rv: 0,
             next_service_ip: 10,
+            next_service_ip6: 10,
+            service_cidrs: ServiceCidrs::default(),
             next_node_port: 30000,
             events,
             validator,
@@ -231,6 +237,12 @@ impl State {
                 .expect("bootstrap namespace");
         }
         (s, rx)
+    }
+
+    /// Sets the service ranges ClusterIPs are allocated from (`--service-cluster-ip-range`).
+    pub fn set_service_cidrs(&mut self, cidrs: ServiceCidrs) {
+        self.service_cidrs = cidrs;
+        self.resume_allocators();
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<StoredEvent>> {
@@ -394,7 +406,7 @@ impl State {
     }
 
     /// Defaults the real API server fills in on create.
-    fn defaults_on_create(&mut self, rt: &ResourceType, obj: &mut Value) {
+    fn defaults_on_create(&mut self, rt: &ResourceType, obj: &mut Value) -> ApiResult<()> {
         match (rt.group.as_str(), rt.plural.as_str()) {
             ("", "pods") => {
                 obj["status"] = json!({"phase": "Pending"});
@@ -403,15 +415,39 @@ impl State {
                 obj["status"] = json!({"phase": "Active"});
             }
             ("", "services") => {
+                let name = meta_str(obj, "name").to_string();
                 let spec = obj.get_mut("spec").and_then(Value::as_object_mut);
-                let Some(spec) = spec else { return };
+                let Some(spec) = spec else { return Ok(()) };
                 let ty = spec.entry("type").or_insert(json!("ClusterIP")).as_str().unwrap_or("ClusterIP").to_string();
                 if ty != "ExternalName" && !spec.contains_key("clusterIP") {
-                    let n = self.next_service_ip;
-                    self.next_service_ip += 1;
-                    let ip = format!("10.96.{}.{}", n / 256, n % 256);
-                    spec.insert("clusterIP".into(), json!(ip));
-                    spec.insert("clusterIPs".into(), json!([ip]));
+                    let policy = spec.get("ipFamilyPolicy").and_then(Value::as_str);
+                    let requested: Vec<String> = spec
+                        .get("ipFamilies")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .map(|v| v.as_str().unwrap_or_default().to_string())
+                        .collect();
+                    let (families, policy) = self
+                        .service_cidrs
+                        .families(policy, &requested)
+                        .map_err(|cause| ApiError::invalid("", "Service", &name, vec![cause]))?;
+                    let mut ips = Vec::new();
+                    for family in &families {
+                        let next = match family {
+                            Family::V4 => &mut self.next_service_ip,
+                            Family::V6 => &mut self.next_service_ip6,
+                        };
+                        let ip = self.service_cidrs.address(*family, *next).ok_or_else(|| {
+                            ApiError::new(500, "InternalError", format!("the {} service range is full", family.name()))
+                        })?;
+                        *next += 1;
+                        ips.push(ip.to_string());
+                    }
+                    spec.insert("clusterIP".into(), json!(ips[0]));
+                    spec.insert("clusterIPs".into(), json!(ips));
+                    spec.insert("ipFamilies".into(), json!(families.iter().map(|f| f.name()).collect::<Vec<_>>()));
+                    spec.insert("ipFamilyPolicy".into(), json!(policy));
                 }
                 spec.entry("sessionAffinity").or_insert(json!("None"));
                 if let Some(Value::Array(ports)) = spec.get_mut("ports") {
@@ -449,6 +485,7 @@ impl State {
         if rt.group == "apiextensions.k8s.io" {
             crd_status(obj);
         }
+        Ok(())
     }
 
     pub fn create(&mut self, rt: &ResourceType, ns: &str, mut obj: Value, opts: &WriteOpts) -> ApiResult<Value> {
@@ -489,7 +526,7 @@ impl State {
         }
         obj["apiVersion"] = json!(rt.api_version(&opts.version));
         obj["kind"] = json!(rt.kind);
-        self.defaults_on_create(rt, &mut obj);
+        self.defaults_on_create(rt, &mut obj)?;
         let api_version = rt.api_version(&opts.version);
         let opts_main = WriteOpts { sub: Sub::Main, ..opts.clone() };
         managed::record_update(
@@ -866,10 +903,11 @@ impl State {
         let services = self.objects.get(&(String::new(), "services".to_string()));
         for svc in services.into_iter().flat_map(|b| b.values()) {
             let ips = svc.pointer("/spec/clusterIPs").and_then(Value::as_array).into_iter().flatten();
-            for ip in ips.filter_map(Value::as_str) {
-                let Some((a, b)) = ip.strip_prefix("10.96.").and_then(|r| r.split_once('.')) else { continue };
-                if let (Ok(a), Ok(b)) = (a.parse::<u32>(), b.parse::<u32>()) {
-                    self.next_service_ip = self.next_service_ip.max(a * 256 + b + 1);
+            for ip in ips.filter_map(|v| v.as_str()?.parse().ok()) {
+                match self.service_cidrs.offset(ip) {
+                    Some((Family::V4, n)) => self.next_service_ip = self.next_service_ip.max(n + 1),
+                    Some((Family::V6, n)) => self.next_service_ip6 = self.next_service_ip6.max(n + 1),
+                    None => {}
                 }
             }
             let ports = svc.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten();

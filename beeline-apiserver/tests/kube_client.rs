@@ -450,3 +450,64 @@ async fn invalid_custom_resources_are_refused_naming_the_field() {
     }
     assert_eq!(widgets.get("good").await.unwrap().spec.replicas, 1, "refused writes change nothing");
 }
+
+#[tokio::test]
+async fn cluster_ips_follow_ip_family_policy_over_a_dual_stack_service_range() {
+    let cidrs = beeline_apiserver::service_ips::ServiceCidrs::parse("10.96.0.0/16,fd00:10:96::/112").unwrap();
+    let server = beeline_apiserver::ApiServer::new(beeline_apiserver::ServerConfig {
+        service_cidrs: cidrs,
+        ..beeline_apiserver::ServerConfig::default()
+    });
+    let services: Api<Service> = Api::default_namespaced(server.client());
+    let create = |name: &str, extra: serde_json::Value| {
+        let mut spec = json!({"ports": [{"port": 80}]});
+        spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        serde_json::from_value::<Service>(json!({"metadata": {"name": name}, "spec": spec})).unwrap()
+    };
+    let fields = |s: &Service| {
+        let spec = s.spec.clone().unwrap();
+        (spec.cluster_ips.unwrap(), spec.ip_families.unwrap(), spec.ip_family_policy.unwrap())
+    };
+    let pp = PostParams::default();
+
+    let plain = services.create(&pp, &create("plain", json!({}))).await.unwrap();
+    assert_eq!(fields(&plain), (vec!["10.96.0.10".into()], vec!["IPv4".into()], "SingleStack".into()));
+    let v6 = create("v6", json!({"ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv6"]}));
+    let v6 = services.create(&pp, &v6).await.unwrap();
+    assert_eq!(fields(&v6), (vec!["fd00:10:96::a".into()], vec!["IPv6".into()], "SingleStack".into()));
+    assert_eq!(v6.spec.as_ref().unwrap().cluster_ip.as_deref(), Some("fd00:10:96::a"));
+    let dual = services.create(&pp, &create("dual", json!({"ipFamilyPolicy": "PreferDualStack"}))).await.unwrap();
+    assert_eq!(
+        fields(&dual),
+        (
+            vec!["10.96.0.11".into(), "fd00:10:96::b".into()],
+            vec!["IPv4".into(), "IPv6".into()],
+            "PreferDualStack".into()
+        )
+    );
+
+    // Invalid family requests: kube-apiserver's 422 with the field named.
+    let bad = create("bad", json!({"ipFamilies": ["IPv4", "IPv6"]}));
+    match services.create(&pp, &bad).await {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 422, "{e:?}");
+            assert!(e.message.contains("IP family policy must be RequireDualStack or PreferDualStack"), "{e:?}");
+        }
+        other => panic!("expected 422, got {other:?}"),
+    }
+
+    // A single-stack IPv4 cluster refuses IPv6 and RequireDualStack.
+    let v4_only = beeline_apiserver::ApiServer::default();
+    let services: Api<Service> = Api::default_namespaced(v4_only.client());
+    for (name, extra, text) in [
+        ("v6", json!({"ipFamilies": ["IPv6"]}), "not configured on this cluster"),
+        ("req", json!({"ipFamilyPolicy": "RequireDualStack"}), "not configured for dual-stack services"),
+    ] {
+        match services.create(&pp, &create(name, extra)).await {
+            Err(kube::Error::Api(e)) => assert!(e.code == 422 && e.message.contains(text), "{name}: {e:?}"),
+            other => panic!("{name}: expected 422, got {other:?}"),
+        }
+    }
+    let prefer = services.create(&pp, &create("prefer", json!({"ipFamilyPolicy": "PreferDualStack"}))).await.unwrap();
+    assert_eq!(fields(&prefer).1, vec!["IPv4".to_string()], "PreferDualStack falls back to the one family");
+}
