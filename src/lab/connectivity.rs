@@ -73,13 +73,15 @@ pub struct Outcome {
 
 /// The result table as printed.
 pub fn table(outcomes: &[Outcome]) -> String {
-    let mut out = format!("{:<34} {:<6} DETAIL\n", "CHECK", "RESULT");
+    // As wide as the longest check name ("pod-to-pod (across nodes) over IPv6" in dual stack).
+    let width = outcomes.iter().map(|o| o.name.len()).max().unwrap_or(0).max(34);
+    let mut out = format!("{:<width$} {:<6} DETAIL\n", "CHECK", "RESULT");
     for o in outcomes {
         let (result, text) = match &o.failure {
             None => ("pass", o.detail.clone()),
             Some(reason) => ("FAIL", reason.clone()),
         };
-        out.push_str(&format!("{:<34} {:<6} {text}\n", o.name, result));
+        out.push_str(&format!("{:<width$} {:<6} {text}\n", o.name, result));
     }
     let failed = outcomes.iter().filter(|o| o.failure.is_some()).count();
     out.push_str(&format!("\n{} checks, {} passed, {failed} failed\n", outcomes.len(), outcomes.len() - failed));
