@@ -27,9 +27,6 @@ const UNDERLAY_V4: [u8; 3] = [172, 18, 0];
 const UNDERLAY_V4_PREFIX: u8 = 16;
 const UNDERLAY_V6: [u16; 4] = [0xfc00, 0xf853, 0x0ccd, 0xe793];
 const UNDERLAY_V6_PREFIX: u8 = 64;
-/// The lab's ClusterIP ranges per family (see [`LabPlan::service_cidrs`]).
-const SERVICE_CIDR_V4: &str = "10.96.0.0/16";
-const SERVICE_CIDR_V6: &str = "fd00:10:96::/112";
 /// Per-node pod CIDR sizes for `ipam: kubernetes`, as kube-controller-manager's defaults.
 const NODE_CIDR_V4: u8 = 24;
 const NODE_CIDR_V6: u8 = 64;
@@ -325,18 +322,6 @@ impl LabPlan {
         out
     }
 
-    /// The API server's ClusterIP ranges (kube-apiserver's `--service-cluster-ip-range`): kubeadm's
-    /// `10.96.0.0/16` for IPv4 and kind's `fd00:10:96::/112` for IPv6, one per enabled family,
-    /// IPv4 first (the primary family of a dual-stack cluster, as the pods' first address is).
-    pub fn service_cidrs(&self) -> String {
-        let (v4, v6) = Config::from_raw(&self.config).map_or((true, false), |c| (c.enable_ipv4, c.enable_ipv6));
-        let ranges: Vec<&str> = [(v4, SERVICE_CIDR_V4), (v6, SERVICE_CIDR_V6)]
-            .into_iter()
-            .filter_map(|(enabled, cidr)| enabled.then_some(cidr))
-            .collect();
-        ranges.join(",")
-    }
-
     /// The Node objects a kubelet would register: InternalIP on the underlay, kind's labels, the
     /// control-plane role label, `spec.podCIDRs` when the lab plays kube-controller-manager.
     pub fn node_objects(&self) -> Vec<Node> {
@@ -550,21 +535,6 @@ mod tests {
             ]
         );
         assert!(nodes[1].spec.as_ref().unwrap().pod_cidrs.is_none(), "cluster-pool: no spec.podCIDRs");
-    }
-
-    #[test]
-    fn service_ranges_follow_the_enabled_families() {
-        let cases: &[(&str, &str)] = &[
-            ("{}", "10.96.0.0/16"),
-            ("ipv6: {enabled: true}", "10.96.0.0/16,fd00:10:96::/112"),
-            ("ipv4: {enabled: false}\nipv6: {enabled: true}\nroutingMode: native", "fd00:10:96::/112"),
-        ];
-        for (values, want) in cases {
-            let plan = LabPlan::new(&request(2, values)).unwrap();
-            assert_eq!(plan.service_cidrs(), *want, "{values}");
-            beeline_apiserver::service_ips::ServiceCidrs::parse(&plan.service_cidrs())
-                .expect("the API server takes it");
-        }
     }
 
     #[test]

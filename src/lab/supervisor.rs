@@ -46,10 +46,7 @@ const SNAPSHOT_PERIOD: Duration = Duration::from_secs(5);
 /// The in-memory API, restored from `snapshot` when there is one, with the lab's Node objects
 /// registered (kept as they are when the snapshot has them).
 pub async fn start_api(plan: &LabPlan, snapshot: &Path) -> Result<beeline_apiserver::ApiServer, BoxError> {
-    let service_cidrs = beeline_apiserver::service_ips::ServiceCidrs::parse(&plan.service_cidrs())
-        .map_err(|e| format!("the lab's service ranges: {e}"))?;
-    let api =
-        beeline_apiserver::ApiServer::new(beeline_apiserver::ServerConfig { service_cidrs, ..Default::default() });
+    let api = beeline_apiserver::ApiServer::default();
     if snapshot.exists() {
         api.load(snapshot).map_err(|e| format!("restoring the API from {}: {e}", snapshot.display()))?;
         tracing::info!(snapshot = %snapshot.display(), "API objects restored");
