@@ -107,7 +107,9 @@ fn ipv4(skb: *mut __sk_buff, ifindex: u32) -> i32 {
     };
     // Forwarding (and the FIB lookup in native routing) decides on the translated destination.
     ip.daddr = dst.to_ne_bytes();
-    let config = lookup::config();
+    let Some(config) = lookup::config_ref() else {
+        return TC_ACT_OK;
+    };
     // Policy sees the backend (address and, read from the rewritten packet, port).
     let dst_ep = lookup::endpoint(dst);
     let l4 = policy::L4::ipv4(ctx, &ip);
@@ -124,7 +126,7 @@ fn ipv4(skb: *mut __sk_buff, ifindex: u32) -> i32 {
         conntrack::track_allowed(ctx, &ip);
     }
     match (dst_ep, local_pod) {
-        (_, Some(ep)) => return forward::to_local_endpoint(ctx, &ip, &ep, &config),
+        (_, Some(ep)) => return forward::to_local_endpoint(ctx, &ip, &ep, config),
         // The node itself.
         (Some(_), None) => return TC_ACT_OK,
         (None, _) => {}
@@ -133,8 +135,8 @@ fn ipv4(skb: *mut __sk_buff, ifindex: u32) -> i32 {
         // Native routing: the kernel's routing table decides (no tunnel key).
         return fib::redirect_v4(ctx, &ip, ifindex);
     }
-    match forward::tunnel_endpoint(dst, &config) {
-        Some(node) => forward::to_remote_node(ctx, node, src.sec_id, &config),
+    match forward::tunnel_endpoint(dst, config) {
+        Some(node) => forward::to_remote_node(ctx, node, src.sec_id, config),
         None => events::pass(ctx, point::TO_STACK, src.sec_id, 0),
     }
 }
@@ -233,15 +235,17 @@ fn forward6(skb: *mut __sk_buff, route: &Route6, ifindex: u32) -> i32 {
         return drop(ctx, drop_reason::INVALID);
     };
     let ip = Ipv6Hdr { daddr: route.dst, ..ip };
-    let config = lookup::config();
+    let Some(config) = lookup::config_ref() else {
+        return TC_ACT_OK;
+    };
     if route.is_local_pod != 0 {
-        return forward::to_local_endpoint6(ctx, &ip, &route.local, &config);
+        return forward::to_local_endpoint6(ctx, &ip, &route.local, config);
     }
     if config.tunnel_proto == TUNNEL_NONE {
         return fib::redirect_v6(ctx, &ip, ifindex);
     }
-    match forward::tunnel_endpoint6(route.dst, &config) {
-        Some(node) => forward::to_remote_node(ctx, node, route.src_identity, &config),
+    match forward::tunnel_endpoint6(route.dst, config) {
+        Some(node) => forward::to_remote_node(ctx, node, route.src_identity, config),
         None => TC_ACT_OK,
     }
 }

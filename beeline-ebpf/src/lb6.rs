@@ -17,7 +17,6 @@ static LB6_BACKENDS: HashMap<Lb6BackendKey, Lb6Backend> = HashMap::with_max_entr
 static LB6_REVERSE_NAT: HashMap<Lb6RevNatKey, Lb6ReverseNat> = HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
 
 /// What the caller does next.
-#[allow(dead_code)]
 pub enum Next6 {
     /// Forward to this destination: the backend after DNAT, otherwise the packet's own destination.
     Forward([u8; 16]),
@@ -27,13 +26,13 @@ pub enum Next6 {
 
 /// Service translation of a packet from a local pod (DNAT to a backend, or reverse NAT of a local
 /// backend's reply).
-#[allow(dead_code)]
+#[inline(always)]
 pub fn from_container(_ctx: &TcContext, ip: &Ipv6Hdr, _ifindex: u32) -> Next6 {
     Next6::Forward(ip.daddr)
 }
 
 /// Reverse NAT of a remote backend's reply arriving from the overlay / the uplink (native routing).
-#[allow(dead_code)]
+#[inline(always)]
 pub fn from_overlay(_ctx: &TcContext, _ip: &Ipv6Hdr) -> Result<(), i32> {
     Ok(())
 }

@@ -201,3 +201,33 @@ fn groups_split_at_the_max_endpoints_per_slice() {
     assert_eq!(one[0].metadata.name, split[0].metadata.name);
     assert_eq!(split[1].metadata.name.clone().unwrap(), format!("{}-1", split[0].metadata.name.clone().unwrap()));
 }
+
+#[test]
+fn a_dual_stack_service_gets_one_slice_per_family_from_the_pods_pod_ips() {
+    let dual = |name: &str, v4: &str, v6: &str| {
+        pod(name, v4, "n1", true, 8080, json!({"status": {"podIPs": [{"ip": v4}, {"ip": v6}]}}))
+    };
+    let pods = [
+        dual("a", "10.0.1.5", "fd00:10:1::5"),
+        dual("b", "10.0.1.6", "fd00:10:1::6"),
+        pod("c", "10.0.1.7", "n1", true, 8080, json!({})),
+    ];
+    let svc = service(json!({"spec": {"ipFamilies": ["IPv6", "IPv4"], "ipFamilyPolicy": "PreferDualStack"}}));
+    let s = desired_slices(&svc, &pods, &[]);
+    let by_family: BTreeMap<&str, Vec<&str>> = s
+        .iter()
+        .map(|s| (s.address_type.as_str(), s.endpoints.iter().map(|e| e.addresses[0].as_str()).collect()))
+        .collect();
+    assert_eq!(s.len(), 2, "one slice per family: {s:?}");
+    assert_eq!(by_family["IPv4"], ["10.0.1.5", "10.0.1.6", "10.0.1.7"]);
+    assert_eq!(
+        by_family["IPv6"],
+        ["fd00:10:1::5", "fd00:10:1::6"],
+        "a pod without an IPv6 address is only in the IPv4 slice"
+    );
+    assert_ne!(s[0].metadata.name, s[1].metadata.name);
+    assert_eq!(s[0].ports, s[1].ports, "the same resolved ports in both families");
+    // A single-stack (default IPv4) Service ignores the pods' IPv6 addresses.
+    let s = desired_slices(&service(json!({})), &pods, &[]);
+    assert_eq!((s.len(), s[0].address_type.as_str(), s[0].endpoints.len()), (1, "IPv4", 3));
+}

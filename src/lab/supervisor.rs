@@ -43,10 +43,29 @@ pub fn snapshot_file(plan: &LabPlan) -> std::path::PathBuf {
 /// How often the API is saved while the lab runs.
 const SNAPSHOT_PERIOD: Duration = Duration::from_secs(5);
 
+/// The lab's IPv4 and IPv6 service ranges (kubeadm's IPv4 default and a ULA /112).
+pub const SERVICE_CIDR_V4: &str = "10.96.0.0/16";
+pub const SERVICE_CIDR_V6: &str = "fd00:10:96::/112";
+
+/// The API server's `--service-cluster-ip-range` for the lab's families: IPv4, IPv6 or both
+/// (IPv4 first, so single-stack Services of a dual-stack lab stay IPv4 as in most clusters).
+pub fn service_cidrs(plan: &LabPlan) -> beeline_apiserver::service_ips::ServiceCidrs {
+    let (v4, v6) =
+        crate::config::Config::from_raw(&plan.config).map(|c| (c.enable_ipv4, c.enable_ipv6)).unwrap_or((true, false));
+    let ranges: Vec<&str> = [(v4 || !v6, SERVICE_CIDR_V4), (v6, SERVICE_CIDR_V6)]
+        .into_iter()
+        .filter_map(|(on, cidr)| on.then_some(cidr))
+        .collect();
+    beeline_apiserver::service_ips::ServiceCidrs::parse(&ranges.join(",")).expect("the lab's service ranges are valid")
+}
+
 /// The in-memory API, restored from `snapshot` when there is one, with the lab's Node objects
 /// registered (kept as they are when the snapshot has them).
 pub async fn start_api(plan: &LabPlan, snapshot: &Path) -> Result<beeline_apiserver::ApiServer, BoxError> {
-    let api = beeline_apiserver::ApiServer::default();
+    let api = beeline_apiserver::ApiServer::new(beeline_apiserver::ServerConfig {
+        service_cidrs: service_cidrs(plan),
+        ..Default::default()
+    });
     if snapshot.exists() {
         api.load(snapshot).map_err(|e| format!("restoring the API from {}: {e}", snapshot.display()))?;
         tracing::info!(snapshot = %snapshot.display(), "API objects restored");
@@ -293,14 +312,43 @@ mod tests {
     use k8s_openapi::api::core::v1::Service;
 
     fn plan(state_dir: &Path) -> LabPlan {
+        plan_with(state_dir, "{}")
+    }
+
+    fn plan_with(state_dir: &Path, values: &str) -> LabPlan {
         LabPlan::new(&super::super::plan::LabRequest {
             name: "kind".into(),
             nodes: 2,
             state_dir: state_dir.to_path_buf(),
             bpffs: "/sys/fs/bpf".into(),
-            values: Default::default(),
+            values: crate::lab::values::translate(&serde_saphyr::from_str(values).unwrap()).unwrap(),
         })
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn service_ranges_follow_the_labs_ip_families() {
+        use beeline_apiserver::service_ips::ServiceCidrs;
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("{}", "10.96.0.0/16"),
+            ("ipam: {mode: kubernetes}\nipv6: {enabled: true}", "10.96.0.0/16,fd00:10:96::/112"),
+            (
+                "ipam: {mode: kubernetes}\nipv4: {enabled: false}\nipv6: {enabled: true}\nroutingMode: native\nipv6NativeRoutingCIDR: fd00::/8",
+                "fd00:10:96::/112",
+            ),
+        ];
+        for (values, want) in cases {
+            let plan = plan_with(dir.path(), values);
+            assert_eq!(service_cidrs(&plan), ServiceCidrs::parse(want).unwrap(), "{values}");
+        }
+        // An IPv6-only lab's API hands a plain Service an IPv6 ClusterIP.
+        let plan = plan_with(dir.path(), cases[2].0);
+        let api = start_api(&plan, &dir.path().join("none.json")).await.unwrap();
+        let services: Api<Service> = Api::default_namespaced(api.client());
+        let svc = services.create(&PostParams::default(), &service("v6")).await.unwrap();
+        let ip: std::net::IpAddr = svc.spec.unwrap().cluster_ip.unwrap().parse().unwrap();
+        assert!(ip.is_ipv6(), "{ip}");
     }
 
     fn service(name: &str) -> Service {
