@@ -489,6 +489,15 @@ impl Config {
                 "`routing-mode: native` with IPv4 masquerading needs `ipv4-native-routing-cidr`".into(),
             ));
         }
+        if !self.enable_ipv4 && self.routing_mode == RoutingMode::Tunnel {
+            // As in the seeds: an IPv6-only cluster runs native routing. beeline's tunnel carries
+            // an IPv4 outer header to the peer's IPv4 underlay address, which such a node lacks.
+            return Err(ConfigError::Inconsistent(
+                "IPv6-only (`enable-ipv4: false`) requires `routing-mode: native` (with `auto-direct-node-routes` \
+                 or routes to the pod CIDRs in the network): the tunnel needs IPv4 underlay addresses"
+                    .into(),
+            ));
+        }
         if self.node_port_range.0 > self.node_port_range.1 {
             return Err(ConfigError::Inconsistent(format!(
                 "`node-port-range` {}-{} has its start above its end",
@@ -729,6 +738,10 @@ mod tests {
             (&[("ipam", "aws")], "`ipam`"),
             (&[("node-port-range", "32767,30000")], "`node-port-range` 32767-30000"),
             (&[("enable-ipv4", "false")], "both false"),
+            (
+                &[("enable-ipv4", "false"), ("enable-ipv6", "true")],
+                "IPv6-only (`enable-ipv4: false`) requires `routing-mode: native`",
+            ),
             (&[("cluster-pool-ipv4-cidr", "")], "`cluster-pool-ipv4-cidr` is empty"),
             (&[("routing-mode", "native")], "needs `ipv4-native-routing-cidr`"),
             (&[("cluster-pool-ipv4-cidr", "10.0.0.0/16"), ("cluster-pool-ipv4-mask-size", "8")], "shorter than"),

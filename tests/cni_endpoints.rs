@@ -188,8 +188,11 @@ impl Cluster {
         self.block_on(Api::<CiliumIdentity>::all(self.client()).list(&Default::default())).unwrap().items
     }
 
+    /// The IPv4 rows (this cluster is IPv4-only).
     fn rows(&self) -> BTreeMap<Ipv4Addr, beeline_common::endpoint::EndpointInfo> {
-        tables::list_endpoints(&self.bpf.pin_dir()).unwrap()
+        let rows = tables::list_endpoints(&self.bpf.pin_dir()).unwrap();
+        assert!(rows.keys().all(IpAddr::is_ipv4), "no IPv6 rows in an IPv4-only cluster: {rows:?}");
+        rows.into_iter().map(|(ip, row)| (v4(ip), row)).collect()
     }
 
     /// Pod addresses the agent holds (router and health excluded).

@@ -31,7 +31,7 @@ use beeline::{
         CiliumEndpoint, CiliumNode,
     },
     datapath::{
-        devices::{self, NodeDevicesSpec, TunnelProtocol},
+        devices::{self, NodeDevicesSpec, PerFamily, TunnelProtocol},
         loader::programs::{FROM_CONTAINER, FROM_NETDEV, FROM_OVERLAY, TO_NETDEV},
         manager::{
             backend::MapBackend,
@@ -115,7 +115,7 @@ impl Cluster {
             let node_ip = Ipv4Addr::new(192, 168, net, n);
             topo.connect_to_underlay(&ns, UPLINK, &[&format!("{node_ip}/24")]).unwrap();
             let router = Ipv4Addr::new(10, net, n, 1);
-            let spec = NodeDevicesSpec { router_ip: router, tunnel };
+            let spec = NodeDevicesSpec { router_ip: Some(router), router_ip6: None, tunnel };
             let (devs, _) = ns.run(|| devices::ensure(&spec)).unwrap().expect("node devices");
             // A second pass (an agent restart) finds everything in place.
             let (again, steps) = ns.run(|| devices::ensure(&spec)).unwrap().unwrap();
@@ -170,7 +170,7 @@ impl Cluster {
                     sec_id: identity,
                     ..Default::default()
                 };
-                tables::upsert_endpoint(&pin, addr, &info).unwrap();
+                tables::upsert_endpoint(&pin, addr.into(), &info).unwrap();
                 ns.run(|| datapath.attach(FROM_CONTAINER, &host_if, Direction::Ingress, AttachMode::Tcx))
                     .unwrap()
                     .expect("attach from_container");
@@ -199,11 +199,11 @@ impl Cluster {
                     tunnel_endpoint: tables::be(peer.ip),
                     ..Default::default()
                 };
-                tables::upsert_ipcache(&pin, ipnet::Ipv4Net::new(pod.pod.addr, 32).unwrap(), &info).unwrap();
+                tables::upsert_ipcache(&pin, ipnet::IpNet::from(std::net::IpAddr::V4(pod.pod.addr)), &info).unwrap();
             }
             let route = match routing {
                 Routing::Tunnel(_) => {
-                    tables::upsert_tunnel(&pin, peer.pod_cidr, peer.ip).unwrap();
+                    tables::upsert_tunnel(&pin, peer.pod_cidr.into(), peer.ip).unwrap();
                     devices::tunnel_route(peer.pod_cidr, node.router, mtu)
                 }
                 Routing::Native => devices::direct_route(peer.pod_cidr, peer.ip),
@@ -554,7 +554,7 @@ fn agent_node_setup_creates_devices_and_attaches_only_with_devices_configured() 
     // Without `devices`: only the config map.
     let bpffs = BpffsDir::new("agent-setup-bare");
     let (dp, _) = agent::start(&Default::default(), &bpffs.pin_dir()).unwrap();
-    let setup = bare.run(|| dp.setup_node(&load(&[]), router)).unwrap().unwrap();
+    let setup = bare.run(|| dp.setup_node(&load(&[]), PerFamily { v4: Some(router), v6: None })).unwrap().unwrap();
     assert!(setup.devices.is_none() && setup.attachments.is_empty());
     assert_eq!(bare.run(attach::interface_names).unwrap(), vec!["lo".to_string()], "no link created");
     assert_eq!(tables::read_config(&bpffs.pin_dir()).unwrap().router_ip, tables::be(router));
@@ -564,7 +564,7 @@ fn agent_node_setup_creates_devices_and_attaches_only_with_devices_configured() 
     let (dp, _) = agent::start(&Default::default(), &bpffs.pin_dir()).unwrap();
     let config = load(&["devices=eth0", "enable-bpf-masquerade=true"]);
     for round in 0..2 {
-        let setup = node.run(|| dp.setup_node(&config, router)).unwrap().unwrap();
+        let setup = node.run(|| dp.setup_node(&config, PerFamily { v4: Some(router), v6: None })).unwrap().unwrap();
         let devs = setup.devices.expect("devices");
         let row = tables::read_config(&bpffs.pin_dir()).unwrap();
         assert_eq!(row, setup.config);
@@ -613,6 +613,7 @@ impl NodeControllers {
             tunnel: Some(tunnel),
             auto_direct_node_routes: false,
             native_routing_cidr: None,
+            native_routing_cidr6: None,
             pod_mtu: devices::pod_mtu(UNDERLAY_MTU, Some(tunnel)),
         };
         NodeControllers {

@@ -76,7 +76,7 @@ impl Fixture {
 
     fn endpoint(&self, addr: Ipv4Addr, ifindex: u32, mac: [u8; 6], node_mac: [u8; 6], identity: u32, flags: u32) {
         let info = EndpointInfo { ifindex, lxc_id: 100, flags, mac, node_mac, sec_id: identity, ..Default::default() };
-        tables::upsert_endpoint(&self.bpffs.pin_dir(), addr, &info).unwrap();
+        tables::upsert_endpoint(&self.bpffs.pin_dir(), addr.into(), &info).unwrap();
     }
 
     fn config(&self, config: DatapathConfig) {
@@ -323,7 +323,8 @@ fn routed_ns(label: &str) -> RoutedNs {
     topo.address(&ns, "eth0", "192.168.70.1/24").unwrap();
     topo.address(&peer, "eth0", "192.168.70.2/24").unwrap();
     topo.sysctl(&ns, "net.ipv4.ip_forward", "1").unwrap();
-    let route = beeline::datapath::devices::direct_route("10.0.2.0/24".parse().unwrap(), ip("192.168.70.2"));
+    let route =
+        beeline::datapath::devices::direct_route("10.0.2.0/24".parse::<ipnet::IpNet>().unwrap(), ip("192.168.70.2"));
     let route: Vec<&str> = route.iter().map(String::as_str).collect();
     topo.route(&ns, &route).unwrap();
     RoutedNs { topo, ns }

@@ -65,7 +65,7 @@ fn two_pods_on_one_node_ping_each_other_over_ipv6_via_the_ndp_responder() {
             sec_id: 6100 + u32::from(p),
             ..Default::default()
         };
-        tables::upsert_endpoint(&pin, addr4, &info).unwrap();
+        tables::upsert_endpoint(&pin, addr4.into(), &info).unwrap();
         integration::upsert_endpoint6(&pin, addr6, &info);
         node.run(|| datapath.attach(FROM_CONTAINER, &host_if, Direction::Ingress, AttachMode::Tcx))
             .unwrap()
@@ -117,7 +117,7 @@ fn dual_stack_pods_on_two_nodes_ping_over_ipv6_through_vxlan_on_the_ipv4_underla
         topo.connect_to_underlay(&ns, "eth0", &[&format!("{ip}/24")]).unwrap();
         let router4 = Ipv4Addr::new(10, 62, n, 1);
         let router6 = Ipv6Addr::new(0xfd00, 0x62, u16::from(n), 0, 0, 0, 0, 1);
-        let spec = NodeDevicesSpec { router_ip: router4, tunnel: Some(TunnelProtocol::Vxlan) };
+        let spec = NodeDevicesSpec { router_ip: Some(router4), router_ip6: None, tunnel: Some(TunnelProtocol::Vxlan) };
         let (devs, _) = ns.run(|| devices::ensure(&spec)).unwrap().expect("node devices");
         let bpffs = BpffsDir::new(&format!("v6vx-n{n}"));
         let pin = bpffs.pin_dir();
@@ -153,7 +153,7 @@ fn dual_stack_pods_on_two_nodes_ping_over_ipv6_through_vxlan_on_the_ipv4_underla
             sec_id: identity,
             ..Default::default()
         };
-        tables::upsert_endpoint(&pin, addr4, &info).unwrap();
+        tables::upsert_endpoint(&pin, addr4.into(), &info).unwrap();
         integration::upsert_endpoint6(&pin, addr6, &info);
         ns.run(|| datapath.attach(FROM_CONTAINER, &host_if, Direction::Ingress, AttachMode::Tcx))
             .unwrap()

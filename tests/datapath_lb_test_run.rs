@@ -157,7 +157,7 @@ impl Fixture {
     fn endpoint(&self, addr: Ipv4Addr, ifindex: u32, mac: [u8; 6]) {
         let info =
             EndpointInfo { ifindex, lxc_id: 100, mac, node_mac: lxc_mac(mac), sec_id: 1000, ..Default::default() };
-        tables::upsert_endpoint(&self.bpffs.pin_dir(), addr, &info).unwrap();
+        tables::upsert_endpoint(&self.bpffs.pin_dir(), addr.into(), &info).unwrap();
     }
 
     /// Runs the services core over `service` + `slice` and programs the result, removing the rows

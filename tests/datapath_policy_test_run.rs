@@ -287,7 +287,7 @@ fn replies_of_allowed_connections_pass_and_new_inbound_flows_stay_denied() {
     // C sits on loopback too, so it can send through from_container under test_run.
     let c =
         EndpointInfo { ifindex: LOOPBACK, lxc_id: 33, mac: MAC_A, node_mac: LXC_A, sec_id: ID_C, ..Default::default() };
-    tables::upsert_endpoint(&f.bpffs.pin_dir(), ip(C), &c).unwrap();
+    tables::upsert_endpoint(&f.bpffs.pin_dir(), ip(C).into(), &c).unwrap();
     // A: egress allows TCP 80 and echo requests to C, UDP 53 to the /24; ingress is default-deny.
     f.enforce(EP_A, EP_F_EGRESS_ENFORCE | EP_F_INGRESS_ENFORCE);
     f.allow(PolicyKey::l4(EP_A, ID_C, DIR_EGRESS, TCP, 80, 16));

@@ -38,6 +38,8 @@ const CASES: &[Case] = &[
     ("native.yaml", IpamMode::ClusterPool, RoutingMode::Native, TunnelProtocol::Vxlan, true, false, &[]),
     ("cluster-pool-small.yaml", IpamMode::ClusterPool, RoutingMode::Tunnel, TunnelProtocol::Vxlan, true, false, &[]),
     ("multi-pool.yaml", IpamMode::MultiPool, RoutingMode::Native, TunnelProtocol::Vxlan, true, false, &[]),
+    ("dual-stack.yaml", IpamMode::ClusterPool, RoutingMode::Tunnel, TunnelProtocol::Vxlan, true, true, &[]),
+    ("ipv6-only.yaml", IpamMode::ClusterPool, RoutingMode::Native, TunnelProtocol::Vxlan, false, true, &[]),
     (
         "kubernetes-ipam.yaml",
         IpamMode::Kubernetes,

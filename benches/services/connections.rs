@@ -77,7 +77,7 @@ impl Node {
     fn build(tcpbench: &Path, server_max_s: u64) -> Result<Node, String> {
         let mut topo = Topology::new("svcbench");
         let node = topo.namespace("node").map_err(io_err("node namespace"))?;
-        let spec = NodeDevicesSpec { router_ip: ROUTER, tunnel: None };
+        let spec = NodeDevicesSpec { router_ip: Some(ROUTER), router_ip6: None, tunnel: None };
         node.run(|| devices::ensure(&spec)).map_err(io_err("enter node"))?.map_err(|e| format!("node devices: {e}"))?;
         let bpffs = BpffsDir::new("svcbench");
         let pin = bpffs.pin_dir();
@@ -108,7 +108,7 @@ impl Node {
                 sec_id: 1000 + i as u32,
                 ..Default::default()
             };
-            tables::upsert_endpoint(&pin, addr, &info).map_err(|e| format!("endpoint {addr}: {e}"))?;
+            tables::upsert_endpoint(&pin, addr.into(), &info).map_err(|e| format!("endpoint {addr}: {e}"))?;
             node.run(|| datapath.attach(FROM_CONTAINER, &host_if, Direction::Ingress, AttachMode::Tcx))
                 .map_err(io_err("enter node"))?
                 .map_err(|e| format!("attach from_container to {host_if}: {e}"))?;

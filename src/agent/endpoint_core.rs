@@ -3,7 +3,7 @@
 //! file's shape. No I/O; [`super::endpoints`] is the shell around it.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use beeline_common::endpoint::EndpointInfo;
 use serde::{Deserialize, Serialize};
@@ -137,8 +137,9 @@ pub fn parse_mac(text: &str) -> Result<[u8; 6], CoreError> {
     crate::lab::topology::parse_mac(text).ok_or_else(|| CoreError::BadMac(text.to_string()))
 }
 
-/// The `beeline_lxc` rows of an endpoint: one per IPv4 address (the map is keyed by IPv4 today).
-pub fn endpoint_rows(endpoint: &Endpoint) -> Result<Vec<(Ipv4Addr, EndpointInfo)>, CoreError> {
+/// The `beeline_lxc` rows of an endpoint: one per address of either family, all with the same
+/// ifindex, MACs, endpoint ID and identity (Cilium keys `cilium_lxc` by each of the pod's IPs).
+pub fn endpoint_rows(endpoint: &Endpoint) -> Result<Vec<(IpAddr, EndpointInfo)>, CoreError> {
     let info = EndpointInfo {
         ifindex: endpoint.spec.host_ifindex,
         lxc_id: endpoint.id,
@@ -147,15 +148,7 @@ pub fn endpoint_rows(endpoint: &Endpoint) -> Result<Vec<(Ipv4Addr, EndpointInfo)
         sec_id: endpoint.identity,
         ..Default::default()
     };
-    Ok(endpoint
-        .spec
-        .ips
-        .iter()
-        .filter_map(|ip| match ip {
-            IpAddr::V4(v4) => Some((*v4, info)),
-            IpAddr::V6(_) => None,
-        })
-        .collect())
+    Ok(endpoint.spec.ips.iter().map(|ip| (*ip, info)).collect())
 }
 
 #[cfg(test)]

@@ -70,17 +70,29 @@ fn macs_parse_strictly() {
 }
 
 #[test]
-fn rows_carry_ifindex_macs_id_and_identity_for_ipv4_only() {
+fn rows_carry_ifindex_macs_id_and_identity_for_each_family() {
     let table = EndpointTable::default();
-    let e = table.plan("a", request(&["10.0.0.5", "fd00::5"]), 4242, vec!["k8s:app=web".into()]).unwrap();
-    let rows = endpoint_rows(&e).unwrap();
-    assert_eq!(rows.len(), 1, "the endpoint map is keyed by IPv4");
-    let (ip, info) = rows[0];
-    assert_eq!(ip, "10.0.0.5".parse::<Ipv4Addr>().unwrap());
-    assert_eq!(
-        (info.ifindex, info.lxc_id, info.sec_id, info.mac, info.node_mac, info.flags),
-        (11, 1, 4242, [2, 0, 0, 0, 0, 5], [0xaa, 0xbb, 0xcc, 0, 0, 1], 0)
-    );
+    type Case = (&'static [&'static str], &'static [&'static str]);
+    let cases: &[Case] = &[
+        (&["10.0.0.5"], &["10.0.0.5"]),
+        (&["10.0.0.5", "fd00::5"], &["10.0.0.5", "fd00::5"]),
+        (&["fd00::5"], &["fd00::5"]),
+    ];
+    for (ips, want) in cases {
+        let e = table.plan("a", request(ips), 4242, vec!["k8s:app=web".into()]).unwrap();
+        let rows = endpoint_rows(&e).unwrap();
+        let got: Vec<IpAddr> = rows.iter().map(|(ip, _)| *ip).collect();
+        let want: Vec<IpAddr> = want.iter().map(|s| s.parse().unwrap()).collect();
+        assert_eq!(got, want, "{ips:?}");
+        for (_, info) in rows {
+            assert_eq!(
+                (info.ifindex, info.lxc_id, info.sec_id, info.mac, info.node_mac, info.flags),
+                (11, 1, 4242, [2, 0, 0, 0, 0, 5], [0xaa, 0xbb, 0xcc, 0, 0, 1], 0),
+                "{ips:?}: every family's row is the same endpoint"
+            );
+        }
+    }
+    let e = table.plan("a", request(&["10.0.0.5"]), 4242, vec![]).unwrap();
     let mut bad = e.clone();
     bad.spec.mac = "nope".into();
     assert_eq!(endpoint_rows(&bad), Err(CoreError::BadMac("nope".into())));

@@ -11,7 +11,7 @@
 //! loads the datapath lazily, at the first endpoint (agents without pods need no BPF).
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -50,9 +50,9 @@ pub trait EndpointDatapath: Send + Sync {
     fn attach(&self, host_ifname: &str) -> Result<(), String>;
     /// Removes what [`Self::attach`] left (the pinned link); nothing there is success.
     fn detach(&self, host_ifname: &str) -> Result<(), String>;
-    fn upsert_row(&self, ip: Ipv4Addr, info: &EndpointInfo) -> Result<(), String>;
+    fn upsert_row(&self, ip: IpAddr, info: &EndpointInfo) -> Result<(), String>;
     /// Removing a missing row is success.
-    fn remove_row(&self, ip: Ipv4Addr) -> Result<(), String>;
+    fn remove_row(&self, ip: IpAddr) -> Result<(), String>;
     /// The ifindex of a host interface, `None` when it does not exist.
     fn ifindex(&self, ifname: &str) -> Option<u32>;
 }
@@ -85,11 +85,11 @@ impl EndpointDatapath for KernelDatapath {
         }
     }
 
-    fn upsert_row(&self, ip: Ipv4Addr, info: &EndpointInfo) -> Result<(), String> {
+    fn upsert_row(&self, ip: IpAddr, info: &EndpointInfo) -> Result<(), String> {
         crate::datapath::tables::upsert_endpoint(self.datapath.pin_dir(), ip, info).map_err(|e| e.to_string())
     }
 
-    fn remove_row(&self, ip: Ipv4Addr) -> Result<(), String> {
+    fn remove_row(&self, ip: IpAddr) -> Result<(), String> {
         match crate::datapath::tables::remove_endpoint(self.datapath.pin_dir(), ip) {
             Ok(()) => Ok(()),
             // A missing row (or a map never created): nothing to remove.
@@ -250,9 +250,7 @@ impl EndpointManager {
         }
         if let Some(previous) = table.get(container_id) {
             for ip in previous.spec.ips.iter().filter(|ip| !endpoint.spec.ips.contains(ip)) {
-                if let IpAddr::V4(v4) = ip {
-                    self.datapath.remove_row(*v4).map_err(|r| Self::datapath_err(&endpoint, r))?;
-                }
+                self.datapath.remove_row(*ip).map_err(|r| Self::datapath_err(&endpoint, r))?;
             }
         }
         let mut next = table.clone();
@@ -394,7 +392,7 @@ impl EndpointManager {
 #[cfg(any(test, feature = "testing"))]
 pub mod fake {
     use std::collections::{BTreeMap, BTreeSet};
-    use std::net::Ipv4Addr;
+    use std::net::IpAddr;
     use std::sync::Mutex;
 
     use beeline_common::endpoint::EndpointInfo;
@@ -402,7 +400,7 @@ pub mod fake {
     #[derive(Debug, Default)]
     pub struct FakeDatapath {
         pub attached: Mutex<BTreeSet<String>>,
-        pub rows: Mutex<BTreeMap<Ipv4Addr, EndpointInfo>>,
+        pub rows: Mutex<BTreeMap<IpAddr, EndpointInfo>>,
         /// Interfaces that "exist" for [`super::EndpointDatapath::ifindex`]; `None`: every name, ifindex 1.
         pub interfaces: Mutex<Option<BTreeMap<String, u32>>>,
         /// Makes the next attach fail with this reason.
@@ -421,11 +419,11 @@ pub mod fake {
             self.attached.lock().unwrap().remove(host_ifname);
             Ok(())
         }
-        fn upsert_row(&self, ip: Ipv4Addr, info: &EndpointInfo) -> Result<(), String> {
+        fn upsert_row(&self, ip: IpAddr, info: &EndpointInfo) -> Result<(), String> {
             self.rows.lock().unwrap().insert(ip, *info);
             Ok(())
         }
-        fn remove_row(&self, ip: Ipv4Addr) -> Result<(), String> {
+        fn remove_row(&self, ip: IpAddr) -> Result<(), String> {
             self.rows.lock().unwrap().remove(&ip);
             Ok(())
         }

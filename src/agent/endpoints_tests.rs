@@ -43,13 +43,6 @@ fn request(container: &str, ip: IpAddr) -> EndpointRequest {
     }
 }
 
-fn v4(ip: IpAddr) -> Ipv4Addr {
-    match ip {
-        IpAddr::V4(v) => v,
-        IpAddr::V6(_) => panic!("v4 expected"),
-    }
-}
-
 #[test]
 fn register_attaches_writes_the_row_and_persists_remove_undoes_and_releases() {
     let s = setup();
@@ -58,7 +51,7 @@ fn register_attaches_writes_the_row_and_persists_remove_undoes_and_releases() {
     assert_eq!(e.id, 1);
     let host = crate::cni::network::host_ifname("c1");
     assert!(s.datapath.attached.lock().unwrap().contains(&host));
-    let row = s.datapath.rows.lock().unwrap()[&v4(ip)];
+    let row = s.datapath.rows.lock().unwrap()[&ip];
     assert_eq!((row.ifindex, row.lxc_id, row.sec_id), (20, 1, 300));
     let saved: EndpointTable = serde_json::from_slice(&std::fs::read(s.dir.path().join(STATE_FILE)).unwrap()).unwrap();
     assert_eq!(saved.endpoints["c1"], e);
@@ -114,7 +107,7 @@ fn restore_keeps_endpoints_whose_veth_exists_and_drops_the_others() {
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].contains("dropping endpoint 2 (b)"), "{warnings:?}");
     assert_eq!(manager.list(), vec![ea]);
-    assert_eq!(datapath.rows.lock().unwrap().keys().copied().collect::<Vec<_>>(), vec![v4(a)]);
+    assert_eq!(datapath.rows.lock().unwrap().keys().copied().collect::<Vec<_>>(), vec![a]);
     assert!(datapath.attached.lock().unwrap().contains(&crate::cni::network::host_ifname("a")));
     // The next endpoint gets the freed ID 2.
     let c = allocate(&s, "c");

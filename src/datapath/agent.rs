@@ -3,7 +3,8 @@
 //! 1. [`start`] (at once, before anything else): load the object with its pinned maps — always,
 //!    so a restarted agent swaps its programs in while traffic keeps flowing — and attach
 //!    `from_container` to any `--datapath-interface`.
-//! 2. [`AgentDatapath::setup_node`] (once IPAM knows the router IP): the node devices
+//! 2. [`AgentDatapath::setup_node`] (once IPAM knows the router IP of every enabled family): the
+//!    node devices
 //!    (`cilium_host`/`cilium_net`, the tunnel device in tunnel mode), `from_overlay` on the tunnel
 //!    device, `from_netdev`/`to_netdev` on the uplinks, and the datapath config map.
 //!
@@ -16,7 +17,7 @@
 //! attaches `from_container` to each pod's veth with [`AgentDatapath::attach_endpoint`].
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
@@ -27,7 +28,7 @@ use beeline_common::datapath::{
 
 use super::{
     attach::AttachMode,
-    devices::{self, DeviceError, NodeDevices, NodeDevicesSpec, TunnelProtocol},
+    devices::{self, DeviceError, NodeDevices, NodeDevicesSpec, PerFamily, TunnelProtocol},
     loader::programs,
     tables, Attachment, Datapath, DatapathError, Direction,
 };
@@ -56,8 +57,8 @@ pub enum AgentDatapathError {
     Datapath(#[from] DatapathError),
     #[error("node devices: {0}")]
     Devices(#[from] DeviceError),
-    #[error("uplink {0} (from `devices`) has no IPv4 address to use as the node IP")]
-    NoNodeIp(String),
+    #[error("uplink {0} (from `devices`) has no {1} address to use as the node IP")]
+    NoNodeIp(String, &'static str),
     #[error("the node set-up thread panicked")]
     Poisoned,
 }
@@ -71,6 +72,26 @@ pub struct NodeFacts {
     pub node_ip: Option<Ipv4Addr>,
     /// ifindex of the tunnel device, once created.
     pub tunnel_ifindex: Option<u32>,
+    /// The IPv6 router address on `cilium_host`.
+    pub router_ip6: Option<Ipv6Addr>,
+    /// The node's IPv6 underlay address (its uplink's first global one).
+    pub node_ip6: Option<Ipv6Addr>,
+}
+
+/// The router addresses node set-up waits for: one per enabled family, `None` until IPAM has
+/// reserved each of them (`v4`/`v6`: what IPAM holds now).
+pub fn routers_ready(config: &Config, v4: Option<IpAddr>, v6: Option<IpAddr>) -> Option<PerFamily> {
+    let v4 = match v4 {
+        Some(IpAddr::V4(ip)) if config.enable_ipv4 => Some(ip),
+        _ if config.enable_ipv4 => return None,
+        _ => None,
+    };
+    let v6 = match v6 {
+        Some(IpAddr::V6(ip)) if config.enable_ipv6 => Some(ip),
+        _ if config.enable_ipv6 => return None,
+        _ => None,
+    };
+    Some(PerFamily { v4, v6 })
 }
 
 /// Whether the agent manages links (devices, attachments) at all.
@@ -112,8 +133,12 @@ pub fn datapath_config(config: &Config, facts: &NodeFacts, previous: &DatapathCo
         Some(net) => (tables::be(net.network()), u32::from(net.prefix_len())),
         None => (0, 0),
     };
+    let v6 = |fact: Option<Ipv6Addr>, previous: [u8; 16]| match config.enable_ipv6 {
+        true => fact.map_or(previous, |ip| ip.octets()),
+        false => [0; 16],
+    };
     DatapathConfig {
-        router_ip: facts.router_ip.map_or(previous.router_ip, tables::be),
+        router_ip: if config.enable_ipv4 { facts.router_ip.map_or(previous.router_ip, tables::be) } else { 0 },
         node_ip: facts.node_ip.map_or(previous.node_ip, tables::be),
         tunnel_ifindex: match tunnel {
             Some(_) => facts.tunnel_ifindex.unwrap_or(previous.tunnel_ifindex),
@@ -130,10 +155,9 @@ pub fn datapath_config(config: &Config, facts: &NodeFacts, previous: &DatapathCo
         native_cidr_prefix_len,
         nat_port_min: previous.nat_port_min,
         nat_port_max: previous.nat_port_max,
-        // IPv6 facts are not gathered yet: keep what the pinned row holds.
-        router_ip6: previous.router_ip6,
-        node_ip6: previous.node_ip6,
-        pod_cidr6_prefix_len: previous.pod_cidr6_prefix_len,
+        router_ip6: v6(facts.router_ip6, previous.router_ip6),
+        node_ip6: v6(facts.node_ip6, previous.node_ip6),
+        pod_cidr6_prefix_len: if config.enable_ipv6 { u32::from(config.cluster_pool_ipv6_mask_size) } else { 0 },
     }
 }
 
@@ -205,20 +229,31 @@ impl AgentDatapath {
         self.attach(programs::FROM_CONTAINER, host_ifname, Direction::Ingress)
     }
 
-    /// Brings the node to `config` once the router IP is known: devices and attachments when
-    /// [`manages_devices`], the config map always. Blocking (runs `ip`); idempotent.
-    #[tracing::instrument(level = "info", skip_all, fields(router_ip = %router_ip))]
-    pub fn setup_node(&self, config: &Config, router_ip: Ipv4Addr) -> Result<NodeSetup, AgentDatapathError> {
-        let mut facts = NodeFacts { router_ip: Some(router_ip), ..Default::default() };
+    /// Brings the node to `config` once the router IPs of the enabled families are known
+    /// (`routers`, see [`routers_ready`]): devices and attachments when [`manages_devices`], the
+    /// config map always. Blocking (runs `ip`); idempotent.
+    #[tracing::instrument(level = "info", skip_all, fields(router_ip = ?routers.v4, router_ip6 = ?routers.v6))]
+    pub fn setup_node(&self, config: &Config, routers: PerFamily) -> Result<NodeSetup, AgentDatapathError> {
+        let mut facts = NodeFacts { router_ip: routers.v4, router_ip6: routers.v6, ..Default::default() };
         let mut devices = None;
         let mut attachments = Vec::new();
         if manages_devices(config) {
-            let spec = NodeDevicesSpec { router_ip, tunnel: tunnel_of(config) };
+            let spec = NodeDevicesSpec { router_ip: routers.v4, router_ip6: routers.v6, tunnel: tunnel_of(config) };
             let (devs, steps) = devices::ensure(&spec)?;
             tracing::info!(steps = steps.len(), ?devs, "node devices in place");
             let uplink = &config.devices[0];
-            facts.node_ip =
-                Some(devices::ipv4_address(uplink)?.ok_or_else(|| AgentDatapathError::NoNodeIp(uplink.clone()))?);
+            let missing = |family| AgentDatapathError::NoNodeIp(uplink.clone(), family);
+            // The IPv4 node address is the tunnels' source and what masquerading rewrites to;
+            // an IPv6-only node has none and needs its IPv6 one instead.
+            if config.enable_ipv4 {
+                facts.node_ip = Some(devices::ipv4_address(uplink)?.ok_or_else(|| missing("IPv4"))?);
+            }
+            if config.enable_ipv6 {
+                facts.node_ip6 = devices::ipv6_address(uplink)?;
+                if facts.node_ip6.is_none() && !config.enable_ipv4 {
+                    return Err(missing("global IPv6"));
+                }
+            }
             facts.tunnel_ifindex = devs.tunnel;
             devices = Some(devs);
             for (program, ifname, direction) in node_attachments(config) {
@@ -237,8 +272,9 @@ impl AgentDatapath {
 }
 
 /// The agent task: waits until IPAM (whichever allocator serves the mode) has reserved the router
-/// IPv4 address, sets the node up once (on a blocking thread), then idles until shutdown. A failed set-up fails the agent, like a
-/// Cilium agent that cannot create its devices.
+/// address of every enabled family (an IPv6-only node waits for no IPv4 one), sets the node up
+/// once (on a blocking thread), then idles until shutdown. A failed set-up fails the agent, like
+/// a Cilium agent that cannot create its devices.
 pub async fn run_node_setup(
     datapath: AgentDatapath,
     config: Config,
@@ -246,18 +282,18 @@ pub async fn run_node_setup(
     token: tokio_util::sync::CancellationToken,
 ) -> Result<(), AgentDatapathError> {
     let mut changes = ipam.subscribe();
-    let router = loop {
-        if let Some(std::net::IpAddr::V4(router)) =
-            ipam.addr_of(crate::ipam::Family::V4, &crate::ipam::node_alloc::Owner::Router)
+    let routers = loop {
+        let router = |family| ipam.addr_of(family, &crate::ipam::node_alloc::Owner::Router);
+        if let Some(routers) = routers_ready(&config, router(crate::ipam::Family::V4), router(crate::ipam::Family::V6))
         {
-            break router;
+            break routers;
         }
         tokio::select! {
             _ = token.cancelled() => return Ok(()),
             changed = changes.changed() => if changed.is_err() { return Ok(()) },
         }
     };
-    let setup = tokio::task::spawn_blocking(move || datapath.setup_node(&config, router))
+    let setup = tokio::task::spawn_blocking(move || datapath.setup_node(&config, routers))
         .await
         .map_err(|_| AgentDatapathError::Poisoned)??;
     tracing::info!(devices = ?setup.devices, "node datapath ready");
@@ -280,8 +316,12 @@ mod tests {
 
     #[test]
     fn config_rows_follow_routing_mode_and_masquerade_keys() {
-        let facts =
-            NodeFacts { router_ip: Some(ip("10.0.1.1")), node_ip: Some(ip("192.168.0.1")), tunnel_ifindex: Some(7) };
+        let facts = NodeFacts {
+            router_ip: Some(ip("10.0.1.1")),
+            node_ip: Some(ip("192.168.0.1")),
+            tunnel_ifindex: Some(7),
+            ..Default::default()
+        };
         let none = DatapathConfig::default();
         let tunnel = datapath_config(&config(&[]), &facts, &none);
         assert_eq!(
@@ -306,6 +346,69 @@ mod tests {
             &none,
         );
         assert_eq!((geneve.tunnel_proto, geneve.flags), (TUNNEL_GENEVE, 0), "masquerading needs both keys");
+    }
+
+    #[test]
+    fn ipv6_fields_follow_the_enabled_families() {
+        let router6: Ipv6Addr = "fd00::1".parse().unwrap();
+        let node6: Ipv6Addr = "fc00::2".parse().unwrap();
+        let facts = NodeFacts {
+            router_ip: Some(ip("10.0.1.1")),
+            node_ip: Some(ip("192.168.0.1")),
+            router_ip6: Some(router6),
+            node_ip6: Some(node6),
+            ..Default::default()
+        };
+        let stale = DatapathConfig { router_ip6: [9; 16], node_ip6: [9; 16], ..Default::default() };
+        type Case = (&'static str, Vec<&'static str>, bool, bool, u32);
+        let cases: Vec<Case> = vec![
+            ("IPv4 only: IPv6 fields cleared", vec![], true, false, 0),
+            ("dual stack", vec!["enable-ipv6=true"], true, true, 120),
+            (
+                "IPv6 only, /64 per node",
+                vec![
+                    "enable-ipv4=false",
+                    "enable-ipv6=true",
+                    "routing-mode=native",
+                    "cluster-pool-ipv6-cidr=fd00::/56",
+                    "cluster-pool-ipv6-mask-size=64",
+                ],
+                false,
+                true,
+                64,
+            ),
+        ];
+        for (name, sets, v4, v6, len) in cases {
+            let row = datapath_config(&config(&sets), &facts, &stale);
+            let want6 = |ip: Ipv6Addr| if v6 { ip.octets() } else { [0; 16] };
+            assert_eq!((row.router_ip6, row.node_ip6), (want6(router6), want6(node6)), "{name}");
+            assert_eq!(row.pod_cidr6_prefix_len, len, "{name}");
+            assert_eq!(row.router_ip, if v4 { tables::be(ip("10.0.1.1")) } else { 0 }, "{name}");
+        }
+        let keep = datapath_config(&config(&["enable-ipv6=true"]), &NodeFacts::default(), &stale);
+        assert_eq!((keep.router_ip6, keep.node_ip6), ([9; 16], [9; 16]), "unknown yet: the pinned row's");
+    }
+
+    #[test]
+    fn node_setup_waits_for_the_router_of_every_enabled_family() {
+        let v4: IpAddr = "10.0.1.1".parse().unwrap();
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        let ipv6_only = ["enable-ipv4=false", "enable-ipv6=true", "routing-mode=native"];
+        type Case<'a> = (&'a str, Vec<&'a str>, Option<IpAddr>, Option<IpAddr>, Option<(bool, bool)>);
+        let cases: Vec<Case> = vec![
+            ("IPv4: waits for its router", vec![], None, None, None),
+            ("IPv4: ready", vec![], Some(v4), None, Some((true, false))),
+            ("IPv4: an IPv6 router is not used", vec![], Some(v4), Some(v6), Some((true, false))),
+            ("dual stack: IPv4 alone is not enough", vec!["enable-ipv6=true"], Some(v4), None, None),
+            ("dual stack: IPv6 alone is not enough", vec!["enable-ipv6=true"], None, Some(v6), None),
+            ("dual stack: ready", vec!["enable-ipv6=true"], Some(v4), Some(v6), Some((true, true))),
+            ("IPv6 only: no IPv4 router to wait for", ipv6_only.to_vec(), None, Some(v6), Some((false, true))),
+            ("IPv6 only: waits for its router", ipv6_only.to_vec(), None, None, None),
+        ];
+        for (name, sets, r4, r6, want) in cases {
+            let got = routers_ready(&config(&sets), r4, r6).map(|r| (r.v4.is_some(), r.v6.is_some()));
+            assert_eq!(got, want, "{name}");
+        }
     }
 
     #[test]

@@ -13,9 +13,12 @@
 //! an agent restart finds everything in place and changes nothing. Everything acts on the calling
 //! thread's network namespace (the lab and tests enter a node's namespace first).
 
-use std::{net::Ipv4Addr, process::Command};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    process::Command,
+};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 pub const CILIUM_HOST: &str = "cilium_host";
 pub const CILIUM_NET: &str = "cilium_net";
@@ -59,10 +62,53 @@ impl TunnelProtocol {
     }
 }
 
+/// One address per IP family (e.g. the router addresses of a node; `None` for a family it lacks).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PerFamily {
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+}
+
+impl PerFamily {
+    /// Keeps the first address of each family.
+    pub fn offer(&mut self, ip: IpAddr) {
+        match ip {
+            IpAddr::V4(v4) => {
+                self.v4.get_or_insert(v4);
+            }
+            IpAddr::V6(v6) => {
+                self.v6.get_or_insert(v6);
+            }
+        }
+    }
+
+    /// The address of the family `family` belongs to.
+    pub fn of(&self, family: IpAddr) -> Option<IpAddr> {
+        match family {
+            IpAddr::V4(_) => self.v4.map(IpAddr::V4),
+            IpAddr::V6(_) => self.v6.map(IpAddr::V6),
+        }
+    }
+
+    /// Each family's address from `self`, else from `other`.
+    pub fn or(self, other: PerFamily) -> PerFamily {
+        PerFamily { v4: self.v4.or(other.v4), v6: self.v6.or(other.v6) }
+    }
+
+    /// Both addresses, IPv4 first.
+    pub fn addrs(&self) -> impl Iterator<Item = IpAddr> {
+        self.v4.map(IpAddr::V4).into_iter().chain(self.v6.map(IpAddr::V6))
+    }
+}
+
 /// What the node's devices should look like.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeDevicesSpec {
-    pub router_ip: Ipv4Addr,
+    /// The IPv4 router address on `cilium_host` (`None` with IPv4 disabled).
+    pub router_ip: Option<Ipv4Addr>,
+    /// The IPv6 router address on `cilium_host` (`None` with IPv6 disabled): Cilium gives
+    /// `cilium_host` one router address per enabled family.
+    pub router_ip6: Option<Ipv6Addr>,
     /// `None` in native-routing mode.
     pub tunnel: Option<TunnelProtocol>,
 }
@@ -128,8 +174,16 @@ pub fn plan(spec: &NodeDevicesSpec, existing: &[ExistingLink]) -> Vec<Step> {
             steps.push(ip(&["link", "set", dev, "up"]));
         }
     }
-    let router = format!("{}/32", spec.router_ip);
-    steps.push(ip(&["addr", "replace", &router, "dev", CILIUM_HOST, "scope", "link"]));
+    if let Some(router_ip) = spec.router_ip {
+        let router = format!("{router_ip}/32");
+        steps.push(ip(&["addr", "replace", &router, "dev", CILIUM_HOST, "scope", "link"]));
+    }
+    if let Some(router_ip6) = spec.router_ip6 {
+        // `nodad`: the address is ours by allocation; DAD would keep it tentative (unusable as a
+        // source) for a second.
+        let router = format!("{router_ip6}/128");
+        steps.push(ip(&["addr", "replace", &router, "dev", CILIUM_HOST, "nodad"]));
+    }
 
     for proto in [TunnelProtocol::Vxlan, TunnelProtocol::Geneve] {
         let dev = proto.device();
@@ -164,23 +218,34 @@ pub fn plan(spec: &NodeDevicesSpec, existing: &[ExistingLink]) -> Vec<Step> {
         steps.push(sysctl(&format!("net.ipv4.conf.{dev}.rp_filter"), "0"));
         steps.push(sysctl(&format!("net.ipv4.conf.{dev}.forwarding"), "1"));
     }
+    if spec.router_ip6.is_some() {
+        // IPv6 forwarding is per namespace through `all` (it also turns off accepting router
+        // advertisements, which a node routing pods must not act on).
+        steps.push(sysctl("net.ipv6.conf.all.forwarding", "1"));
+    }
     steps
 }
 
 /// The route to a remote node's pod CIDR in tunnel mode: via the router IP on `cilium_host`
 /// (`10.0.1.0/24 via 10.0.2.241 dev cilium_host src 10.0.2.241 mtu 1450`, as in the seeds), so
-/// host-originated traffic to remote pods reaches the BPF datapath.
-pub fn tunnel_route(pod_cidr: Ipv4Net, router_ip: Ipv4Addr, mtu: u32) -> Vec<String> {
-    let router = router_ip.to_string();
-    [&pod_cidr.to_string(), "via", &router, "dev", CILIUM_HOST, "src", &router, "mtu", &mtu.to_string()]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+/// host-originated traffic to remote pods reaches the BPF datapath. IPv6 refuses a gateway that is
+/// a local address ("Gateway can not be a local address"), so an IPv6 pod CIDR is routed on-link
+/// through `cilium_host` with the router IPv6 as source (docs/decisions.md).
+pub fn tunnel_route(pod_cidr: impl Into<IpNet>, router_ip: impl Into<IpAddr>, mtu: u32) -> Vec<String> {
+    let router = router_ip.into().to_string();
+    let pod_cidr = pod_cidr.into();
+    let mut route = vec![pod_cidr.to_string()];
+    if pod_cidr.addr().is_ipv4() {
+        route.extend(["via".to_string(), router.clone()]);
+    }
+    route.extend(["dev", CILIUM_HOST, "src", &router, "mtu", &mtu.to_string()].iter().map(|s| s.to_string()));
+    route
 }
 
-/// The route to a remote node's pod CIDR in native routing with `autoDirectNodeRoutes`.
-pub fn direct_route(pod_cidr: Ipv4Net, node_ip: Ipv4Addr) -> Vec<String> {
-    vec![pod_cidr.to_string(), "via".into(), node_ip.to_string()]
+/// The route to a remote node's pod CIDR in native routing with `autoDirectNodeRoutes` (the node
+/// address of the CIDR's family).
+pub fn direct_route(pod_cidr: impl Into<IpNet>, node_ip: impl Into<IpAddr>) -> Vec<String> {
+    vec![pod_cidr.into().to_string(), "via".into(), node_ip.into().to_string()]
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -251,7 +316,7 @@ pub struct NodeDevices {
 
 /// Brings the calling thread's namespace to `spec`; returns the steps it ran (empty apart from the
 /// always-idempotent address and sysctl writes when nothing changed).
-#[tracing::instrument(level = "info", skip_all, fields(router_ip = %spec.router_ip, tunnel = ?spec.tunnel))]
+#[tracing::instrument(level = "info", skip_all, fields(router_ip = ?spec.router_ip, router_ip6 = ?spec.router_ip6, tunnel = ?spec.tunnel))]
 pub fn ensure(spec: &NodeDevicesSpec) -> Result<(NodeDevices, Vec<Step>), DeviceError> {
     let steps = plan(spec, &existing_links()?);
     for step in &steps {
@@ -287,11 +352,36 @@ pub fn ipv4_address(ifname: &str) -> Result<Option<Ipv4Addr>, DeviceError> {
 
 /// Parses `ip -4 -j addr show dev X` output: the first `local` address.
 pub fn parse_ipv4_address(text: &str) -> Result<Option<Ipv4Addr>, DeviceError> {
+    Ok(parse_addresses(text)?.into_iter().find_map(|ip| match ip {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(_) => None,
+    }))
+}
+
+/// The first global IPv6 address of `ifname` in the calling thread's namespace (the node's IPv6
+/// underlay address when `ifname` is the uplink); link-local addresses are not node addresses.
+pub fn ipv6_address(ifname: &str) -> Result<Option<Ipv6Addr>, DeviceError> {
+    let args: Vec<String> =
+        ["-6", "-j", "addr", "show", "dev", ifname, "scope", "global"].iter().map(|s| s.to_string()).collect();
+    parse_ipv6_address(&run_ip(&args)?)
+}
+
+/// Parses `ip -6 -j addr show dev X scope global` output: the first global `local` address.
+pub fn parse_ipv6_address(text: &str) -> Result<Option<Ipv6Addr>, DeviceError> {
+    Ok(parse_addresses(text)?.into_iter().find_map(|ip| match ip {
+        IpAddr::V6(v6) if !v6.is_unicast_link_local() => Some(v6),
+        _ => None,
+    }))
+}
+
+/// Every `local` address of `ip -j addr show` output, in order.
+fn parse_addresses(text: &str) -> Result<Vec<IpAddr>, DeviceError> {
     let links: Vec<serde_json::Value> = serde_json::from_str(text).map_err(DeviceError::Parse)?;
     Ok(links
         .iter()
         .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
-        .find_map(|a| a["local"].as_str().and_then(|s| s.parse().ok())))
+        .filter_map(|a| a["local"].as_str().and_then(|s| s.parse().ok()))
+        .collect())
 }
 
 /// `ip route replace <route>` in the calling thread's namespace.
@@ -310,7 +400,7 @@ mod tests {
     }
 
     fn spec(tunnel: Option<TunnelProtocol>) -> NodeDevicesSpec {
-        NodeDevicesSpec { router_ip: "10.0.2.241".parse().unwrap(), tunnel }
+        NodeDevicesSpec { router_ip: Some("10.0.2.241".parse().unwrap()), router_ip6: None, tunnel }
     }
 
     fn ip_steps(steps: &[Step]) -> Vec<String> {
@@ -398,6 +488,40 @@ mod tests {
     }
 
     #[test]
+    fn router_addresses_follow_the_enabled_families() {
+        let v4 = "addr replace 10.0.2.241/32 dev cilium_host scope link";
+        let v6 = "addr replace fd00:10:244::1/128 dev cilium_host nodad";
+        type Case = (&'static str, Option<&'static str>, Option<&'static str>, Vec<&'static str>, bool);
+        let cases: Vec<Case> = vec![
+            ("IPv4 only", Some("10.0.2.241"), None, vec![v4], false),
+            ("dual stack", Some("10.0.2.241"), Some("fd00:10:244::1"), vec![v4, v6], true),
+            ("IPv6 only", None, Some("fd00:10:244::1"), vec![v6], true),
+        ];
+        let host_pair = [link(CILIUM_HOST, "veth", false, None, true), link(CILIUM_NET, "veth", false, None, true)];
+        for (name, router, router6, want, v6_forwarding) in cases {
+            let spec = NodeDevicesSpec {
+                router_ip: router.map(|s| s.parse().unwrap()),
+                router_ip6: router6.map(|s| s.parse().unwrap()),
+                tunnel: None,
+            };
+            let steps = plan(&spec, &host_pair);
+            assert_eq!(ip_steps(&steps), want, "{name}");
+            let forwarding = steps.iter().any(
+                |s| matches!(s, Step::Sysctl { key, value } if key == "net.ipv6.conf.all.forwarding" && value == "1"),
+            );
+            assert_eq!(forwarding, v6_forwarding, "{name}");
+        }
+    }
+
+    #[test]
+    fn parses_the_first_global_ipv6_address() {
+        let text = r#"[{"ifindex":2,"ifname":"eth0","addr_info":[{"family":"inet6","local":"fe80::1","prefixlen":64},
+            {"family":"inet6","local":"fc00::2","prefixlen":64}]}]"#;
+        assert_eq!(parse_ipv6_address(text).unwrap(), Some("fc00::2".parse().unwrap()));
+        assert_eq!(parse_ipv6_address(r#"[{"ifindex":2,"addr_info":[]}]"#).unwrap(), None);
+    }
+
+    #[test]
     fn sysctls_cover_forwarding_and_rp_filter_of_the_tunnel_device() {
         let steps = plan(&spec(Some(TunnelProtocol::Geneve)), &[]);
         for key in
@@ -417,12 +541,22 @@ mod tests {
 
     #[test]
     fn routes_look_like_ciliums() {
-        let cidr: Ipv4Net = "10.0.1.0/24".parse().unwrap();
+        let cidr: IpNet = "10.0.1.0/24".parse().unwrap();
         assert_eq!(
-            tunnel_route(cidr, "10.0.2.241".parse().unwrap(), 1450).join(" "),
+            tunnel_route(cidr, "10.0.2.241".parse::<IpAddr>().unwrap(), 1450).join(" "),
             "10.0.1.0/24 via 10.0.2.241 dev cilium_host src 10.0.2.241 mtu 1450"
         );
-        assert_eq!(direct_route(cidr, "172.19.0.2".parse().unwrap()).join(" "), "10.0.1.0/24 via 172.19.0.2");
+        assert_eq!(direct_route(cidr, "172.19.0.2".parse::<IpAddr>().unwrap()).join(" "), "10.0.1.0/24 via 172.19.0.2");
+        let cidr6: IpNet = "fd00:10:244:1::/64".parse().unwrap();
+        assert_eq!(
+            tunnel_route(cidr6, "fd00:10:244::1".parse::<IpAddr>().unwrap(), 1450).join(" "),
+            "fd00:10:244:1::/64 dev cilium_host src fd00:10:244::1 mtu 1450",
+            "IPv6: on-link, a local gateway is refused"
+        );
+        assert_eq!(
+            direct_route(cidr6, "fc00::3".parse::<IpAddr>().unwrap()).join(" "),
+            "fd00:10:244:1::/64 via fc00::3"
+        );
     }
 
     #[test]

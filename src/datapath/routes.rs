@@ -11,9 +11,9 @@
 //! [`IpRouteTable`] running `ip route` in the calling thread's namespace.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use super::devices::{self, DeviceError, CILIUM_HOST};
 
@@ -25,14 +25,16 @@ pub const ROUTE_PROTO: u8 = 196;
 pub enum RouteVia {
     /// Tunnel mode: via the router IP on `cilium_host`, with the pod MTU, so host-originated
     /// traffic enters the BPF datapath.
-    CiliumHost { router_ip: Ipv4Addr, mtu: u32 },
-    /// Native routing with `auto-direct-node-routes`: via the peer node's IP on the underlay.
-    Node { node_ip: Ipv4Addr },
+    /// The router IP is of the prefix's family.
+    CiliumHost { router_ip: IpAddr, mtu: u32 },
+    /// Native routing with `auto-direct-node-routes`: via the peer node's IP on the underlay (of
+    /// the prefix's family).
+    Node { node_ip: IpAddr },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RouteSpec {
-    pub prefix: Ipv4Net,
+    pub prefix: IpNet,
     pub via: RouteVia,
 }
 
@@ -51,7 +53,9 @@ impl RouteSpec {
     fn matches(&self, r: &ExistingRoute) -> bool {
         match self.via {
             RouteVia::CiliumHost { router_ip, mtu } => {
-                r.gateway == Some(router_ip)
+                // IPv6 routes on-link (see `devices::tunnel_route`).
+                let gateway = router_ip.is_ipv4().then_some(router_ip);
+                r.gateway == gateway
                     && r.dev.as_deref() == Some(CILIUM_HOST)
                     && r.prefsrc == Some(router_ip)
                     && r.mtu == Some(mtu)
@@ -62,13 +66,13 @@ impl RouteSpec {
     }
 }
 
-/// A main-table IPv4 route as `ip -j -d route show` reports it.
+/// A main-table route (either family) as `ip -j -d route show` reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExistingRoute {
-    pub prefix: Ipv4Net,
-    pub gateway: Option<Ipv4Addr>,
+    pub prefix: IpNet,
+    pub gateway: Option<IpAddr>,
     pub dev: Option<String>,
-    pub prefsrc: Option<Ipv4Addr>,
+    pub prefsrc: Option<IpAddr>,
     pub mtu: Option<u32>,
     /// `protocol` as printed: a name (`kernel`, `boot`) or a number.
     pub protocol: String,
@@ -84,10 +88,10 @@ impl ExistingRoute {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RouteStep {
     Replace(RouteSpec),
-    Delete(Ipv4Net),
+    Delete(IpNet),
     /// A desired prefix routed by someone else: left alone.
     Foreign {
-        prefix: Ipv4Net,
+        prefix: IpNet,
         protocol: String,
     },
 }
@@ -96,7 +100,7 @@ pub enum RouteStep {
 /// desired deleted, foreign routes reported and never touched.
 pub fn plan(desired: &BTreeSet<RouteSpec>, existing: &[ExistingRoute]) -> Vec<RouteStep> {
     let mut steps = Vec::new();
-    let wanted: BTreeSet<Ipv4Net> = desired.iter().map(|r| r.prefix).collect();
+    let wanted: BTreeSet<IpNet> = desired.iter().map(|r| r.prefix).collect();
     for r in existing.iter().filter(|r| r.is_ours() && !wanted.contains(&r.prefix)) {
         steps.push(RouteStep::Delete(r.prefix));
     }
@@ -113,15 +117,16 @@ pub fn plan(desired: &BTreeSet<RouteSpec>, existing: &[ExistingRoute]) -> Vec<Ro
     steps
 }
 
-/// Parses `ip -j -d route show` output (IPv4, one table); `default` and unparsable rows are left out.
+/// Parses `ip -j -d route show` output (one family, one table); `default` and unparsable rows are
+/// left out.
 pub fn parse_routes(text: &str) -> Result<Vec<ExistingRoute>, DeviceError> {
     let rows: Vec<serde_json::Value> = serde_json::from_str(text).map_err(DeviceError::Parse)?;
     Ok(rows
         .iter()
         .filter_map(|r| {
             let dst = r["dst"].as_str()?;
-            let prefix: Ipv4Net =
-                if dst.contains('/') { dst.parse().ok()? } else { Ipv4Net::new(dst.parse().ok()?, 32).ok()? };
+            let prefix: IpNet =
+                if dst.contains('/') { dst.parse().ok()? } else { IpNet::from(dst.parse::<IpAddr>().ok()?) };
             let ip = |field: &str| r[field].as_str().and_then(|s| s.parse().ok());
             let mtu = r["metrics"]
                 .as_array()
@@ -150,7 +155,7 @@ pub trait RouteTable: Send {
     fn unavailable(&mut self) -> Option<String>;
     fn list(&mut self) -> Result<Vec<ExistingRoute>, DeviceError>;
     fn replace(&mut self, route: &RouteSpec) -> Result<(), DeviceError>;
-    fn delete(&mut self, prefix: Ipv4Net) -> Result<(), DeviceError>;
+    fn delete(&mut self, prefix: IpNet) -> Result<(), DeviceError>;
 }
 
 /// What one reconcile did.
@@ -212,16 +217,21 @@ impl RouteTable for IpRouteTable {
             .then(|| format!("{CILIUM_HOST} does not exist (node devices not set up here)"))
     }
 
+    /// Both families' main tables (`ip -j` prints one family at a time).
     fn list(&mut self) -> Result<Vec<ExistingRoute>, DeviceError> {
-        let args: Vec<String> = ["-4", "-j", "-d", "route", "show", "table", "main"].map(String::from).to_vec();
-        parse_routes(&devices::run_ip(&args)?)
+        let mut routes = Vec::new();
+        for family in ["-4", "-6"] {
+            let args: Vec<String> = [family, "-j", "-d", "route", "show", "table", "main"].map(String::from).to_vec();
+            routes.extend(parse_routes(&devices::run_ip(&args)?)?);
+        }
+        Ok(routes)
     }
 
     fn replace(&mut self, route: &RouteSpec) -> Result<(), DeviceError> {
         devices::replace_route(&route.args())
     }
 
-    fn delete(&mut self, prefix: Ipv4Net) -> Result<(), DeviceError> {
+    fn delete(&mut self, prefix: IpNet) -> Result<(), DeviceError> {
         let args = ["route", "del", &prefix.to_string(), "proto", &ROUTE_PROTO.to_string(), "table", "main"];
         devices::run_ip(&args.map(String::from)).map(|_| ())
     }
@@ -231,7 +241,7 @@ impl RouteTable for IpRouteTable {
 mod tests {
     use super::*;
 
-    fn net(s: &str) -> Ipv4Net {
+    fn net(s: &str) -> IpNet {
         s.parse().unwrap()
     }
 
@@ -244,6 +254,25 @@ mod tests {
 
     fn direct(prefix: &str, node: &str) -> RouteSpec {
         RouteSpec { prefix: net(prefix), via: RouteVia::Node { node_ip: node.parse().unwrap() } }
+    }
+
+    fn tunnel6(prefix: &str) -> RouteSpec {
+        RouteSpec {
+            prefix: net(prefix),
+            via: RouteVia::CiliumHost { router_ip: "fd00:10:244::1".parse().unwrap(), mtu: 1450 },
+        }
+    }
+
+    /// An IPv6 tunnel-mode route as the kernel lists it: on-link, no gateway.
+    fn existing_tunnel6(prefix: &str, protocol: &str) -> ExistingRoute {
+        ExistingRoute {
+            prefix: net(prefix),
+            gateway: None,
+            dev: Some(CILIUM_HOST.into()),
+            prefsrc: Some("fd00:10:244::1".parse().unwrap()),
+            mtu: Some(1450),
+            protocol: protocol.into(),
+        }
     }
 
     fn existing_tunnel(prefix: &str, mtu: u32, protocol: &str) -> ExistingRoute {
@@ -271,6 +300,12 @@ mod tests {
         type Case = (&'static str, Vec<RouteSpec>, Vec<ExistingRoute>, Vec<RouteStep>);
         let cases: Vec<Case> = vec![
             ("nothing", vec![], vec![], vec![]),
+            (
+                "IPv6 peers",
+                vec![tunnel6("fd00:10:244:1::/64"), direct("fd00:10:244:2::/64", "fc00::3")],
+                vec![existing_tunnel6("fd00:10:244:1::/64", &ours)],
+                vec![RouteStep::Replace(direct("fd00:10:244:2::/64", "fc00::3"))],
+            ),
             ("node added", vec![tunnel("10.0.1.0/24")], vec![], vec![RouteStep::Replace(tunnel("10.0.1.0/24"))]),
             ("in place", vec![tunnel("10.0.1.0/24")], vec![existing_tunnel("10.0.1.0/24", 1450, &ours)], vec![]),
             (

@@ -73,13 +73,15 @@ pub struct Outcome {
 
 /// The result table as printed.
 pub fn table(outcomes: &[Outcome]) -> String {
-    let mut out = format!("{:<34} {:<6} DETAIL\n", "CHECK", "RESULT");
+    // As wide as the longest check name ("pod-to-pod (across nodes) over IPv6" in dual stack).
+    let width = outcomes.iter().map(|o| o.name.len()).max().unwrap_or(0).max(34);
+    let mut out = format!("{:<width$} {:<6} DETAIL\n", "CHECK", "RESULT");
     for o in outcomes {
         let (result, text) = match &o.failure {
             None => ("pass", o.detail.clone()),
             Some(reason) => ("FAIL", reason.clone()),
         };
-        out.push_str(&format!("{:<34} {:<6} {text}\n", o.name, result));
+        out.push_str(&format!("{:<width$} {:<6} {text}\n", o.name, result));
     }
     let failed = outcomes.iter().filter(|o| o.failure.is_some()).count();
     out.push_str(&format!("\n{} checks, {} passed, {failed} failed\n", outcomes.len(), outcomes.len() - failed));
@@ -173,6 +175,18 @@ fn affinity_check(
 
 fn pod_ip(pod: &Pod) -> Option<IpAddr> {
     pod.status.as_ref()?.pod_ip.as_ref()?.parse().ok()
+}
+
+/// A dual-stack pod's address of the other family than its `podIP` (from `status.podIPs`):
+/// what the second round of pod-to-pod checks uses.
+fn secondary_ip(pod: &Pod) -> Option<IpAddr> {
+    let primary = pod_ip(pod)?;
+    super::endpointslices::pod_ips(pod).into_iter().find(|ip| ip.is_ipv4() != primary.is_ipv4())
+}
+
+/// The name of a pod-to-pod check over the pods' secondary family.
+fn over_family(check: &str, ip: IpAddr) -> String {
+    format!("{check} over {}", if ip.is_ipv4() { "IPv4" } else { "IPv6" })
 }
 
 /// Why a pod is not ready: its latest Event or its status.
@@ -339,12 +353,13 @@ async fn run_checks(client: &Client, args: &TestArgs, two_nodes: bool) -> Vec<Ou
         }
         let pod = find(prefix);
         let addr = pod.as_ref().and_then(pod_ip).map(|ip| SocketAddr::new(ip, port));
-        targets.push(Target {
-            name: check.into(),
-            addr,
-            expected: pod.map(|p| p.name_any()).into_iter().collect(),
-            client_ip,
-        });
+        let expected: Vec<String> = pod.as_ref().map(|p| p.name_any()).into_iter().collect();
+        targets.push(Target { name: check.into(), addr, expected: expected.clone(), client_ip });
+        // Dual stack: the same check over the other family (IPv6 when IPv4 is the primary).
+        if let Some(client_ip) = client_pod.as_ref().and_then(secondary_ip) {
+            let addr = pod.as_ref().and_then(secondary_ip).map(|ip| SocketAddr::new(ip, port));
+            targets.push(Target { name: over_family(check, client_ip), addr, expected, client_ip: Some(client_ip) });
+        }
     }
     let service = Api::<Service>::namespaced(client.clone(), &args.namespace).get("echo").await.ok();
     let cluster_ip = service.and_then(|s| s.spec?.cluster_ip?.parse::<IpAddr>().ok());
@@ -427,6 +442,31 @@ mod tests {
 
     fn reply(pod: &str, client: &str) -> String {
         format!(r#"{{"pod":"{pod}","namespace":"t","node":"n","client":"{client}:5000","path":"/"}}"#)
+    }
+
+    #[test]
+    fn dual_stack_pods_get_a_check_per_family() {
+        let pod = |ips: &[&str]| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p"},
+                "status": {"podIP": ips.first(), "podIPs": ips.iter().map(|ip| serde_json::json!({"ip": ip})).collect::<Vec<_>>()},
+            }))
+            .unwrap()
+        };
+        type Case = (&'static [&'static str], Option<&'static str>);
+        let cases: &[Case] = &[
+            (&["10.0.1.5"], None),
+            (&["10.0.1.5", "fd00::5"], Some("fd00::5")),
+            (&["fd00::5", "10.0.1.5"], Some("10.0.1.5")),
+            (&["fd00::5"], None),
+        ];
+        for (ips, want) in cases {
+            assert_eq!(secondary_ip(&pod(ips)), want.map(|s| s.parse().unwrap()), "{ips:?}");
+        }
+        assert_eq!(
+            over_family("pod-to-pod (across nodes)", "fd00::5".parse().unwrap()),
+            "pod-to-pod (across nodes) over IPv6"
+        );
     }
 
     #[test]

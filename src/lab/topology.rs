@@ -188,7 +188,7 @@ impl PodOnNode {
             node_mac: topo.mac(&self.node, &self.host_if)?,
             ..Default::default()
         };
-        crate::datapath::tables::upsert_endpoint(pin_dir, addr, &info).map_err(io::Error::other)
+        crate::datapath::tables::upsert_endpoint(pin_dir, addr.into(), &info).map_err(io::Error::other)
     }
 }
 

@@ -355,7 +355,10 @@ mod tests {
                     ),
                 ],
             ),
-            ("ipv4:\n  enabled: false\nipv6:\n  enabled: true\n", &[("enable-ipv4", "false"), ("enable-ipv6", "true")]),
+            (
+                "ipv4:\n  enabled: false\nipv6:\n  enabled: true\nroutingMode: native\n",
+                &[("enable-ipv4", "false"), ("enable-ipv6", "true"), ("routing-mode", "native")],
+            ),
             // A single string where the chart takes a list; commas as separators.
             ("ipam:\n  operator:\n    clusterPoolIPv4PodCIDRList: 10.1.0.0/16,10.2.0.0/16\n", &[("cluster-pool-ipv4-cidr", "10.1.0.0/16 10.2.0.0/16")]),
             // `~` keeps the default.

@@ -9,7 +9,7 @@
 //! claim the same key: nodes write node addresses and pod CIDRs, endpoints write pod `/32`s.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use kube::api::Api;
@@ -173,7 +173,7 @@ impl RemoteEndpointsSync {
     pub fn sync(&mut self, endpoints: &[CiliumEndpoint], own_node: Option<&CiliumNode>) {
         let _span =
             tracing::info_span!("remote_endpoints_sync", pass = self.passes, endpoints = endpoints.len()).entered();
-        let local: BTreeSet<Ipv4Addr> =
+        let local: BTreeSet<IpAddr> =
             own_node.iter().flat_map(|n| &n.spec.addresses).filter_map(|a| a.ip.parse().ok()).collect();
         let desired = remote_endpoints::desired(endpoints, &local);
         for note in &desired.notes {

@@ -1,6 +1,6 @@
 use super::*;
 use crate::crds::cilium_node::{CiliumNodeSpec, HealthAddressing, IpamSpec, NodeAddress};
-use crate::datapath::tables::from_be;
+use crate::datapath::tables::{from_be, ipcache_prefix, union_ip};
 
 fn node(name: &str, internal: &str, router: &str, cidrs: &[&str]) -> CiliumNode {
     let mut addresses = Vec::new();
@@ -38,11 +38,39 @@ fn c() -> CiliumNode {
     node("c", "192.168.0.3", "10.0.2.1", &["10.0.2.0/24"])
 }
 
+/// A dual-stack node: IPv4 and IPv6 underlay, router and pod CIDR of each family.
+fn dual(name: &str, host: u8) -> CiliumNode {
+    let mut n = node(
+        name,
+        &format!("192.168.0.{host}"),
+        &format!("10.0.{}.1", host - 1),
+        &[&format!("10.0.{}.0/24", host - 1), &format!("fd00:10:0:{}::/64", host - 1)],
+    );
+    for (t, ip) in [
+        (ADDRESS_INTERNAL_IP, format!("fc00::{host}")),
+        (ADDRESS_CILIUM_INTERNAL_IP, format!("fd00:10:0:{}::1", host - 1)),
+    ] {
+        n.spec.addresses.push(NodeAddress { address_type: t.into(), ip });
+    }
+    n
+}
+
+/// An IPv6-only node.
+fn v6_only(name: &str, host: u8) -> CiliumNode {
+    node(
+        name,
+        &format!("fc00::{host}"),
+        &format!("fd00:10:0:{}::1", host - 1),
+        &[&format!("fd00:10:0:{}::/64", host - 1)],
+    )
+}
+
 fn tunnel_cfg() -> RemoteNodesConfig {
     RemoteNodesConfig {
         tunnel: Some(TunnelProtocol::Vxlan),
         auto_direct_node_routes: false,
         native_routing_cidr: None,
+        native_routing_cidr6: None,
         pod_mtu: 1450,
     }
 }
@@ -52,6 +80,7 @@ fn native_cfg(auto_direct: bool) -> RemoteNodesConfig {
         tunnel: None,
         auto_direct_node_routes: auto_direct,
         native_routing_cidr: Some("10.0.0.0/16".parse().unwrap()),
+        native_routing_cidr6: Some("fd00:10::/48".parse().unwrap()),
         pod_mtu: 1500,
     }
 }
@@ -60,11 +89,15 @@ fn native_cfg(auto_direct: bool) -> RemoteNodesConfig {
 fn lines(d: &DesiredRemote) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for (k, v) in &d.tunnel {
-        out.push(format!("tunnel {} -> {}", from_be(k.ip4), from_be(v.ip4)));
+        out.push(format!(
+            "tunnel {} -> {}",
+            union_ip(k.family, k.ip4, k.ip6_rest),
+            union_ip(v.family, v.ip4, v.ip6_rest)
+        ));
     }
     for (k, v) in &d.ipcache {
         let tunnel = if v.tunnel_endpoint == 0 { "-".to_string() } else { from_be(v.tunnel_endpoint).to_string() };
-        out.push(format!("ipcache {}/{} id={} tun={tunnel}", from_be(k.data.ip4), k.prefixlen - 32, v.sec_identity));
+        out.push(format!("ipcache {} id={} tun={tunnel}", ipcache_prefix(k), v.sec_identity));
     }
     for r in &d.routes {
         out.push(format!("route {}", r.args().join(" ")));
@@ -168,10 +201,65 @@ fn desired_rows_and_routes_per_cluster_state() {
             notes: 1,
         },
         Case {
-            name: "malformed CIDR and IPv6 entries",
+            name: "malformed CIDR; an IPv6 CIDR while we have no IPv6 router IP gets rows but no route",
             nodes: vec![own(), node("b", "192.168.0.2", "10.0.1.1", &["10.0.1.0/24", "fd00::/120", "nope"])],
             cfg: tunnel_cfg(),
-            want: sorted(&[B_ROWS]),
+            want: sorted(&[B_ROWS, &["ipcache fd00::/120 id=2 tun=192.168.0.2", "tunnel fd00:: -> 192.168.0.2"]]),
+            notes: 2,
+        },
+        Case {
+            name: "dual stack over a tunnel: IPv6 CIDRs tunnel to the IPv4 underlay, route via cilium_host",
+            nodes: vec![dual("a", 1), dual("b", 2)],
+            cfg: tunnel_cfg(),
+            want: sorted(&[
+                B_ROWS,
+                &[
+                    "ipcache fc00::2/128 id=6 tun=-",
+                    "ipcache fd00:10:0:1::/64 id=2 tun=192.168.0.2",
+                    "ipcache fd00:10:0:1::1/128 id=6 tun=192.168.0.2",
+                    "route fd00:10:0:1::/64 dev cilium_host src fd00:10::1 mtu 1450 proto 196",
+                    "tunnel fd00:10:0:1:: -> 192.168.0.2",
+                ],
+            ]),
+            notes: 0,
+        },
+        Case {
+            name: "dual stack, native: each family's CIDR via the node address of that family",
+            nodes: vec![dual("a", 1), dual("b", 2)],
+            cfg: native_cfg(true),
+            want: sorted(&[&[
+                "ipcache 10.0.1.1/32 id=6 tun=192.168.0.2",
+                "ipcache 192.168.0.2/32 id=6 tun=-",
+                "ipcache fc00::2/128 id=6 tun=-",
+                "ipcache fd00:10:0:1::1/128 id=6 tun=192.168.0.2",
+                "route 10.0.1.0/24 via 192.168.0.2 proto 196",
+                "route fd00:10:0:1::/64 via fc00::2 proto 196",
+            ]]),
+            notes: 0,
+        },
+        Case {
+            name: "IPv6 only, native",
+            nodes: vec![v6_only("a", 1), v6_only("b", 2)],
+            cfg: native_cfg(true),
+            want: sorted(&[&[
+                "ipcache fc00::2/128 id=6 tun=-",
+                "ipcache fd00:10:0:1::1/128 id=6 tun=-",
+                "route fd00:10:0:1::/64 via fc00::2 proto 196",
+            ]]),
+            notes: 0,
+        },
+        Case {
+            name: "IPv6 only over a tunnel: no IPv4 underlay to tunnel to",
+            nodes: vec![v6_only("a", 1), v6_only("b", 2)],
+            cfg: tunnel_cfg(),
+            want: sorted(&[&["ipcache fc00::2/128 id=6 tun=-", "ipcache fd00:10:0:1::1/128 id=6 tun=-"]]),
+            notes: 1,
+        },
+        Case {
+            name: "an IPv6 pod CIDR outside ipv6-native-routing-cidr is reported",
+            nodes: vec![v6_only("a", 1), node("b", "fc00::2", "", &["fd00:99::/64"])],
+            cfg: native_cfg(true),
+            want: sorted(&[&["ipcache fc00::2/128 id=6 tun=-", "route fd00:99::/64 via fc00::2 proto 196"]]),
             notes: 1,
         },
     ];

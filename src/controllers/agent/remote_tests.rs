@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use beeline_common::ipcache::{IpcacheKey, RemoteEndpointInfo};
 use beeline_common::tunnel::{TunnelKey, TunnelValue};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use kube::api::{DeleteParams, PostParams};
 
 use super::*;
@@ -49,14 +49,16 @@ impl RouteTable for FakeRoutes {
 
     fn replace(&mut self, route: &RouteSpec) -> Result<(), DeviceError> {
         let (gateway, dev, prefsrc, mtu) = match route.via {
-            RouteVia::CiliumHost { router_ip, mtu } => (router_ip, CILIUM_HOST, Some(router_ip), Some(mtu)),
-            RouteVia::Node { node_ip } => (node_ip, "eth0", None, None),
+            RouteVia::CiliumHost { router_ip, mtu } => {
+                (router_ip.is_ipv4().then_some(router_ip), CILIUM_HOST, Some(router_ip), Some(mtu))
+            }
+            RouteVia::Node { node_ip } => (Some(node_ip), "eth0", None, None),
         };
         let mut routes = self.routes.lock().unwrap();
         routes.retain(|r| r.prefix != route.prefix);
         routes.push(ExistingRoute {
             prefix: route.prefix,
-            gateway: Some(gateway),
+            gateway,
             dev: Some(dev.into()),
             prefsrc,
             mtu,
@@ -65,7 +67,7 @@ impl RouteTable for FakeRoutes {
         Ok(())
     }
 
-    fn delete(&mut self, prefix: Ipv4Net) -> Result<(), DeviceError> {
+    fn delete(&mut self, prefix: IpNet) -> Result<(), DeviceError> {
         self.routes.lock().unwrap().retain(|r| !(r.prefix == prefix && r.is_ours()));
         Ok(())
     }
@@ -155,6 +157,7 @@ async fn nodes_and_endpoints_reach_the_remote_maps_and_routes() {
         tunnel: Some(TunnelProtocol::Vxlan),
         auto_direct_node_routes: false,
         native_routing_cidr: None,
+        native_routing_cidr6: None,
         pod_mtu: 1450,
     };
     let nodes_sync =
@@ -236,6 +239,7 @@ async fn routes_wait_for_the_node_devices() {
         tunnel: Some(TunnelProtocol::Vxlan),
         auto_direct_node_routes: false,
         native_routing_cidr: None,
+        native_routing_cidr6: None,
         pod_mtu: 1450,
     };
     let metrics = RemoteMetrics::default();

@@ -15,6 +15,7 @@ use beeline_common::{
 use serde_json::json;
 
 use super::{MapDef, MapKind, WriteOrder};
+use crate::datapath::tables;
 
 /// `BPF_F_NO_PREALLOC`: entries are allocated on insert (Cilium's default for its LB maps).
 pub const BPF_F_NO_PREALLOC: u32 = 1;
@@ -225,7 +226,7 @@ impl MapDef for Endpoints {
 
     fn row_json(k: &EndpointKey, v: &EndpointInfo) -> serde_json::Value {
         json!({
-            "address": ipv4(k.ip4), "ifindex": v.ifindex, "lxc_id": v.lxc_id, "flags": v.flags,
+            "address": tables::endpoint_key_ip(k).to_string(), "ifindex": v.ifindex, "lxc_id": v.lxc_id, "flags": v.flags,
             "mac": mac(&v.mac), "node_mac": mac(&v.node_mac), "identity": v.sec_id,
         })
     }
@@ -239,7 +240,10 @@ impl MapDef for TunnelMap {
     const MAX_ENTRIES: u32 = tunnel::MAX_ENTRIES;
 
     fn row_json(k: &TunnelKey, v: &TunnelValue) -> serde_json::Value {
-        json!({ "prefix": ipv4(k.ip4), "endpoint": ipv4(v.ip4) })
+        json!({
+            "prefix": tables::union_ip(k.family, k.ip4, k.ip6_rest).to_string(),
+            "endpoint": tables::union_ip(v.family, v.ip4, v.ip6_rest).to_string(),
+        })
     }
 }
 
@@ -308,9 +312,8 @@ impl MapDef for Ipcache {
     const FLAGS: u32 = BPF_F_NO_PREALLOC;
 
     fn row_json(k: &IpcacheKey, v: &RemoteEndpointInfo) -> serde_json::Value {
-        let prefix_len = k.prefixlen.saturating_sub(ipcache::STATIC_PREFIX_BITS);
         json!({
-            "prefix": format!("{}/{prefix_len}", ipv4(k.data.ip4)),
+            "prefix": tables::ipcache_prefix(k).to_string(),
             "identity": v.sec_identity,
             "tunnel_endpoint": ipv4(v.tunnel_endpoint),
             "flags": v.flags,
@@ -371,6 +374,8 @@ mod tests {
         assert_eq!(row["prefix"], "10.0.1.0/24", "host bits cleared, /24 not /56");
         assert_eq!(row["tunnel_endpoint"], "172.18.0.5");
         assert_eq!(row["identity"], 2);
+        let k6 = IpcacheKey::ipv6("fd00:10:244:1::7".parse::<std::net::Ipv6Addr>().unwrap().octets(), 64);
+        assert_eq!(Ipcache::row_json(&k6, &v)["prefix"], "fd00:10:244:1::/64");
     }
 
     #[test]
@@ -386,6 +391,9 @@ mod tests {
         let row = Endpoints::row_json(&k, &v);
         assert_eq!(row["address"], "10.0.2.183");
         assert_eq!(row["mac"], "b6:78:bb:f4:81:cc");
+        let v6 =
+            Endpoints::row_json(&EndpointKey::ipv6("fd00::b7".parse::<std::net::Ipv6Addr>().unwrap().octets()), &v);
+        assert_eq!(v6["address"], "fd00::b7");
         assert_eq!((row["lxc_id"].as_u64(), row["identity"].as_u64()), (Some(594), Some(31383)));
     }
 }
