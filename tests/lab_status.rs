@@ -112,6 +112,16 @@ fn status_metrics_and_all_nodes_show_real_numbers() {
         let services = sample(&reconciles, "beeline_agent_services{family=\"ipv4\"}");
         let backends = sample(&reconciles, "beeline_agent_service_backends{family=\"ipv4\"}");
         assert!(services >= 1.0 && backends >= 1.0, "services {services}, backends {backends}");
+        // IPAM per pool: the gauges say what the status line says (`IPv4: 6/254 allocated from ...`),
+        // and every endpoint holds one of the used addresses.
+        let line = s.ipam_status.iter().find(|l| l.starts_with("IPv4: ")).unwrap_or_else(|| panic!("{s:?}"));
+        let (used, capacity) = line["IPv4: ".len()..].split_once(' ').unwrap().0.split_once('/').unwrap();
+        let (used, capacity): (f64, f64) = (used.parse().unwrap(), capacity.parse().unwrap());
+        let series =
+            |state: &str| format!("beeline_agent_ipam_addresses{{pool=\"default\",family=\"ipv4\",state=\"{state}\"}}");
+        assert_eq!(sample(&reconciles, &series("used")), used, "{line}");
+        assert_eq!(sample(&reconciles, &series("available")), capacity - used, "{line}");
+        assert!(used >= s.endpoints.len() as f64, "{line} vs {} endpoints", s.endpoints.len());
         assert!(
             reconciles.contains(
                 "beeline_agent_controller_runtime_reconcile_total{controller=\"services\",result=\"success\"}"

@@ -10,6 +10,7 @@ pub mod endpoints;
 pub mod health_check;
 pub mod ipam_api;
 pub mod ipam_expiry;
+pub mod ipam_metrics;
 pub mod lb;
 pub mod maps;
 pub mod observe;
@@ -75,6 +76,10 @@ pub async fn run(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send
         (None, Some(crd)) => crd.clone(),
         (None, None) => ipam.clone(),
     };
+    ipam_metrics::IpamCollector::register(
+        pod_ipam.clone(),
+        &mut telemetry.registry.write().expect("metrics registry lock"),
+    );
     let node_ipam = node_ipam::run(
         client.clone(),
         node_name.clone(),

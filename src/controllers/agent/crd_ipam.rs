@@ -23,7 +23,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::{info_span, Instrument};
 
-use super::ipam_state::{read_state, save_state, AllocatedIp, AllocationRecord, IpamListing, NodeIpamError};
+use super::ipam_state::{read_state, save_state, AllocatedIp, AllocationRecord, IpamListing, NodeIpamError, PoolUsage};
 use super::own_node::{apply_used, OwnNode};
 use super::pod_ipam::PodIpam;
 use crate::crds::cilium_node::AllocationIp;
@@ -195,10 +195,19 @@ impl PodIpam for CrdIpam {
                 format!("{f}: {used}/{listed} listed addresses in use (CiliumNode spec.ipam.pool)")
             })
             .collect();
+        let pools = self
+            .families
+            .iter()
+            .map(|f| {
+                let (listed, used) = pool.counts(*f);
+                PoolUsage { pool: "crd".into(), family: *f, used: used as u128, capacity: listed as u128 }
+            })
+            .collect();
         IpamListing {
             ready,
             waiting_for: if ready { String::new() } else { "addresses in CiliumNode spec.ipam.pool".into() },
             status,
+            pools,
             allocations: pool.allocations().map(|(ip, owner)| AllocationRecord { ip, owner: owner.clone() }).collect(),
         }
     }

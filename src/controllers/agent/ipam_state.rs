@@ -69,6 +69,26 @@ pub struct IpamListing {
     /// One per family: `IPv4: 6/254 allocated from 10.0.2.0/24`.
     pub status: Vec<String>,
     pub allocations: Vec<AllocationRecord>,
+    /// Used and usable addresses per pool and family on this node (`/metrics`).
+    #[serde(default)]
+    pub pools: Vec<PoolUsage>,
+}
+
+/// One pool's addresses in one family on this node: cluster-pool has one pool, `default` (as
+/// Cilium names it), multi-pool one per `CiliumPodIPPool`, crd the node's `spec.ipam.pool`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolUsage {
+    pub pool: String,
+    pub family: Family,
+    pub used: u128,
+    /// Usable addresses in the node's CIDRs (or listed addresses) of this pool and family.
+    pub capacity: u128,
+}
+
+impl PoolUsage {
+    pub fn of(pool: &str, status: &AllocatorStatus) -> PoolUsage {
+        PoolUsage { pool: pool.into(), family: status.family, used: status.used, capacity: status.capacity }
+    }
 }
 
 pub struct NodeIpam {
@@ -271,6 +291,7 @@ impl NodeIpam {
             waiting_for: inner.waiting_for.clone(),
             status: inner.allocators.values().map(|a| a.status().to_string()).collect(),
             allocations: records(&inner),
+            pools: inner.allocators.values().map(|a| PoolUsage::of("default", &a.status())).collect(),
         }
     }
 

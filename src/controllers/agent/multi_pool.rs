@@ -33,7 +33,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use tracing::{info_span, Instrument};
 
-use super::ipam_state::{read_state, save_state, AllocatedIp, AllocationRecord, IpamListing, NodeIpamError};
+use super::ipam_state::{read_state, save_state, AllocatedIp, AllocationRecord, IpamListing, NodeIpamError, PoolUsage};
 use super::own_node::{apply_used, OwnNode};
 use crate::controllers::operator::multi_pool::caught_up;
 use crate::crds::cilium_node::AllocationIp;
@@ -431,8 +431,11 @@ impl MultiPoolIpam {
 
     /// What `GET /v1/ipam` shows: one status line per pool and family.
     pub fn listing(&self) -> IpamListing {
+        let inner = self.lock();
         let status: Vec<String> =
-            self.lock().allocators.iter().map(|((pool, _), a)| format!("pool {pool}: {}", a.status())).collect();
+            inner.allocators.iter().map(|((pool, _), a)| format!("pool {pool}: {}", a.status())).collect();
+        let pools = inner.allocators.iter().map(|((pool, _), a)| PoolUsage::of(pool, &a.status())).collect();
+        drop(inner);
         let ready = !status.is_empty();
         IpamListing {
             ready,
@@ -443,6 +446,7 @@ impl MultiPoolIpam {
             },
             status,
             allocations: self.records(),
+            pools,
         }
     }
 }
