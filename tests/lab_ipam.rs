@@ -13,7 +13,7 @@ use std::{collections::BTreeMap, net::IpAddr, process::Command, time::Duration};
 
 use beeline::lab::{plan::LabPlan, probe};
 use integration::{
-    lab::{down_and_assert_gone, pod_netns, poll, run, stdout, LabDir, BIN},
+    lab::{down_and_assert_gone, in_netns, ping_from_pod, pod_netns, poll, run, stdout, LabDir, BIN},
     require_root,
 };
 use ipnet::IpNet;
@@ -62,15 +62,6 @@ spec:
     )
 }
 
-/// Runs `args` inside the network namespace `netns` (nsenter keeps bpffs and /sys as they are).
-fn in_netns(netns: &str, args: &[&str]) -> std::process::Output {
-    Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{netns}"))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("nsenter {netns} {args:?}: {e}"))
-}
-
 fn pod_ip(pod: &serde_json::Value) -> IpAddr {
     pod["status"]["podIP"].as_str().unwrap().parse().unwrap()
 }
@@ -105,17 +96,6 @@ fn agent_allocations(plan: &LabPlan, node: &str) -> BTreeMap<IpAddr, String> {
         .iter()
         .map(|a| (a["ip"].as_str().unwrap().parse().unwrap(), a["owner"].to_string()))
         .collect()
-}
-
-fn ping(from: &serde_json::Value, to: IpAddr) {
-    let out = in_netns(&pod_netns(from), &["ping", "-c", "2", "-W", "2", "-i", "0.2", &to.to_string()]);
-    assert!(
-        out.status.success(),
-        "{} cannot ping {to}:\n{}{}",
-        pod_name(from),
-        stdout(&out),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn http(from: &serde_json::Value, to: &serde_json::Value) {
@@ -173,7 +153,7 @@ fn multi_pool_tenants_get_their_pools_routes_reach_every_peer_cidr_and_a_restart
     // 3. Pods reach each other across nodes and tenants (ping and HTTP).
     for from in &pods {
         for to in pods.iter().filter(|t| t["spec"]["nodeName"] != from["spec"]["nodeName"]) {
-            ping(from, pod_ip(to));
+            ping_from_pod(from, pod_ip(to));
             http(from, to);
         }
     }
@@ -208,7 +188,7 @@ fn multi_pool_tenants_get_their_pools_routes_reach_every_peer_cidr_and_a_restart
     // The old pods still answer across nodes after the restart, and the new one is reachable.
     for from in pods.iter().filter(|p| p["spec"]["nodeName"] != worker) {
         for to in pods.iter().filter(|t| t["spec"]["nodeName"] == worker).chain(&second) {
-            ping(from, pod_ip(to));
+            ping_from_pod(from, pod_ip(to));
             http(from, to);
         }
     }

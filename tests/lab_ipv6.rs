@@ -10,11 +10,11 @@
 
 mod integration;
 
-use std::{net::IpAddr, process::Command, time::Duration};
+use std::{net::IpAddr, time::Duration};
 
 use beeline::lab::probe;
 use integration::{
-    lab::{down_and_assert_gone, pod_netns, poll, stdout, LabDir},
+    lab::{down_and_assert_gone, in_netns, ping_from_pod, pod_netns, poll, stdout, LabDir},
     require_root,
 };
 
@@ -42,14 +42,6 @@ spec:
         .collect()
 }
 
-fn in_netns(netns: &str, args: &[&str]) -> std::process::Output {
-    Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{netns}"))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("nsenter {netns} {args:?}: {e}"))
-}
-
 fn name(pod: &serde_json::Value) -> String {
     pod["metadata"]["name"].as_str().unwrap().to_string()
 }
@@ -64,17 +56,6 @@ fn ip_of(pod: &serde_json::Value, v6: bool) -> IpAddr {
     pod_ips(pod).into_iter().find(|ip| ip.is_ipv6() == v6).unwrap_or_else(|| {
         panic!("{} has no {} address: {:?}", name(pod), if v6 { "IPv6" } else { "IPv4" }, pod_ips(pod))
     })
-}
-
-fn ping(from: &serde_json::Value, to: IpAddr) {
-    let out = in_netns(&pod_netns(from), &["ping", "-c", "2", "-W", "2", "-i", "0.2", &to.to_string()]);
-    assert!(
-        out.status.success(),
-        "{} cannot ping {to}:\n{}{}",
-        name(from),
-        stdout(&out),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// HTTP GET from `from` to `addr`; the answer must come from one of `backends`.
@@ -105,7 +86,7 @@ fn dual_stack_pods_reach_each_other_over_ipv4_and_ipv6_across_nodes() {
         for to in pods.iter().filter(|t| t["spec"]["nodeName"] != from["spec"]["nodeName"]) {
             for v6 in [false, true] {
                 let ip = ip_of(to, v6);
-                ping(from, ip);
+                ping_from_pod(from, ip);
                 http(from, std::net::SocketAddr::new(ip, 8080), &[name(to)]);
             }
         }
@@ -164,7 +145,7 @@ fn ipv6_only(service_traffic: bool) {
     for from in &pods {
         for to in pods.iter().filter(|t| t["spec"]["nodeName"] != from["spec"]["nodeName"]) {
             let ip = ip_of(to, true);
-            ping(from, ip);
+            ping_from_pod(from, ip);
             http(from, std::net::SocketAddr::new(ip, 8080), &[name(to)]);
         }
     }

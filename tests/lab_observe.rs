@@ -27,12 +27,7 @@ fn connectivity_traffic_shows_up_as_enriched_flows_and_filters_select_exactly() 
     require_root();
     let lab = LabDir::new();
     lab.up(2, "vxlan.yaml");
-    let out = Command::new(BIN)
-        .args(["connectivity", "test", "--state-dir", lab.arg(), "--keep"])
-        .env_remove("KUBECONFIG")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "connectivity test:\n{}\n{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+    lab.connectivity_test();
 
     // The service check's translation, with the client pod and the service named.
     let flows = poll("a service translation from a named pod", Duration::from_secs(20), || {

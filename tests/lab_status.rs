@@ -65,12 +65,7 @@ fn status_metrics_and_all_nodes_show_real_numbers() {
     require_root();
     let lab = LabDir::new();
     lab.up(2, "vxlan.yaml");
-    let out = Command::new(BIN)
-        .args(["connectivity", "test", "--state-dir", lab.arg(), "--keep"])
-        .env_remove("KUBECONFIG")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "connectivity test:\n{}\n{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+    lab.connectivity_test();
     let plan = lab.plan();
 
     // Endpoints: one per running pod (with its own network) on the node.

@@ -108,6 +108,18 @@ impl LabDir {
         stdout(&run(Command::new(KUBECTL).arg("--kubeconfig").arg(kubeconfig).args(args).arg("--request-timeout=10s")))
     }
 
+    /// `beeline connectivity test --keep` against this lab (its workloads stay for the test's
+    /// own checks); every check must pass.
+    pub fn connectivity_test(&self) -> Output {
+        let out = Command::new(BIN)
+            .args(["connectivity", "test", "--state-dir", self.arg(), "--keep"])
+            .env_remove("KUBECONFIG")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "connectivity test:\n{}\n{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+        out
+    }
+
     /// Waits until exactly `count` pods match `selector` and all are Running with an address;
     /// returns them.
     pub fn running_pods(&self, selector: &str, count: usize, timeout: Duration) -> Vec<serde_json::Value> {
@@ -119,6 +131,29 @@ impl LabDir {
             (items.len() == count && running == count).then_some(items)
         })
     }
+}
+
+/// Runs `args` inside the network namespace `netns` (nsenter keeps bpffs and /sys as they are).
+pub fn in_netns(netns: &str, args: &[&str]) -> Output {
+    Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{netns}"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("nsenter {netns} {args:?}: {e}"))
+}
+
+/// Two pings from `pod`'s network namespace to `to`; both must be answered.
+pub fn ping_from_pod(pod: &serde_json::Value, to: std::net::IpAddr) {
+    let out = in_netns(&pod_netns(pod), &["ping", "-c", "2", "-W", "2", "-i", "0.2", &to.to_string()]);
+    let m = &pod["metadata"];
+    assert!(
+        out.status.success(),
+        "{}/{} cannot ping {to}:\n{}{}",
+        m["namespace"].as_str().unwrap_or_default(),
+        m["name"].as_str().unwrap_or_default(),
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The network namespace the lab's kubelet made for `pod` (a Pod object as kubectl returns it).
