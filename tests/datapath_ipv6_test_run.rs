@@ -439,3 +439,94 @@ fn ipv6_from_the_uplink_is_delivered_to_a_local_pod_after_its_ingress_policy() {
         assert_eq!(f.run(FROM_NETDEV, &frame), (TC_ACT_OK, frame.clone()), "{name}");
     }
 }
+
+/// A ClusterIP `fd00:10:96::a` port 80/TCP whose only backend is pod B's port 8080 (rev-NAT 7),
+/// or, with `backends: false`, a frontend without backends.
+fn service6(f: &Fixture, backends: bool) {
+    use beeline_common::lb::{
+        Lb6Backend, Lb6BackendKey, Lb6Key, Lb6RevNatKey, Lb6ReverseNat, Lb6Service, LB_LOOKUP_SCOPE_EXT,
+    };
+    let key = |slot| Lb6Key {
+        address: vip6().octets(),
+        dport: 80u16.to_be(),
+        backend_slot: slot,
+        proto: 6,
+        scope: LB_LOOKUP_SCOPE_EXT,
+        pad: [0; 2],
+    };
+    let mut services: HashMap<_, Lb6Key, Lb6Service> =
+        HashMap::try_from(Map::HashMap(f.map("beeline_lb6_services"))).unwrap();
+    let count = u16::from(backends);
+    services.insert(key(0), Lb6Service { count, rev_nat_index: 7, ..Default::default() }, 0).unwrap();
+    if !backends {
+        return;
+    }
+    services.insert(key(1), Lb6Service { backend_id: 1, rev_nat_index: 7, ..Default::default() }, 0).unwrap();
+    let mut b: HashMap<_, Lb6BackendKey, Lb6Backend> =
+        HashMap::try_from(Map::HashMap(f.map("beeline_lb6_backends"))).unwrap();
+    let backend = Lb6Backend { address: pod_b6().octets(), port: 8080u16.to_be(), proto: 6, ..Default::default() };
+    b.insert(Lb6BackendKey { backend_id: 1 }, backend, 0).unwrap();
+    let mut r: HashMap<_, Lb6RevNatKey, Lb6ReverseNat> =
+        HashMap::try_from(Map::HashMap(f.map("beeline_lb6_reverse_nat"))).unwrap();
+    r.insert(Lb6RevNatKey { rev_nat_index: 7 }, Lb6ReverseNat { address: vip6().octets(), port: 80u16.to_be() }, 0)
+        .unwrap();
+}
+
+fn vip6() -> Ipv6Addr {
+    v6("fd00:10:96::a")
+}
+
+fn addr_at(frame: &[u8], offset: usize) -> Ipv6Addr {
+    Ipv6Addr::from(<[u8; 16]>::try_from(&frame[offset..offset + 16]).unwrap())
+}
+
+fn ports(frame: &[u8]) -> (u16, u16) {
+    let l4 = 14 + 40;
+    (u16::from_be_bytes([frame[l4], frame[l4 + 1]]), u16::from_be_bytes([frame[l4 + 2], frame[l4 + 3]]))
+}
+
+#[test]
+fn a_clusterip_is_translated_to_its_backend_and_the_reply_back_with_valid_checksums() {
+    use beeline::datapath::testing::packet::{tcp_flags, verify_checksums};
+    let f = Fixture::new("v6-lb");
+    service6(&f, true);
+    let request =
+        |flags| FrameBuilder::new(MAC_A, LXC_A).ipv6(pod_a6(), vip6()).tcp(40000, 80, flags).payload(b"GET /").build();
+    for flags in [tcp_flags::SYN, tcp_flags::ACK | tcp_flags::PSH] {
+        let frame = request(flags);
+        verify_checksums(&frame).expect("the test's own frame is valid");
+        let (verdict, out) = f.run(FROM_CONTAINER, &frame);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "to pod B");
+        assert_eq!((addr_at(&out, 14 + 8), addr_at(&out, 14 + 24)), (pod_a6(), pod_b6()), "DNAT to the backend");
+        assert_eq!(ports(&out), (40000, 8080));
+        // The independent check: the TCP checksum over the new pseudo-header and segment.
+        verify_checksums(&out).unwrap_or_else(|e| panic!("after DNAT: {e:?}"));
+    }
+    // B's answer, arriving from another node on the uplink, gets the frontend back as source.
+    let reply = FrameBuilder::new([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 0, 1])
+        .ipv6(pod_b6(), pod_a6())
+        .tcp(8080, 40000, tcp_flags::SYN | tcp_flags::ACK)
+        .build();
+    let (verdict, out) = f.run(FROM_NETDEV, &reply);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "to pod A");
+    assert_eq!((addr_at(&out, 14 + 8), addr_at(&out, 14 + 24)), (vip6(), pod_a6()), "reverse NAT");
+    assert_eq!(ports(&out), (80, 40000));
+    verify_checksums(&out).unwrap_or_else(|e| panic!("after reverse NAT: {e:?}"));
+    // Not a reply of a balanced connection (another client port): left alone.
+    let other = FrameBuilder::new([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 0, 1])
+        .ipv6(pod_b6(), pod_a6())
+        .tcp(8080, 40001, tcp_flags::ACK)
+        .build();
+    let (_, out) = f.run(FROM_NETDEV, &other);
+    assert_eq!(addr_at(&out, 14 + 8), pod_b6());
+    assert!(f.drops().is_empty(), "{:?}", f.drops());
+}
+
+#[test]
+fn a_clusterip_without_backends_drops_with_no_service() {
+    let f = Fixture::new("v6-lb-none");
+    service6(&f, false);
+    let frame = FrameBuilder::new(MAC_A, LXC_A).ipv6(pod_a6(), vip6()).tcp(40000, 80, 0x02).build();
+    assert_eq!(f.run(FROM_CONTAINER, &frame).0, TC_ACT_SHOT);
+    assert_eq!(f.drops(), vec![(drop_reason::NO_SERVICE, 1)]);
+}

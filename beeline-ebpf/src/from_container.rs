@@ -36,7 +36,7 @@ use crate::{
     drop::drop,
     events, fib, forward,
     lb::{self, Next},
-    lb6::{self, Next6},
+    lb6,
     lookup, ndp,
     parse::{
         self, Ipv6Hdr, Malformed, ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ICMP6_NEIGHBOR_SOLICIT, IPPROTO_ICMPV6,
@@ -141,7 +141,7 @@ fn ipv4(skb: *mut __sk_buff, ifindex: u32) -> i32 {
     }
 }
 
-/// What [`check6`] hands to [`forward6`].
+/// What the phases of [`ipv6`] hand each other, and finally to [`forward6`].
 #[derive(Default)]
 struct Route6 {
     /// The destination after service translation.
@@ -150,15 +150,20 @@ struct Route6 {
     local: EndpointInfo,
     is_local_pod: u32,
     src_identity: u32,
+    /// The source endpoint (checked by [`source6`]).
+    src: EndpointInfo,
+    /// 1 when the packet answers a tracked connection (policy skips replies).
+    reply: u32,
 }
 
 /// "No verdict yet, forward": no TC action has this value.
 const CONTINUE: i32 = i32::MIN;
 
 /// IPv6 from the pod, in the order of [`ipv4`] (Cilium's `handle_ipv6_from_lxc`): neighbour
-/// solicitations to the responder, then the checks ([`check6`]), then forwarding ([`forward6`]).
-/// The phases are separate functions called one after the other, so their stack frames do not
-/// add up: the IPv4 path alone already fills the 512-byte limit. No flow events: they carry IPv4
+/// solicitations to the responder, then the phases ([`source6`], conntrack, service translation,
+/// [`policy6`], conntrack), then forwarding ([`forward6`]). The phases are separate functions called
+/// one after the other, so their stack frames do not add up: the IPv4 path alone already fills the
+/// 512-byte limit. No flow events: they carry IPv4
 /// addresses only (see `events.rs`).
 #[inline(never)]
 fn ipv6(skb: *mut __sk_buff, ifindex: u32) -> i32 {
@@ -173,17 +178,32 @@ fn ipv6(skb: *mut __sk_buff, ifindex: u32) -> i32 {
         }
     }
     let mut route = Route6::default();
-    match check6(skb, ifindex, &mut route) {
-        CONTINUE => forward6(skb, &route, ifindex),
-        verdict => verdict,
+    // Phases one after the other, each in a frame of its own, with `route` carrying what the next
+    // one needs: nested, their frames would add up past the verifier's 512 bytes.
+    match source6(skb, ifindex, &mut route) {
+        CONTINUE => {}
+        verdict => return verdict,
     }
+    // Before service translation: a local backend's reply is about to get its frontend back.
+    route.reply = u32::from(conntrack6::is_reply(&ctx));
+    if let Some(verdict) = lb6::from_container(&ctx, &mut route.dst) {
+        return verdict;
+    }
+    match policy6(skb, &mut route) {
+        CONTINUE => {}
+        verdict => return verdict,
+    }
+    if route.reply == 0 {
+        // The packet now names the backend, as the LB's own entry does.
+        conntrack6::track_allowed(&ctx);
+    }
+    forward6(skb, &route, ifindex)
 }
 
-/// Validation, source check, service translation ([`crate::lb6`]), policy (the source's egress, a
-/// local destination's ingress) and connection tracking. `CONTINUE` with `route` filled in, or
-/// the verdict.
+/// Validation and the source check (the source must be the endpoint behind this veth). `CONTINUE`
+/// with `route.src` and `route.dst` filled in, or the verdict.
 #[inline(never)]
-fn check6(skb: *mut __sk_buff, ifindex: u32, route: &mut Route6) -> i32 {
+fn source6(skb: *mut __sk_buff, ifindex: u32, route: &mut Route6) -> i32 {
     let ctx = &TcContext::new(skb);
     let ip = match parse::ipv6(ctx) {
         Ok(ip) => ip,
@@ -193,37 +213,43 @@ fn check6(skb: *mut __sk_buff, ifindex: u32, route: &mut Route6) -> i32 {
     if ip.is_link_scope() {
         return TC_ACT_OK;
     }
-    let src = match lookup::endpoint6(ip.saddr) {
-        Some(src) if src.ifindex == ifindex => src,
+    match lookup::endpoint6(ip.saddr) {
+        Some(src) if src.ifindex == ifindex => route.src = src,
         _ => return drop(ctx, drop_reason::INVALID_SIP),
+    }
+    route.dst = ip.daddr;
+    route.src_identity = route.src.sec_id;
+    CONTINUE
+}
+
+/// Policy on the translated packet (the source's egress, a local destination's ingress), as the
+/// IPv4 path applies it to the backend rather than the frontend. `CONTINUE` with the local
+/// destination in `route`, or the verdict.
+#[inline(never)]
+fn policy6(skb: *mut __sk_buff, route: &mut Route6) -> i32 {
+    let ctx = &TcContext::new(skb);
+    let Ok(ip) = parse::ipv6(ctx) else {
+        return drop(ctx, drop_reason::INVALID);
     };
-    let reply = conntrack6::is_reply(ctx, &ip);
-    route.dst = match lb6::from_container(ctx, &ip, ifindex) {
-        Next6::Forward(dst) => dst,
-        Next6::Verdict(verdict) => return verdict,
-    };
+    let reply = route.reply != 0;
     let dst_ep = lookup::endpoint6(route.dst);
     let l4 = policy::L4::ipv6(ctx, &ip);
-    if let Some(verdict) = policy::egress(ctx, &src, l4, lookup::identity6(route.dst, dst_ep.as_ref()), reply) {
+    if let Some(verdict) = policy::egress(ctx, &route.src, l4, lookup::identity6(route.dst, dst_ep.as_ref()), reply) {
         return verdict;
     }
     match dst_ep {
         Some(ep) if ep.flags & ENDPOINT_F_HOST == 0 => {
-            if let Some(verdict) = policy::ingress(ctx, &ep, l4, src.sec_id, reply) {
+            if let Some(verdict) = policy::ingress(ctx, &ep, l4, route.src.sec_id, reply) {
                 return verdict;
             }
             route.local = ep;
             route.is_local_pod = 1;
+            CONTINUE
         }
         // The node itself.
-        Some(_) => return TC_ACT_OK,
-        None => {}
+        Some(_) => TC_ACT_OK,
+        None => CONTINUE,
     }
-    if !reply {
-        conntrack6::track_allowed(ctx, &Ipv6Hdr { daddr: route.dst, ..ip });
-    }
-    route.src_identity = src.sec_id;
-    CONTINUE
 }
 
 /// Where an allowed IPv6 packet goes: its local pod, else (tunnel mode) the node owning the

@@ -95,8 +95,8 @@ fn ipv6(skb: *mut __sk_buff, source_identity: u32) -> i32 {
     let Ok(ip) = parse::ipv6(&ctx) else {
         return drop(&ctx, drop_reason::INVALID);
     };
-    let reply = conntrack6::is_reply(&ctx, &ip);
-    if let Err(verdict) = lb6::from_overlay(&ctx, &ip) {
+    let reply = conntrack6::is_reply(&ctx);
+    if let Err(verdict) = lb6::from_overlay(&ctx) {
         return verdict;
     }
     match lookup::endpoint6(ip.daddr) {
@@ -105,7 +105,7 @@ fn ipv6(skb: *mut __sk_buff, source_identity: u32) -> i32 {
                 return verdict;
             }
             if !reply {
-                conntrack6::track_allowed(&ctx, &ip);
+                conntrack6::track_allowed(&ctx);
             }
             forward::to_local_endpoint6(&ctx, &ip, &ep, &lookup::config())
         }

@@ -170,7 +170,7 @@ fn ipv6(skb: *mut __sk_buff) -> i32 {
     let Some(ep) = lookup::endpoint6(ip.daddr).filter(|ep| ep.flags & ENDPOINT_F_HOST == 0) else {
         return TC_ACT_OK;
     };
-    if let Err(verdict) = lb6::from_overlay(&ctx, &ip) {
+    if let Err(verdict) = lb6::from_overlay(&ctx) {
         return verdict;
     }
     if let Some(verdict) = policy::ingress_from_netdev6(&ctx, &ep, &ip) {

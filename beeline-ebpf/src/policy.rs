@@ -155,13 +155,13 @@ pub fn ingress_from_netdev(ctx: &TcContext, dst: &EndpointInfo, ip: &Ipv4Hdr) ->
 /// translation exists for IPv6 yet).
 #[inline(always)]
 pub fn ingress_from_netdev6(ctx: &TcContext, dst: &EndpointInfo, ip: &Ipv6Hdr) -> Option<i32> {
-    let reply = conntrack6::is_reply(ctx, ip);
+    let reply = conntrack6::is_reply(ctx);
     let src_identity = lookup::identity6(ip.saddr, None);
     if let Some(verdict) = ingress(ctx, dst, L4::ipv6(ctx, ip), src_identity, reply) {
         return Some(verdict);
     }
     if !reply {
-        conntrack6::track_allowed(ctx, ip);
+        conntrack6::track_allowed(ctx);
     }
     None
 }
