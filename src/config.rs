@@ -210,6 +210,7 @@ const ACCEPTED_CILIUM_KEYS: &[&str] = &[
     "custom-cni-conf",
     "enable-bpf-clock-probe",
     "enable-endpoint-health-checking",
+    "enable-endpoint-routes",
     "enable-health-check-nodeport",
     "enable-health-checking",
     "enable-hubble",

@@ -196,6 +196,17 @@ spec:
             }
         }
         assert_eq!(answered_by.len(), pods.len(), "the local and the remote backend both answer: {answered_by:?}");
+        // Every agent reports the IPv6 frontend and its backends as programmed.
+        for node in &plan.nodes {
+            let (_, metrics) = probe::http_get_in(&node.netns, "127.0.0.1:9879".parse().unwrap(), "/metrics")
+                .unwrap_or_else(|e| panic!("{} metrics: {e}", node.name));
+            let sample = |series: &str| -> f64 {
+                let line = metrics.lines().find(|l| l.starts_with(series)).unwrap_or_else(|| panic!("no {series}"));
+                line.rsplit(' ').next().unwrap().parse().unwrap()
+            };
+            assert!(sample("beeline_agent_services{family=\"ipv6\"}") >= 1.0, "{}", node.name);
+            assert!(sample("beeline_agent_service_backends{family=\"ipv6\"}") >= 2.0, "{}", node.name);
+        }
     }
     down_and_assert_gone(&lab);
 }

@@ -52,6 +52,7 @@ fn families(
     forwards: &[(u32, beeline_common::datapath::DropStats)],
     maps: &[MapPressure],
     lb4: Option<(u64, u64)>,
+    lb6: Option<(u64, u64)>,
 ) -> Families {
     let f = Families {
         forward_count: Family::default(),
@@ -60,10 +61,12 @@ fn families(
         services: Family::default(),
         backends: Family::default(),
     };
-    if let Some((services, backends)) = lb4 {
-        let ipv4 = FamilyLabels { family: "ipv4".into() };
-        f.services.get_or_create(&ipv4).set(services as i64);
-        f.backends.get_or_create(&ipv4).set(backends as i64);
+    for (family, programmed) in [("ipv4", lb4), ("ipv6", lb6)] {
+        if let Some((services, backends)) = programmed {
+            let labels = FamilyLabels { family: family.into() };
+            f.services.get_or_create(&labels).set(services as i64);
+            f.backends.get_or_create(&labels).set(backends as i64);
+        }
     }
     for (dir, stats) in forwards {
         let labels = DirectionLabels { direction: beeline_common::events::metric_dir::name(*dir).to_string() };
@@ -87,7 +90,10 @@ impl Collector for DatapathCollector {
         let lb4 = crate::datapath::pressure::lb4_programmed(&self.pin_dir)
             .inspect_err(|e| tracing::debug!(error = %e, "load-balancer maps unavailable"))
             .ok();
-        let f = families(&forwards, &maps, lb4);
+        let lb6 = crate::datapath::pressure::lb6_programmed(&self.pin_dir)
+            .inspect_err(|e| tracing::debug!(error = %e, "IPv6 load-balancer maps unavailable"))
+            .ok();
+        let f = families(&forwards, &maps, lb4, lb6);
         let desc = |e: &mut DescriptorEncoder, name, help, m: &dyn EncodeMetric| -> Result<(), std::fmt::Error> {
             m.encode(e.encode_descriptor(name, help, None, m.metric_type())?)
         };
@@ -113,7 +119,7 @@ mod tests {
         ];
         let maps = [MapPressure { name: "beeline_lxc".into(), entries: 4, max_entries: 16 }];
         let mut registry = Registry::with_prefix("beeline_agent");
-        let f = families(&forwards, &maps, Some((2, 5)));
+        let f = families(&forwards, &maps, Some((2, 5)), Some((1, 2)));
         registry.register("services", "s", f.services);
         registry.register("service_backends", "b", f.backends);
         registry.register("forward_count", "c", f.forward_count);
@@ -128,6 +134,8 @@ mod tests {
             "beeline_agent_bpf_map_pressure{map_name=\"beeline_lxc\"} 0.25",
             "beeline_agent_services{family=\"ipv4\"} 2",
             "beeline_agent_service_backends{family=\"ipv4\"} 5",
+            "beeline_agent_services{family=\"ipv6\"} 1",
+            "beeline_agent_service_backends{family=\"ipv6\"} 2",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }

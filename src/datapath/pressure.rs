@@ -119,6 +119,19 @@ pub fn lb4_programmed(pin_dir: &Path) -> Result<(u64, u64), Box<dyn std::error::
     Ok((frontends, backends.keys().filter_map(Result::ok).count() as u64))
 }
 
+/// [`lb4_programmed`] for the IPv6 maps.
+pub fn lb6_programmed(pin_dir: &Path) -> Result<(u64, u64), Box<dyn std::error::Error + Send + Sync>> {
+    use aya::maps::{HashMap, Map};
+    use beeline_common::lb::{map_names, Lb6Backend, Lb6BackendKey, Lb6Key, Lb6Service};
+    let pins = super::pins::PinLayout::new(pin_dir);
+    let services: HashMap<MapData, Lb6Key, Lb6Service> =
+        HashMap::try_from(Map::HashMap(MapData::from_pin(pins.map(map_names::LB6_SERVICES))?))?;
+    let frontends = services.keys().filter_map(Result::ok).filter(|k| k.backend_slot == 0).count() as u64;
+    let backends: HashMap<MapData, Lb6BackendKey, Lb6Backend> =
+        HashMap::try_from(Map::HashMap(MapData::from_pin(pins.map(map_names::LB6_BACKENDS))?))?;
+    Ok((frontends, backends.keys().filter_map(Result::ok).count() as u64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -66,6 +66,7 @@ const MAPPINGS: &[(&str, &str, Shape)] = &[
     ("MTU", "mtu", Shape::Scalar),
     ("policyEnforcementMode", "enable-policy", Shape::Scalar),
     ("bpf.monitorAggregation", "monitor-aggregation", Shape::Scalar),
+    ("endpointRoutes.enabled", "enable-endpoint-routes", Shape::Scalar),
     ("bpf.events.trace.enabled", "bpf-events-trace-enabled", Shape::Scalar),
     ("bpf.events.drop.enabled", "bpf-events-drop-enabled", Shape::Scalar),
     ("bpf.events.policyVerdict.enabled", "bpf-events-policy-verdict-enabled", Shape::Scalar),
@@ -338,6 +339,7 @@ mod tests {
             ),
             // Masquerading in BPF (beeline has no iptables masquerading to fall back to).
             ("bpf:\n  masquerade: true\n", &[("enable-bpf-masquerade", "true")]),
+            ("endpointRoutes:\n  enabled: true\n", &[("enable-endpoint-routes", "true")]),
             (
                 "bpf:\n  monitorAggregation: none\n  events:\n    drop: {enabled: false}\n",
                 &[("monitor-aggregation", "none"), ("bpf-events-drop-enabled", "false")],
