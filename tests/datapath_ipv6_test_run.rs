@@ -34,9 +34,9 @@ const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 
-const POD_B_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x0b];
-const LXC_B_MAC: [u8; 6] = [0x1a, 0, 0, 0, 0, 0x0b];
-const B_IFINDEX: u32 = 4242;
+const POD_B_MAC: [u8; 6] = two_pods::MAC_B;
+const LXC_B_MAC: [u8; 6] = two_pods::LXC_B;
+const B_IFINDEX: u32 = two_pods::B_IFINDEX;
 const VXLAN_IFINDEX: u32 = 77;
 const ID_A: u32 = two_pods::ID_A;
 
@@ -63,13 +63,6 @@ struct Fixture {
     dp: LoadedDatapath,
 }
 
-impl std::ops::Deref for Fixture {
-    type Target = LoadedDatapath;
-    fn deref(&self) -> &LoadedDatapath {
-        &self.dp
-    }
-}
-
 impl Fixture {
     /// Pods A (loopback) and B (ifindex 4242) with both an IPv4 and an IPv6 address.
     fn new(label: &str) -> Fixture {
@@ -91,15 +84,15 @@ impl Fixture {
     }
 
     fn map(&self, name: &str) -> MapData {
-        MapData::from_pin(PinLayout::new(self.bpffs.pin_dir()).map(name)).unwrap()
+        MapData::from_pin(PinLayout::new(self.dp.bpffs.pin_dir()).map(name)).unwrap()
     }
 
     fn endpoint6(&self, addr: Ipv6Addr, info: &EndpointInfo) {
-        integration::upsert_endpoint6(&self.bpffs.pin_dir(), addr, info);
+        integration::upsert_endpoint6(&self.dp.bpffs.pin_dir(), addr, info);
     }
 
     fn ipcache6(&self, addr: Ipv6Addr, prefix_len: u32, info: &RemoteEndpointInfo) {
-        integration::upsert_ipcache6(&self.bpffs.pin_dir(), addr, prefix_len, info);
+        integration::upsert_ipcache6(&self.dp.bpffs.pin_dir(), addr, prefix_len, info);
     }
 
     fn tunnel6(&self, cidr: Ipv6Addr, prefix_len: u32, node: Ipv4Addr) {
@@ -110,7 +103,7 @@ impl Fixture {
     }
 
     fn config(&self, config: DatapathConfig) {
-        tables::write_config(&self.bpffs.pin_dir(), &config).unwrap();
+        tables::write_config(&self.dp.bpffs.pin_dir(), &config).unwrap();
     }
 }
 
@@ -186,14 +179,14 @@ const S_O: u8 = 0x40 | 0x20;
 fn neighbor_solicitations_for_the_gateway_are_answered_with_the_host_veth_mac() {
     let f = Fixture::new("v6-ndp");
     // The router IPv6: Router + Solicited (Cilium's flags for its router address).
-    let (verdict, out) = f.run(FROM_CONTAINER, &solicitation(MAC_A, pod_a6(), router6()).build());
+    let (verdict, out) = f.dp.run(FROM_CONTAINER, &solicitation(MAC_A, pod_a6(), router6()).build());
     assert_eq!(verdict, TC_ACT_REDIRECT, "the answer goes back out of the same veth");
     assert_advert("router", &out, LXC_A, MAC_A, pod_a6(), router6(), R_S);
 
     // Any other target but the pod's own: Solicited + Override (Cilium's flags for non-router
     // targets), like the ARP responder answering for every address.
     for target in [v6("fd00:10::fe"), pod_b6(), v6("fd00:99::7")] {
-        let (verdict, out) = f.run(FROM_CONTAINER, &solicitation(MAC_A, pod_a6(), target).build());
+        let (verdict, out) = f.dp.run(FROM_CONTAINER, &solicitation(MAC_A, pod_a6(), target).build());
         assert_eq!(verdict, TC_ACT_REDIRECT, "{target}");
         assert_advert(&target.to_string(), &out, LXC_A, MAC_A, pod_a6(), target, S_O);
     }
@@ -207,10 +200,10 @@ fn neighbor_solicitations_for_the_gateway_are_answered_with_the_host_veth_mac() 
         .icmp(NS, 0, [0; 4])
         .payload(&router6().octets())
         .build();
-    let (verdict, out) = f.run(FROM_CONTAINER, &probe);
+    let (verdict, out) = f.dp.run(FROM_CONTAINER, &probe);
     assert_eq!(verdict, TC_ACT_REDIRECT, "unicast probe from the link-local address");
     assert_advert("link-local probe", &out, LXC_A, MAC_A, lla, router6(), R_S);
-    assert!(f.drops().is_empty(), "{:?}", f.drops());
+    assert!(f.dp.drops().is_empty(), "{:?}", f.dp.drops());
 }
 
 #[test]
@@ -242,10 +235,10 @@ fn dad_own_address_and_other_neighbour_discovery_go_to_the_stack() {
         ("multicast", FrameBuilder::new(MAC_A, group_mac).ipv6(pod_a6(), v6("ff02::16")).udp(1, 2).build()),
     ];
     for (name, frame) in cases {
-        let (verdict, out) = f.run(FROM_CONTAINER, &frame);
+        let (verdict, out) = f.dp.run(FROM_CONTAINER, &frame);
         assert_eq!((verdict, &out), (TC_ACT_OK, &frame), "{name}");
     }
-    assert!(f.drops().is_empty(), "{:?}", f.drops());
+    assert!(f.dp.drops().is_empty(), "{:?}", f.dp.drops());
 }
 
 #[test]
@@ -253,8 +246,8 @@ fn spoofed_ipv6_sources_are_dropped_as_invalid_source_ip() {
     let f = Fixture::new("v6-spoof");
     for (i, src) in [pod_b6(), v6("fd00:10::77"), Ipv6Addr::UNSPECIFIED].into_iter().enumerate() {
         let frame = FrameBuilder::new(MAC_A, LXC_A).ipv6(src, pod_b6()).udp(1, 2).build();
-        assert_eq!(f.run(FROM_CONTAINER, &frame).0, TC_ACT_SHOT, "{src}");
-        assert_eq!(f.drops(), vec![(drop_reason::INVALID_SIP, i as u64 + 1)], "{src}");
+        assert_eq!(f.dp.run(FROM_CONTAINER, &frame).0, TC_ACT_SHOT, "{src}");
+        assert_eq!(f.dp.drops(), vec![(drop_reason::INVALID_SIP, i as u64 + 1)], "{src}");
     }
 }
 
@@ -268,7 +261,7 @@ fn ipv6_to_a_local_pod_is_redirected_with_hop_limit_decremented_and_macs_rewritt
     ];
     for (name, builder) in frames {
         let frame = builder.build();
-        let (verdict, out) = f.run(FROM_CONTAINER, &frame);
+        let (verdict, out) = f.dp.run(FROM_CONTAINER, &frame);
         assert_eq!(verdict, TC_ACT_REDIRECT, "{name}");
         assert_eq!((&out[0..6], &out[6..12]), (&POD_B_MAC[..], &LXC_B_MAC[..]), "{name}: gateway -> pod B");
         assert_eq!(out[14 + 7], 63, "{name}: hop limit - 1");
@@ -281,8 +274,8 @@ fn ipv6_to_a_local_pod_is_redirected_with_hop_limit_decremented_and_macs_rewritt
     }
     // Hop limit 1: the kernel answers with time exceeded.
     let expiring = base().ttl(1).udp(1, 2).build();
-    assert_eq!(f.run(FROM_CONTAINER, &expiring), (TC_ACT_OK, expiring.clone()));
-    assert!(f.drops().is_empty(), "{:?}", f.drops());
+    assert_eq!(f.dp.run(FROM_CONTAINER, &expiring), (TC_ACT_OK, expiring.clone()));
+    assert!(f.dp.drops().is_empty(), "{:?}", f.dp.drops());
 }
 
 #[test]
@@ -317,21 +310,21 @@ fn ipv6_to_a_remote_pod_in_vxlan_mode_goes_into_the_tunnel_over_the_ipv4_underla
     ];
     for (name, dst, want) in cases {
         let frame = to(dst);
-        let (verdict, out) = f.run(FROM_CONTAINER, &frame);
+        let (verdict, out) = f.dp.run(FROM_CONTAINER, &frame);
         assert_eq!(verdict, want, "{name}");
         assert_eq!(out, frame, "{name}: the inner packet is not rewritten");
     }
-    assert!(f.drops().is_empty(), "{:?}", f.drops());
+    assert!(f.dp.drops().is_empty(), "{:?}", f.dp.drops());
     // A tunnel endpoint but no tunnel device: a configuration error, never a silent pass.
     f.config(config(0));
-    assert_eq!(f.run(FROM_CONTAINER, &to("fd00:30::5")).0, TC_ACT_SHOT);
-    assert_eq!(f.drops(), vec![(drop_reason::NO_TUNNEL_ENDPOINT, 1)]);
+    assert_eq!(f.dp.run(FROM_CONTAINER, &to("fd00:30::5")).0, TC_ACT_SHOT);
+    assert_eq!(f.dp.drops(), vec![(drop_reason::NO_TUNNEL_ENDPOINT, 1)]);
 }
 
 #[test]
 fn policy_applies_to_ipv6_with_icmpv6_as_protocol_58_and_leaves_ipv4_alone() {
     let f = Fixture::new("v6-policy");
-    let pin = f.bpffs.pin_dir();
+    let pin = f.dp.bpffs.pin_dir();
     tables::set_policy_enforcement(&pin, EP_A, EP_F_EGRESS_ENFORCE).unwrap();
     // A may ping B over IPv4 (ICMP echo request, type 8) — nothing allows ICMPv6 yet.
     let allow = |proto, ty| {
@@ -344,17 +337,17 @@ fn policy_applies_to_ipv6_with_icmpv6_as_protocol_58_and_leaves_ipv4_alone() {
         .icmp_echo_request(1, 1)
         .build();
     let ping6 = FrameBuilder::new(MAC_A, LXC_A).ipv6(pod_a6(), pod_b6()).icmp_echo_request(1, 1).build();
-    assert_eq!(f.run(FROM_CONTAINER, &ping4).0, TC_ACT_REDIRECT, "IPv4 ping allowed");
-    assert_eq!(f.run(FROM_CONTAINER, &ping6).0, TC_ACT_SHOT, "IPv6 ping: no rule allows it");
-    assert_eq!(f.drops(), vec![(drop_reason::POLICY, 1)]);
-    assert_eq!(f.run(FROM_CONTAINER, &ping4).0, TC_ACT_REDIRECT, "IPv4 still passes after the IPv6 drop");
+    assert_eq!(f.dp.run(FROM_CONTAINER, &ping4).0, TC_ACT_REDIRECT, "IPv4 ping allowed");
+    assert_eq!(f.dp.run(FROM_CONTAINER, &ping6).0, TC_ACT_SHOT, "IPv6 ping: no rule allows it");
+    assert_eq!(f.dp.drops(), vec![(drop_reason::POLICY, 1)]);
+    assert_eq!(f.dp.run(FROM_CONTAINER, &ping4).0, TC_ACT_REDIRECT, "IPv4 still passes after the IPv6 drop");
 
     // ICMPv6 echo request (type 128) as protocol 58.
     allow(ICMPV6, 128);
-    assert_eq!(f.run(FROM_CONTAINER, &ping6).0, TC_ACT_REDIRECT, "IPv6 ping allowed by the ICMPv6 rule");
+    assert_eq!(f.dp.run(FROM_CONTAINER, &ping6).0, TC_ACT_REDIRECT, "IPv6 ping allowed by the ICMPv6 rule");
     let udp6 = FrameBuilder::new(MAC_A, LXC_A).ipv6(pod_a6(), pod_b6()).udp(1, 53).build();
-    assert_eq!(f.run(FROM_CONTAINER, &udp6).0, TC_ACT_SHOT, "other IPv6 traffic still denied");
-    assert_eq!(f.drops(), vec![(drop_reason::POLICY, 2)]);
+    assert_eq!(f.dp.run(FROM_CONTAINER, &udp6).0, TC_ACT_SHOT, "other IPv6 traffic still denied");
+    assert_eq!(f.dp.drops(), vec![(drop_reason::POLICY, 2)]);
 }
 
 #[test]
@@ -372,7 +365,7 @@ fn native_routing_hands_ipv6_to_the_kernel_fib() {
     topo.address(&peer, "eth0", "fd00:70::2/64").unwrap();
     topo.sysctl(&ns, "net.ipv6.conf.all.forwarding", "1").unwrap();
     topo.route(&ns, &["fd00:20::/120", "via", "fd00:70::2"]).unwrap();
-    let program = f.datapath.program(FROM_CONTAINER).unwrap();
+    let program = f.dp.datapath.program(FROM_CONTAINER).unwrap();
     let run = |frame: &[u8]| ns.run(|| run_tc(program, frame).expect("test_run")).unwrap();
     let to = |dst: &str| FrameBuilder::new(MAC_A, LXC_A).ipv6(pod_a6(), v6(dst)).udp(7, 9).build();
 
@@ -404,16 +397,16 @@ fn native_routing_hands_ipv6_to_the_kernel_fib() {
         let out = run(&frame);
         assert_eq!((out.retval, &out.data), (TC_ACT_OK, &frame), "{name}");
     }
-    assert!(f.drops().is_empty(), "{:?}", f.drops());
+    assert!(f.dp.drops().is_empty(), "{:?}", f.dp.drops());
 }
 
 #[test]
 fn ipv6_from_the_uplink_is_delivered_to_a_local_pod_after_its_ingress_policy() {
     let f = Fixture::new("v6-netdev");
-    let pin = f.bpffs.pin_dir();
+    let pin = f.dp.bpffs.pin_dir();
     let from_peer = |src: &str| FrameBuilder::new([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 0, 1]).ipv6(v6(src), pod_b6());
     let frame = from_peer("fd00:20::5").udp(5353, 53).build();
-    let (verdict, out) = f.run(FROM_NETDEV, &frame);
+    let (verdict, out) = f.dp.run(FROM_NETDEV, &frame);
     assert_eq!(verdict, TC_ACT_REDIRECT, "to pod B");
     assert_eq!((&out[0..6], &out[6..12]), (&POD_B_MAC[..], &LXC_B_MAC[..]));
     assert_eq!(out[14 + 7], 63, "hop limit - 1");
@@ -423,9 +416,9 @@ fn ipv6_from_the_uplink_is_delivered_to_a_local_pod_after_its_ingress_policy() {
     f.ipcache6(v6("fd00:20::"), 120, &RemoteEndpointInfo { sec_identity: 777, ..Default::default() });
     let key = PolicyKey::l4(two_pods::EP_B, 777, DIR_INGRESS, UDP, 53, 16);
     tables::upsert_policy(&pin, &key, &PolicyEntry::ALLOW).unwrap();
-    assert_eq!(f.run(FROM_NETDEV, &frame).0, TC_ACT_REDIRECT, "allowed from identity 777");
-    assert_eq!(f.run(FROM_NETDEV, &from_peer("2001:db8::1").udp(5353, 53).build()).0, TC_ACT_SHOT, "world");
-    assert_eq!(f.drops(), vec![(drop_reason::POLICY, 1)]);
+    assert_eq!(f.dp.run(FROM_NETDEV, &frame).0, TC_ACT_REDIRECT, "allowed from identity 777");
+    assert_eq!(f.dp.run(FROM_NETDEV, &from_peer("2001:db8::1").udp(5353, 53).build()).0, TC_ACT_SHOT, "world");
+    assert_eq!(f.dp.drops(), vec![(drop_reason::POLICY, 1)]);
 
     // Not for a local pod, or link-scope: the node's own traffic.
     let cases = [
@@ -436,7 +429,7 @@ fn ipv6_from_the_uplink_is_delivered_to_a_local_pod_after_its_ingress_policy() {
         ("link-local", FrameBuilder::new(MAC_A, LXC_A).ipv6(v6("fe80::1"), pod_b6()).udp(1, 2).build()),
     ];
     for (name, frame) in cases {
-        assert_eq!(f.run(FROM_NETDEV, &frame), (TC_ACT_OK, frame.clone()), "{name}");
+        assert_eq!(f.dp.run(FROM_NETDEV, &frame), (TC_ACT_OK, frame.clone()), "{name}");
     }
 }
 
@@ -495,7 +488,7 @@ fn a_clusterip_is_translated_to_its_backend_and_the_reply_back_with_valid_checks
     for flags in [tcp_flags::SYN, tcp_flags::ACK | tcp_flags::PSH] {
         let frame = request(flags);
         verify_checksums(&frame).expect("the test's own frame is valid");
-        let (verdict, out) = f.run(FROM_CONTAINER, &frame);
+        let (verdict, out) = f.dp.run(FROM_CONTAINER, &frame);
         assert_eq!(verdict, TC_ACT_REDIRECT, "to pod B");
         assert_eq!((addr_at(&out, 14 + 8), addr_at(&out, 14 + 24)), (pod_a6(), pod_b6()), "DNAT to the backend");
         assert_eq!(ports(&out), (40000, 8080));
@@ -507,7 +500,7 @@ fn a_clusterip_is_translated_to_its_backend_and_the_reply_back_with_valid_checks
         .ipv6(pod_b6(), pod_a6())
         .tcp(8080, 40000, tcp_flags::SYN | tcp_flags::ACK)
         .build();
-    let (verdict, out) = f.run(FROM_NETDEV, &reply);
+    let (verdict, out) = f.dp.run(FROM_NETDEV, &reply);
     assert_eq!(verdict, TC_ACT_REDIRECT, "to pod A");
     assert_eq!((addr_at(&out, 14 + 8), addr_at(&out, 14 + 24)), (vip6(), pod_a6()), "reverse NAT");
     assert_eq!(ports(&out), (80, 40000));
@@ -517,9 +510,9 @@ fn a_clusterip_is_translated_to_its_backend_and_the_reply_back_with_valid_checks
         .ipv6(pod_b6(), pod_a6())
         .tcp(8080, 40001, tcp_flags::ACK)
         .build();
-    let (_, out) = f.run(FROM_NETDEV, &other);
+    let (_, out) = f.dp.run(FROM_NETDEV, &other);
     assert_eq!(addr_at(&out, 14 + 8), pod_b6());
-    assert!(f.drops().is_empty(), "{:?}", f.drops());
+    assert!(f.dp.drops().is_empty(), "{:?}", f.dp.drops());
 }
 
 #[test]
@@ -527,6 +520,6 @@ fn a_clusterip_without_backends_drops_with_no_service() {
     let f = Fixture::new("v6-lb-none");
     service6(&f, false);
     let frame = FrameBuilder::new(MAC_A, LXC_A).ipv6(pod_a6(), vip6()).tcp(40000, 80, 0x02).build();
-    assert_eq!(f.run(FROM_CONTAINER, &frame).0, TC_ACT_SHOT);
-    assert_eq!(f.drops(), vec![(drop_reason::NO_SERVICE, 1)]);
+    assert_eq!(f.dp.run(FROM_CONTAINER, &frame).0, TC_ACT_SHOT);
+    assert_eq!(f.dp.drops(), vec![(drop_reason::NO_SERVICE, 1)]);
 }

@@ -246,6 +246,9 @@ pub mod two_pods {
     pub const B_IFINDEX: u32 = 4242;
     pub const MAC_A: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x0a];
     pub const LXC_A: [u8; 6] = [0x1a, 0, 0, 0, 0, 0x0a];
+    /// B's MACs, for fixtures that register B with MACs of its own.
+    pub const MAC_B: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x0b];
+    pub const LXC_B: [u8; 6] = [0x1a, 0, 0, 0, 0, 0x0b];
     pub const A: &str = "10.0.1.2";
     pub const B: &str = "10.0.1.3";
 
